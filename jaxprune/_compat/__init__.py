@@ -1,0 +1,1 @@
+"""Compatibility shims: the only place in jaxprune allowed to touch JAX internals."""

@@ -1,0 +1,164 @@
+"""The group-id pytree: which structured group (neuron, filter, head, expert) each weight is in.
+
+A group-id pytree has the structure of ``params``.  Each leaf is an int32 array broadcastable to
+the shape of the matching parameter leaf; value ``g`` in ``[0, p)`` puts the weight in group
+``g`` and ``-1`` leaves it ungrouped.  Group ids are static structure: they are concrete
+(NumPy) arrays, never traced.
+
+References:
+  Paper 000, Section 3.2.1: the Khatri–Rao grouping ``m * w = [m_1 w_[1], ..., m_p w_[p]]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+PyTree = Any
+
+__all__ = [
+    "dense_neuron_group_ids",
+    "group_sizes",
+    "leaf_group_ids",
+    "num_groups",
+    "validate_group_ids",
+]
+
+
+def _path_str(path) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def validate_group_ids(params: PyTree, group_ids: PyTree) -> int:
+    """Check ``group_ids`` against ``params`` and return the number of groups ``p``.
+
+    Raises:
+      ValueError: the structures differ (naming the first differing path), a leaf does not
+        broadcast to its parameter's shape, an id is below -1, or a group in ``[0, p)`` is empty.
+      TypeError: a leaf is not an integer array, or is a traced value.
+    """
+    param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    try:
+        id_leaves = jax.tree_util.tree_flatten_with_path(group_ids)[0]
+    except Exception as error:  # pragma: no cover - flattening arbitrary objects
+        raise TypeError(f"group_ids: could not flatten {type(group_ids).__name__}") from error
+    param_paths = [_path_str(p) for p, _ in param_leaves]
+    id_paths = [_path_str(p) for p, _ in id_leaves]
+    if param_paths != id_paths:
+        missing = sorted(set(param_paths) - set(id_paths))
+        extra = sorted(set(id_paths) - set(param_paths))
+        detail = []
+        if missing:
+            detail.append(f"missing for params leaves {missing[:3]}")
+        if extra:
+            detail.append(f"unexpected leaves {extra[:3]}")
+        if not detail:
+            detail.append("same leaves in a different order")
+        raise ValueError(
+            "group_ids must have the same pytree structure as params: " + "; ".join(detail)
+        )
+    highest = -1
+    present: set[int] = set()
+    for (path, param), (_, ids) in zip(param_leaves, id_leaves):
+        name = _path_str(path)
+        if isinstance(ids, jax.core.Tracer):
+            raise TypeError(f"group_ids{name}: group ids must be concrete arrays, got a tracer")
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"group_ids{name}: expected an integer array, got dtype {ids.dtype}")
+        shape = np.shape(param)
+        try:
+            np.broadcast_shapes(ids.shape, shape)
+            if np.broadcast_shapes(ids.shape, shape) != tuple(shape):
+                raise ValueError
+        except ValueError:
+            raise ValueError(
+                f"group_ids{name}: shape {ids.shape} does not broadcast to the parameter's "
+                f"shape {tuple(shape)}"
+            ) from None
+        if ids.size and ids.min() < -1:
+            raise ValueError(
+                f"group_ids{name}: ids must be -1 (ungrouped) or >= 0, got {int(ids.min())}"
+            )
+        if ids.size:
+            highest = max(highest, int(ids.max()))
+            present.update(np.unique(ids[ids >= 0]).tolist())
+    p = highest + 1
+    if p == 0:
+        raise ValueError("group_ids: every weight is ungrouped (-1); expected at least one group")
+    empty = sorted(set(range(p)) - present)
+    if empty:
+        raise ValueError(
+            f"group_ids: groups {empty[:10]} of [0, {p}) contain no weight; number groups "
+            "contiguously from 0"
+        )
+    return p
+
+
+def num_groups(group_ids: PyTree) -> int:
+    """Number of groups ``p`` (one more than the largest id)."""
+    leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(group_ids)]
+    return 1 + max((int(g.max()) for g in leaves if g.size), default=-1)
+
+
+def leaf_group_ids(params: PyTree, group_ids: PyTree) -> list[np.ndarray]:
+    """Each leaf's group ids broadcast to the parameter's full shape, in flattening order."""
+    return [
+        np.broadcast_to(np.asarray(ids, np.int32), np.shape(param))
+        for param, ids in zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(group_ids)
+        )
+    ]
+
+
+def group_sizes(params: PyTree, group_ids: PyTree) -> np.ndarray:
+    """Number of parameters in each group, shape ``(p,)``."""
+    p = num_groups(group_ids)
+    sizes = np.zeros(p, np.int64)
+    for ids in leaf_group_ids(params, group_ids):
+        kept = ids[ids >= 0]
+        sizes += np.bincount(kept.ravel(), minlength=p)
+    return sizes
+
+
+def dense_neuron_group_ids(
+    params: PyTree, *, include: Callable[[str], bool] | None = None
+) -> PyTree:
+    """One group per output unit of every Dense layer (its kernel column and bias entry).
+
+    A leaf named ``kernel`` with 2 dimensions ``(in, out)`` gets ids of shape ``(1, out)``; the
+    ``bias`` next to it gets the same ids ``(out,)``.  Other leaves are ungrouped.  Groups are
+    numbered layer by layer in flattening order.
+
+    Args:
+      params: a Flax parameter pytree.
+      include: optional predicate on the layer's path string (e.g. ``"['params']['Dense_0']"``)
+        choosing which layers to group; by default every Dense layer.
+
+    Returns:
+      The group-id pytree.
+    """
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    ids: list[np.ndarray] = [np.full((1,) * np.ndim(leaf), -1, np.int32) for _, leaf in flat]
+    position = {_path_str(path): i for i, (path, _) in enumerate(flat)}
+    next_id = 0
+    for i, (path, leaf) in enumerate(flat):
+        name = getattr(path[-1], "key", None)
+        if name != "kernel" or np.ndim(leaf) != 2:
+            continue
+        layer = _path_str(path[:-1])
+        if include is not None and not include(layer):
+            continue
+        out = np.shape(leaf)[1]
+        unit_ids = np.arange(next_id, next_id + out, dtype=np.int32)
+        ids[i] = unit_ids[None, :]
+        bias = position.get(layer + "['bias']")
+        if bias is not None and np.shape(flat[bias][1]) == (out,):
+            ids[bias] = unit_ids
+        next_id += out
+    if next_id == 0:
+        raise ValueError("dense_neuron_group_ids: params contain no 2-D 'kernel' leaf to group")
+    return jax.tree_util.tree_unflatten(treedef, ids)

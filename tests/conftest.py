@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny models and inputs, in float32 and float64."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxprune.models import MLP, SmallCNN
+
+
+class HeadsModel(nn.Module):
+    """Attention-like block: DenseGeneral projections to (heads, head_dim), a per-token
+    mixing over positions, and an output projection from (heads, head_dim)."""
+
+    heads: int = 2
+    head_dim: int = 3
+    features: int = 4
+
+    @nn.compact
+    def __call__(self, x):  # x: (n, T, features)
+        q = nn.DenseGeneral((self.heads, self.head_dim), name="query")(x)
+        v = nn.DenseGeneral((self.heads, self.head_dim), name="value")(x)
+        weights = jax.nn.softmax(jnp.einsum("nthd,nshd->nhts", q, q), axis=-1)
+        mixed = jnp.einsum("nhts,nshd->nthd", weights, jnp.tanh(v))
+        out = nn.DenseGeneral(self.features, axis=(-2, -1), name="out")(mixed)
+        return nn.Dense(3)(out.mean(axis=1))
+
+
+def _cast(tree, dtype):
+    return jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request):
+    """Run a test in float32 and in float64 (64-bit mode switched on for the latter)."""
+    if request.param == "float64":
+        with jax.enable_x64(True):
+            yield jnp.float64
+    else:
+        yield jnp.float32
+
+
+def make_mlp(dtype, n=6):
+    model = MLP(hidden=(7, 5), num_outputs=3, activation=jnp.tanh)
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, 4), dtype)
+    params = _cast(model.init(jax.random.PRNGKey(1), x), dtype)
+    return model, params, x
+
+
+def make_cnn(dtype, n=5):
+    model = SmallCNN(channels=(3, 4), num_outputs=2)
+    x = jax.random.normal(jax.random.PRNGKey(2), (n, 6, 6, 2), dtype)
+    params = _cast(model.init(jax.random.PRNGKey(3), x), dtype)
+    return model, params, x
+
+
+def make_heads(dtype, n=4):
+    model = HeadsModel()
+    x = jax.random.normal(jax.random.PRNGKey(4), (n, 3, 4), dtype)
+    params = _cast(model.init(jax.random.PRNGKey(5), x), dtype)
+    return model, params, x
+
+
+def head_group_ids(params):
+    """Head h = its query/value columns (and biases) and its rows of the output kernel."""
+    ids = jax.tree_util.tree_map(lambda a: np.full((1,) * a.ndim, -1, np.int32), params)
+    p = ids["params"]
+    heads = np.arange(2, dtype=np.int32)
+    for name in ("query", "value"):
+        p[name]["kernel"] = heads[None, :, None]
+        p[name]["bias"] = heads[:, None]
+    p["out"]["kernel"] = heads[:, None, None]
+    return ids
+
+
+def brute_force_group_kernels(apply_fn, params, x1, x2, group_ids=None):
+    """Reference: full Jacobians by jax.jacobian, masked per group and contracted in NumPy."""
+    j1 = jax.tree_util.tree_leaves(jax.jacobian(lambda p: apply_fn(p, x1))(params))
+    j2 = jax.tree_util.tree_leaves(jax.jacobian(lambda p: apply_fn(p, x2))(params))
+    leaves = jax.tree_util.tree_leaves(params)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    k = int(np.prod(np.shape(apply_fn(params, x1))[1:]))
+    if group_ids is None:
+        id_leaves = [np.zeros(np.shape(w), np.int32) for w in leaves]
+    else:
+        id_leaves = [
+            np.broadcast_to(g, np.shape(w))
+            for g, w in zip(jax.tree_util.tree_leaves(group_ids), leaves)
+        ]
+    p = 1 + max(int(g.max()) for g in id_leaves)
+    kernels = np.zeros((p, n1, n2))
+    for a, b, ids, w in zip(j1, j2, id_leaves, leaves):
+        a = np.asarray(a, np.float64).reshape(n1, -1, np.size(w))
+        b = np.asarray(b, np.float64).reshape(n2, -1, np.size(w))
+        flat = ids.reshape(-1)
+        for g in range(p):
+            cols = flat == g
+            kernels[g] += np.einsum("xcw,ycw->xy", a[:, :, cols], b[:, :, cols])
+    kernels /= k
+    return kernels if group_ids is not None else kernels[0]
