@@ -74,8 +74,10 @@ def spectrum_features(
       kernel: ``(n, n)`` or ``(p, n, n)`` symmetric positive semi-definite matrices.
       max_rank: optional int or ``(p,)`` ints: only the top ``max_rank`` eigenvalues are
         considered (the rest are structural zeros); see :func:`group_rank_bound`.
-      rtol: relative tolerance for zero eigenvalues; default ``n * eps`` of the computation
-        dtype (NumPy's ``matrix_rank`` convention).
+      rtol: relative tolerance for zero eigenvalues; default ``n * eps`` (NumPy's
+        ``matrix_rank`` convention) with the eps of the *input's* dtype when that is coarser
+        than the computation's: a float32 kernel decomposed in float64 still carries float32
+        round-off.
       dtype: computation dtype, e.g. ``np.float64`` for ill-conditioned kernels.  With JAX's
         64-bit mode off, a float64 request is computed by NumPy on the host (not jit-able).
 
@@ -100,18 +102,20 @@ def spectrum_features(
         considered = np.minimum(ranks, n)
     else:
         considered = np.asarray(n)
+    input_dtype = np.dtype(kernel.dtype)
+    input_eps = float(np.finfo(input_dtype).eps) if np.issubdtype(input_dtype, np.floating) else 0.0
     host = dtype is not None and np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64
     if host:
         values = np.linalg.eigvalsh(np.asarray(kernel, np.float64))[..., ::-1]
-        return _summarize(np, values, considered, rtol)
+        return _summarize(np, values, considered, rtol, input_eps)
     kernel = jnp.asarray(kernel, dtype) if dtype is not None else jnp.asarray(kernel)
     values = jnp.linalg.eigvalsh(0.5 * (kernel + jnp.swapaxes(kernel, -1, -2)))[..., ::-1]
-    return _summarize(jnp, values, jnp.asarray(considered), rtol)
+    return _summarize(jnp, values, jnp.asarray(considered), rtol, input_eps)
 
 
-def _summarize(xp, values, considered, rtol) -> SpectrumFeatures:
+def _summarize(xp, values, considered, rtol, input_eps: float) -> SpectrumFeatures:
     n = values.shape[-1]
-    eps = np.finfo(values.dtype).eps
+    eps = max(float(np.finfo(values.dtype).eps), input_eps)
     rtol = n * eps if rtol is None else rtol
     lambda_max = xp.maximum(values[..., 0], 0.0)
     tolerance = rtol * lambda_max
