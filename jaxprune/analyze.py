@@ -34,7 +34,12 @@ from jaxprune.spectra import (
     spectrum_features,
 )
 
-__all__ = ["AnalyzeConfig", "run_analyze"]
+__all__ = ["ACTIVATIONS", "AnalyzeConfig", "format_table", "run_analyze"]
+
+#: Hidden-layer nonlinearities of the analyzed MLP.  With ReLU a neuron's own kernel has a zero
+#: row for every probe example on which it is inactive, so its λ_min is 0 (reported as rank
+#: deficient); tanh neurons are active everywhere.
+ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "gelu": jax.nn.gelu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +48,7 @@ class AnalyzeConfig:
 
     dataset: str = "digits"
     hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
     train_steps: int = 300
     batch_size: int = 128
     learning_rate: float = 1e-2
@@ -56,6 +62,10 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
+            )
         if not self.hidden or any(w < 1 for w in self.hidden):
             raise ValueError(f"hidden must be one or more widths >= 1, got {self.hidden!r}")
         for name in ("batch_size", "probe_examples", "num_probes", "top_k"):
@@ -117,7 +127,11 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
         jax.random.PRNGKey(config.seed), 5
     )
     data = load_builtin(config.dataset, key_data)
-    model = MLP(hidden=config.hidden, num_outputs=data.num_outputs)
+    model = MLP(
+        hidden=config.hidden,
+        num_outputs=data.num_outputs,
+        activation=ACTIVATIONS[config.activation],
+    )
     x_all = jnp.asarray(data.x, dtype)
     params = model.init(key_init, x_all[:1])
     params = jax.tree_util.tree_map(lambda w: w.astype(dtype), params)
@@ -187,6 +201,8 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
             "count": int(group_kernels.shape[0]),
             "layers": widths,
             "lambda_min": np.asarray(groups.lambda_min).tolist(),
+            "lambda_min_nonzero": np.asarray(groups.lambda_min_nonzero).tolist(),
+            "rank": np.asarray(groups.rank).tolist(),
             "entropy": np.asarray(groups.entropy).tolist(),
             "condition_number": np.asarray(groups.condition_number).tolist(),
             "rank_deficient": int(np.sum(groups.rank_deficient)),
@@ -225,7 +241,11 @@ def _plot(out: Path, ntk_eigenvalues, hessian_top, groups, widths) -> None:
     width = max(widths)
     fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 1.1 * len(widths) * 2))
     for ax, field, label in (
-        (axes[0], np.log10(np.maximum(np.asarray(groups.lambda_min), 1e-30)), "log10 λ_min"),
+        (
+            axes[0],
+            np.log10(np.maximum(np.asarray(groups.lambda_min_nonzero), 1e-30)),
+            "log10 smallest nonzero eigenvalue",
+        ),
         (axes[1], np.asarray(groups.entropy), "spectral entropy ρ"),
     ):
         grid = np.full((len(widths), width), np.nan)
@@ -246,6 +266,8 @@ def format_table(summary: dict[str, Any]) -> str:
     """The summary as an aligned text table."""
     ntk, pl, hess, grp = summary["ntk"], summary["pl"], summary["hessian"], summary["groups"]
     lmin = np.asarray(grp["lambda_min"])
+    lnz = np.asarray(grp["lambda_min_nonzero"])
+    rank = np.asarray(grp["rank"])
     ent = np.asarray(grp["entropy"])
     rows = [
         ("probe examples", f"{summary['probe_examples']}"),
@@ -262,6 +284,14 @@ def format_table(summary: dict[str, Any]) -> str:
         (
             "group λ_min median [min, max]",
             f"{np.median(lmin):.3g} [{lmin.min():.3g}, {lmin.max():.3g}]",
+        ),
+        (
+            "group nonzero λ_min median [min, max]",
+            f"{np.median(lnz):.3g} [{lnz.min():.3g}, {lnz.max():.3g}]",
+        ),
+        (
+            "group kernel rank median [min, max]",
+            f"{np.median(rank):.0f} [{rank.min()}, {rank.max()}]",
         ),
         (
             "group entropy median [min, max]",

@@ -49,7 +49,7 @@ def _non_negative(text: str) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from jaxprune.analyze import AnalyzeConfig
+    from jaxprune.analyze import ACTIVATIONS, AnalyzeConfig
     from jaxprune.data import DATASETS
 
     defaults = AnalyzeConfig()
@@ -82,6 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_widths,
         default=defaults.hidden,
         help="hidden widths of the MLP, comma separated, e.g. 64,64",
+    )
+    analyze.add_argument(
+        "--activation",
+        choices=sorted(ACTIVATIONS),
+        default=defaults.activation,
+        help="hidden nonlinearity (with relu, a neuron inactive on some probe example has a "
+        "rank-deficient kernel: lambda_min = 0)",
     )
     analyze.add_argument(
         "--train-steps",
@@ -127,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = AnalyzeConfig(
                 dataset=args.dataset,
                 hidden=args.hidden,
+                activation=args.activation,
                 train_steps=args.train_steps,
                 batch_size=args.batch_size,
                 learning_rate=args.learning_rate,

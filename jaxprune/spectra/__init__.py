@@ -1,17 +1,47 @@
 """What the papers measure: empirical NTKs (whole and per group), their spectra, Hessian traces
 and eigenvalues, and PL condition numbers.  Pure functions of explicit arguments."""
 
+from jaxprune.spectra.hessian import (
+    TraceEstimate,
+    gauss_newton_diagonal,
+    group_hessian_traces,
+    hessian_diagonal,
+    hessian_trace,
+    hvp,
+    output_hessian_trace,
+    output_hvp,
+)
+from jaxprune.spectra.lanczos import (
+    EigenResult,
+    SpectralDensity,
+    density_moments,
+    hessian_eigenvalues,
+    hessian_spectral_density,
+)
 from jaxprune.spectra.ntk import BACKENDS, empirical_ntk
 from jaxprune.spectra.pl import PLCondition, empirical_pl_ratio, pl_condition, proposition8_bound
 from jaxprune.spectra.spectrum import SpectrumFeatures, group_rank_bound, spectrum_features
 
 __all__ = [
     "BACKENDS",
+    "EigenResult",
     "PLCondition",
+    "SpectralDensity",
     "SpectrumFeatures",
+    "TraceEstimate",
+    "density_moments",
     "empirical_ntk",
     "empirical_pl_ratio",
+    "gauss_newton_diagonal",
+    "group_hessian_traces",
     "group_rank_bound",
+    "hessian_diagonal",
+    "hessian_eigenvalues",
+    "hessian_spectral_density",
+    "hessian_trace",
+    "hvp",
+    "output_hessian_trace",
+    "output_hvp",
     "pl_condition",
     "proposition8_bound",
     "spectrum_features",

@@ -173,7 +173,13 @@ def _build_block(sig: _Signature) -> tuple[Callable, int]:
             "'structured', 'jacobian' or 'neural_tangents'"
         )
     if backend == "neural_tangents":
-        block = _neural_tangents_block(sig.apply_fn, ids, sig.p, len(out_shape), sig.whole)
+        block = _neural_tangents_block(
+            sig.apply_fn,
+            [(g, shape) for g, (shape, _) in zip(ids, sig.leaf_specs)],
+            sig.p,
+            len(out_shape),
+            sig.whole,
+        )
         return block, k * sum(sizes) * 4
     if backend == "ntvp":
         whole = _ntvp_block(sig.apply_fn, k)
@@ -277,18 +283,33 @@ def _neural_tangents_block(apply_fn, ids, p, out_ndim, whole):
         )
         return lambda params, x1, x2: kernel_fn(x1, x2, params)[None]
 
-    def restricted(params, x, group):
-        leaves, treedef = jax.tree_util.tree_flatten(params)
-        held = [jnp.where(g == group, w, jax.lax.stop_gradient(w)) for w, g in zip(leaves, ids)]
-        return apply_fn(jax.tree_util.tree_unflatten(treedef, held), x)
+    # Per group: differentiate only that group's weights, gathered into one vector per leaf and
+    # scattered back at traced positions, so groups with the same per-leaf sizes (all neurons
+    # of a layer, all heads) share one compilation.  This is the straightforward per-group use
+    # of neural-tangents, one call per group, that the structured backend is measured against.
+    positions = [
+        [np.flatnonzero(np.broadcast_to(leaf_ids, shape) == g) for leaf_ids, shape in ids]
+        for g in range(p)
+    ]
 
-    kernel_fn = jax.jit(
-        nt.empirical_ntk_fn(
-            restricted, trace_axes=trace_axes, vmap_axes=0, implementation=contraction
-        )
+    def restricted(group_values, x, base, group_positions):
+        leaves, treedef = jax.tree_util.tree_flatten(base)
+        leaves = [
+            leaf.reshape(-1).at[where].set(values).reshape(leaf.shape)
+            for leaf, values, where in zip(leaves, group_values, group_positions)
+        ]
+        return apply_fn(jax.tree_util.tree_unflatten(treedef, leaves), x)
+
+    ntk_fn = nt.empirical_ntk_fn(
+        restricted, trace_axes=trace_axes, vmap_axes=0, implementation=contraction
     )
 
+    @jax.jit
+    def group_kernel(params, x1, x2, where):
+        values = [leaf.reshape(-1)[w] for leaf, w in zip(jax.tree_util.tree_leaves(params), where)]
+        return ntk_fn(x1, x2, values, base=params, group_positions=where)
+
     def block(params, x1, x2):
-        return jnp.stack([kernel_fn(x1, x2, params, group=g) for g in range(p)])
+        return jnp.stack([group_kernel(params, x1, x2, where) for where in positions])
 
     return block

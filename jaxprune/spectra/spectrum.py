@@ -25,6 +25,9 @@ class SpectrumFeatures(NamedTuple):
         tolerance of zero are exactly 0, as are the structural zeros beyond ``max_rank``.
       lambda_min: smallest eigenvalue of the considered spectrum (the top
         ``d = min(n, max_rank)``); exactly 0 when the kernel is rank deficient.
+      lambda_min_nonzero: smallest eigenvalue above the tolerance: λ_min of the kernel
+        restricted to its range (the nonzero spectrum of the Gram matrix ``Jᵀ J``, ERRATA 000);
+        0 only for a zero kernel.
       lambda_max: largest eigenvalue.
       condition_number: ``lambda_max / lambda_min``; ``inf`` when rank deficient.
       entropy: spectral entropy ρ = -Σ λ̄ log λ̄ with λ̄ = λ / Σλ (paper 000, eq. 7); 0 log 0 = 0.
@@ -38,6 +41,7 @@ class SpectrumFeatures(NamedTuple):
 
     eigenvalues: jax.Array
     lambda_min: jax.Array
+    lambda_min_nonzero: jax.Array
     lambda_max: jax.Array
     condition_number: jax.Array
     entropy: jax.Array
@@ -131,16 +135,19 @@ def _summarize(xp, values, considered, rtol, input_eps: float) -> SpectrumFeatur
         cleaned, (xp.broadcast_to(dim, np.shape(rank)) - 1)[..., None].astype(int), axis=-1
     )[..., 0]
     lambda_min = xp.where(rank_deficient, 0.0, last)
+    lambda_min_nonzero = xp.min(xp.where(cleaned > 0, cleaned, xp.inf), axis=-1)
+    lambda_min_nonzero = xp.where(rank > 0, lambda_min_nonzero, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         condition = xp.where(rank_deficient | (lambda_min <= 0), xp.inf, lambda_max / lambda_min)
         total = xp.sum(cleaned, axis=-1, keepdims=True)
         share = xp.where(total > 0, cleaned / xp.where(total > 0, total, 1.0), 0.0)
-        entropy = -xp.sum(
+        entropy = 0.0 - xp.sum(
             xp.where(share > 0, share * xp.log(xp.where(share > 0, share, 1.0)), 0.0), axis=-1
         )
     return SpectrumFeatures(
         eigenvalues=cleaned,
         lambda_min=lambda_min,
+        lambda_min_nonzero=lambda_min_nonzero,
         lambda_max=lambda_max,
         condition_number=condition,
         entropy=entropy,

@@ -33,7 +33,9 @@ def test_pl_constant_and_lipschitz_are_kernel_eigenvalues(linear):
     assert pl.pl_constant == pytest.approx(eig.min(), rel=1e-10)
     assert pl.lipschitz == pytest.approx(np.sqrt(eig.max()), rel=1e-10)
     # ‖DF‖₂ is the largest singular value of X.
-    assert pl.lipschitz == pytest.approx(np.linalg.svd(np.asarray(x), compute_uv=False)[0], rel=1e-10)
+    assert pl.lipschitz == pytest.approx(
+        np.linalg.svd(np.asarray(x), compute_uv=False)[0], rel=1e-10
+    )
     assert pl.condition_number == pytest.approx(np.sqrt(eig.max()) / eig.min(), rel=1e-10)
     assert pl.kernel_condition_number == pytest.approx(eig.max() / eig.min(), rel=1e-8)
     mean = pl_condition(kernel, loss_scale=5.0)
@@ -76,7 +78,7 @@ def test_rank_deficient_kernel_has_no_pl_constant():
 
 def test_proposition8_bound(linear):
     """A linear model has H_f = 0, so the bound is ‖DF(w₀)‖₂ / λ_min = the condition number."""
-    x, w = linear
+    x, _ = linear
     kernel = x @ x.T
     bound = proposition8_bound(kernel, hessian_norm=0.0, radius=2.0)
     assert bound == pytest.approx(float(pl_condition(kernel).condition_number), rel=1e-10)

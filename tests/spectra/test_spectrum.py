@@ -89,7 +89,9 @@ def test_negative_eigenvalues_beyond_round_off_are_flagged():
 
 
 def test_group_rank_bound():
-    np.testing.assert_array_equal(group_rank_bound([1, 3, 50], num_outputs=2, num_examples=8), [2, 6, 8])
+    np.testing.assert_array_equal(
+        group_rank_bound([1, 3, 50], num_outputs=2, num_examples=8), [2, 6, 8]
+    )
 
 
 def test_jittable_on_device_path():

@@ -1,0 +1,408 @@
+"""Hessian quantities from Hessian-vector products: the Hessian itself is never formed.
+
+Every estimator here is a pure function of explicit arguments built on :func:`hvp`
+(forward-over-reverse differentiation), so it can be jit-compiled (with the integer and string
+options static) and differentiated.  Stochastic estimators split ``num_probes`` keys from the
+key they are given, draw each probe (a pytree like ``params``) from one of them, and return a
+:class:`TraceEstimate`: the mean over probes, its standard error and the per-probe samples.
+
+References:
+  Pearlmutter (1994), "Fast exact multiplication by the Hessian".  Hutchinson (1990), "A
+  stochastic estimator of the trace of the influence matrix"; Avron & Toledo (2011), "Randomized
+  algorithms for estimating the trace of an implicit symmetric positive semi-definite matrix".
+  Bekas, Kokiopoulou & Saad (2007), "An estimator for the diagonal of a matrix".  Paper 000,
+  Appendix E.2, Algorithm 1 (trace of the output Hessian).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxprune.group_ids import leaf_group_ids, validate_group_ids
+from jaxprune.spectra._checks import check_batch, check_finite_params, check_positive_int
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "TraceEstimate",
+    "gauss_newton_diagonal",
+    "group_hessian_traces",
+    "hessian_diagonal",
+    "hessian_trace",
+    "hvp",
+    "output_hessian_trace",
+    "output_hvp",
+]
+
+PyTree = Any
+LossFn = Callable[[PyTree], jax.Array]
+ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
+Distribution = Literal["rademacher", "gaussian"]
+DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian")
+
+# Probes evaluated together (vectorized) by default; the rest are looped over.
+_DEFAULT_BATCH = 16
+
+
+class TraceEstimate(NamedTuple):
+    """A Monte Carlo estimate: the mean of per-probe samples and its standard error.
+
+    Attributes:
+      estimate: mean of ``samples`` over the probe axis (a scalar, a ``(p,)`` array, or a pytree
+        like ``params``, depending on the estimator).
+      stderr: sample standard deviation (``ddof=1``) over probes divided by
+        ``sqrt(num_probes)``, same shape as ``estimate``; ``inf`` when ``num_probes == 1``,
+        where the spread cannot be estimated.
+      num_probes: number of probes.
+      samples: per-probe values with a leading ``num_probes`` axis (``vᵀ H v`` for a trace).
+    """
+
+    estimate: Any
+    stderr: Any
+    num_probes: int
+    samples: Any
+
+
+def hvp(loss_fn: LossFn, params: PyTree, tangent: PyTree) -> PyTree:
+    """Hessian-vector product ``∇²loss(params) · tangent`` by forward-over-reverse.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar``.
+      params: parameter pytree.
+      tangent: pytree with the structure, shapes and dtypes of ``params``.
+
+    Returns:
+      ``H v`` as a pytree like ``params``; costs about one gradient evaluation.
+
+    References:
+      Pearlmutter (1994), "Fast exact multiplication by the Hessian".
+    """
+    return jax.jvp(jax.grad(loss_fn), (params,), (tangent,))[1]
+
+
+def output_hvp(apply_fn: ApplyFn, params: PyTree, x: jax.Array, tangent: PyTree) -> PyTree:
+    """Hessian-vector product of the scalar ``sum(apply_fn(params, x))``.
+
+    The sum runs over the batch and every output axis, so by linearity the result is
+    ``sum_i H_{f_i} v``, the sum of the per-output Hessians applied to ``v``.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
+      params: parameter pytree.
+      x: ``(n, ...)`` inputs.
+      tangent: pytree like ``params``.
+
+    Returns:
+      Pytree like ``params``.
+
+    References:
+      Paper 000, Appendix E.2, Algorithm 1.
+    """
+    return hvp(_summed_outputs(apply_fn, x), params, tangent)
+
+
+def hessian_trace(
+    loss_fn: LossFn,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: Distribution = "rademacher",
+    batch_size: int | None = None,
+) -> TraceEstimate:
+    """Hutchinson estimate of ``Tr(∇²loss(params))``.
+
+    Each probe ``v`` (a pytree like ``params`` with i.i.d. Rademacher ±1 or standard Gaussian
+    entries, drawn from ``key``) gives the unbiased sample ``vᵀ H v``; the variance per probe is
+    ``2 sum_{i≠j} H_ij²`` for Rademacher and ``2 ‖H‖_F²`` for Gaussian probes.  Differentiable
+    with respect to ``params`` and to anything ``loss_fn`` closes over (for a fixed key).
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar``.
+      params: parameter pytree (finite values).
+      key: PRNG key.
+      num_probes: number of probes, an int >= 1.
+      distribution: ``"rademacher"`` or ``"gaussian"``.
+      batch_size: probes evaluated together (vectorized); default ``min(num_probes, 16)``.
+
+    Returns:
+      :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
+
+    References:
+      Hutchinson (1990); Avron & Toledo (2011).
+    """
+    num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
+
+    def sample(probe_key: jax.Array) -> jax.Array:
+        probe = _draw_probe(probe_key, params, distribution)
+        return _tree_vdot(probe, hvp(loss_fn, params, probe))
+
+    return _summarize(_map_probes(sample, key, num_probes, batch_size), num_probes)
+
+
+def output_hessian_trace(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: Distribution = "gaussian",
+    batch_size: int | None = None,
+) -> TraceEstimate:
+    """Hutchinson estimate of the output-Hessian trace ``Tr(H_f)`` of paper 000, eq. 36.
+
+    ``Tr(H_f) = sum_i Tr(∇²_w f_i(w))`` where the sum runs over examples and all output axes
+    (classes/tokens).  ERRATA for paper 000: Algorithm 1 has inconsistent shapes; by linearity
+    ``sum_i Tr(H_{f_i}) = Tr(∇²_w sum_i f_i)``, so this is Hutchinson on the scalar
+    ``sum(apply_fn(params, x))``.  For the Hessian of a loss use :func:`hessian_trace`.
+    Gaussian probes by default, as in Algorithm 1.  Differentiable with respect to ``params``
+    (the PL gating objective differentiates through it).
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
+      params: parameter pytree (finite values).
+      x: ``(n, ...)`` inputs.
+      key: PRNG key.
+      num_probes: number of probes, an int >= 1.
+      distribution: ``"gaussian"`` (default) or ``"rademacher"``.
+      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+
+    Returns:
+      :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
+
+    References:
+      Paper 000, Appendix E.2, Algorithm 1; Hutchinson (1990); Avron & Toledo (2011).
+    """
+    check_batch(x, "x")
+    return hessian_trace(
+        _summed_outputs(apply_fn, x),
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+
+
+def group_hessian_traces(
+    loss_fn: LossFn,
+    params: PyTree,
+    group_ids: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: Distribution = "rademacher",
+    batch_size: int | None = None,
+) -> TraceEstimate:
+    """Hutchinson estimates of the trace of the Hessian restricted to each group.
+
+    For a probe ``v`` with independent zero-mean unit-variance entries,
+    ``E[sum_{j in g} v_j (H v)_j] = sum_{j in g} H_jj``: only diagonal terms survive in
+    expectation.  One HVP per probe serves all ``p`` groups; weights with id ``-1`` count in
+    no group.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar``.
+      params: parameter pytree (finite values).
+      group_ids: group-id pytree with ``p`` groups (see :mod:`jaxprune.group_ids`).
+      key: PRNG key.
+      num_probes: number of probes, an int >= 1.
+      distribution: ``"rademacher"`` or ``"gaussian"``.
+      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+
+    Returns:
+      :class:`TraceEstimate` with ``(p,)`` ``estimate``/``stderr`` and ``(num_probes, p)``
+      samples.
+
+    References:
+      Hutchinson (1990); Bekas, Kokiopoulou & Saad (2007).
+    """
+    num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
+    p = validate_group_ids(params, group_ids)
+    ids = [np.ravel(leaf_ids) for leaf_ids in leaf_group_ids(params, group_ids)]
+
+    def sample(probe_key: jax.Array) -> jax.Array:
+        probe = _draw_probe(probe_key, params, distribution)
+        products = jax.tree_util.tree_leaves(_tree_mul(probe, hvp(loss_fn, params, probe)))
+        # segment_sum drops the ungrouped id -1 (out of [0, p)).
+        per_leaf = [
+            jax.ops.segment_sum(jnp.ravel(prod), leaf_ids, num_segments=p)
+            for prod, leaf_ids in zip(products, ids, strict=True)
+        ]
+        return sum(per_leaf[1:], per_leaf[0])
+
+    return _summarize(_map_probes(sample, key, num_probes, batch_size), num_probes)
+
+
+def hessian_diagonal(
+    loss_fn: LossFn,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: Distribution = "rademacher",
+    batch_size: int | None = None,
+) -> TraceEstimate:
+    """Hutchinson estimate of the Hessian diagonal ``E[v ⊙ H v]``.
+
+    With Rademacher probes entry ``j`` has variance ``sum_{i≠j} H_ij²`` per probe.  The samples
+    are kept, so memory is ``num_probes × P``.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar``.
+      params: parameter pytree (finite values).
+      key: PRNG key.
+      num_probes: number of probes, an int >= 1.
+      distribution: ``"rademacher"`` or ``"gaussian"``.
+      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+
+    Returns:
+      :class:`TraceEstimate` whose ``estimate`` and ``stderr`` are pytrees like ``params`` and
+      whose ``samples`` is a pytree of ``(num_probes, *leaf.shape)`` arrays.
+
+    References:
+      Bekas, Kokiopoulou & Saad (2007); Hutchinson (1990).
+    """
+    num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
+
+    def sample(probe_key: jax.Array) -> PyTree:
+        probe = _draw_probe(probe_key, params, distribution)
+        return _tree_mul(probe, hvp(loss_fn, params, probe))
+
+    samples = _map_probes(sample, key, num_probes, batch_size)
+    return TraceEstimate(
+        jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), samples),
+        jax.tree_util.tree_map(lambda s: _standard_error(s, num_probes), samples),
+        num_probes,
+        samples,
+    )
+
+
+def gauss_newton_diagonal(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: jax.Array,
+    *,
+    loss_hessian: jax.Array | None = None,
+) -> PyTree:
+    """Exact diagonal of the Gauss–Newton matrix ``G = sum_x J_xᵀ H_out J_x``.
+
+    ``J_x`` is the ``(k, P)`` Jacobian of the ``k`` flattened outputs of example ``x``; the
+    output-loss Hessian ``H_out`` defaults to the identity, the Gauss–Newton matrix of the
+    squared loss ``½ sum_x ‖f(x) − y‖²`` (summed, not averaged, over examples).  Per-example
+    Jacobians are formed with ``vmap(jacrev)``, so memory is ``n · k · P``: meant for small
+    models (tests, toy studies).  Examples are fed to ``apply_fn`` one at a time as batches of 1.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
+      params: parameter pytree (finite values).
+      x: ``(n, ...)`` inputs.
+      loss_hessian: ``(k, k)`` output-loss Hessian shared by all examples, or ``(n, k, k)`` one
+        per example; ``k`` is the number of outputs per example.  Default: identity.
+
+    Returns:
+      Pytree like ``params`` holding ``diag(G)``.
+
+    References:
+      Schraudolph (2002), "Fast curvature matrix-vector products for second-order gradient
+      descent"; Martens (2020), "New insights and perspectives on the natural gradient method".
+    """
+    check_finite_params(params)
+    check_batch(x, "x")
+
+    def single(p: PyTree, example: jax.Array) -> jax.Array:
+        return jnp.ravel(apply_fn(p, example[None]))
+
+    n = x.shape[0]
+    k = int(np.prod(jax.eval_shape(single, params, x[0]).shape))
+    hess = None if loss_hessian is None else _check_loss_hessian(loss_hessian, n, k)
+    jacobians = jax.vmap(jax.jacrev(single), in_axes=(None, 0))(params, x)
+
+    def leaf_diagonal(jac: jax.Array, param: jax.Array) -> jax.Array:
+        jac = jnp.reshape(jac, (n, k, -1))
+        if hess is None:
+            diag = jnp.sum(jac * jac, axis=(0, 1))
+        else:
+            diag = jnp.einsum("nam,nab,nbm->m", jac, hess, jac)
+        return jnp.reshape(diag, jnp.shape(param))
+
+    return jax.tree_util.tree_map(leaf_diagonal, jacobians, params)
+
+
+def _check_loss_hessian(loss_hessian: jax.Array, n: int, k: int) -> jax.Array:
+    """``loss_hessian`` as an ``(n, k, k)`` array, or ``ValueError`` naming its shape."""
+    shape = jnp.shape(loss_hessian)
+    if shape not in ((k, k), (n, k, k)):
+        raise ValueError(
+            f"loss_hessian must have shape ({k}, {k}) or ({n}, {k}, {k}) for {n} examples with "
+            f"{k} outputs each, got {shape}"
+        )
+    return jnp.broadcast_to(loss_hessian, (n, k, k))
+
+
+def _summed_outputs(apply_fn: ApplyFn, x: jax.Array) -> LossFn:
+    """The scalar ``params -> sum(apply_fn(params, x))`` over the batch and all output axes."""
+    return lambda params: jnp.sum(apply_fn(params, x))
+
+
+def _check_probe_args(
+    params: PyTree, num_probes: Any, distribution: Any, batch_size: Any
+) -> tuple[int, int]:
+    """Validate the shared estimator arguments; return ``(num_probes, batch_size)``."""
+    num_probes = check_positive_int(num_probes, "num_probes")
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    if batch_size is None:
+        batch_size = min(num_probes, _DEFAULT_BATCH)
+    else:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    check_finite_params(params)
+    return num_probes, min(batch_size, num_probes)
+
+
+def _draw_probe(key: jax.Array, params: PyTree, distribution: str) -> PyTree:
+    """A probe like ``params`` with i.i.d. Rademacher or standard Gaussian entries.
+
+    One draw for the flattened parameters (one random-number kernel to compile, however many
+    leaves), split back into leaves.
+    """
+    flat, unravel = ravel_pytree(params)
+    draw = jax.random.rademacher if distribution == "rademacher" else jax.random.normal
+    return unravel(draw(key, flat.shape, flat.dtype))
+
+
+def _map_probes(
+    sample: Callable[[jax.Array], Any], key: jax.Array, num_probes: int, batch_size: int
+) -> Any:
+    """``sample`` applied to ``num_probes`` keys split from ``key``, stacked on axis 0."""
+    return jax.lax.map(sample, jax.random.split(key, num_probes), batch_size=batch_size)
+
+
+def _summarize(samples: jax.Array, num_probes: int) -> TraceEstimate:
+    """Mean over the probe axis, its standard error, and the samples."""
+    estimate = jnp.mean(samples, axis=0)
+    return TraceEstimate(estimate, _standard_error(samples, num_probes), num_probes, samples)
+
+
+def _standard_error(samples: jax.Array, num_probes: int) -> jax.Array:
+    """Standard error of the mean over axis 0 (``ddof=1``); ``inf`` for a single probe."""
+    if num_probes == 1:
+        return jnp.full(jnp.shape(samples)[1:], jnp.inf, jnp.result_type(samples))
+    return jnp.std(samples, axis=0, ddof=1) / np.sqrt(num_probes)
+
+
+def _tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``sum`` over all leaves of ``<a_leaf, b_leaf>``."""
+    products = jax.tree_util.tree_leaves(jax.tree_util.tree_map(jnp.vdot, a, b))
+    return sum(products[1:], products[0])
+
+
+def _tree_mul(a: PyTree, b: PyTree) -> PyTree:
+    """Elementwise product of two pytrees of the same structure."""
+    return jax.tree_util.tree_map(jnp.multiply, a, b)
