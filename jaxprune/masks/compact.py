@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Link", "compact", "take"]
+__all__ = ["Link", "compact", "keep_along", "take"]
 
 PyTree = Any
 
@@ -73,6 +73,45 @@ def _get(tree: Mapping, path: str) -> Any:
     return node
 
 
+def keep_along(
+    variables: PyTree, targets: list[tuple[str, int]], keep: Any, *, repeats: int = 1
+) -> PyTree:
+    """Keep the same units along one axis of several leaves: the compaction hook.
+
+    Heads and experts are compacted with it: a head is an index of the heads axis of the
+    query/key/value kernels and biases and of the output kernel; an expert is an index of the
+    expert axis of every expert leaf and of the router's output axis.
+
+    Args:
+      variables: nested dicts of arrays.
+      targets: ``(leaf path, axis)`` pairs, e.g. ``("params/attn/query/kernel", 1)``.
+      keep: boolean ``(units,)`` mask (True = keep); every target axis must have length
+        ``units * repeats``.
+      repeats: the units repeat this many times along the axes, unit fastest (positions of a
+        flattened feature map); 1 otherwise.
+
+    Returns:
+      The variables with the kept units only.
+    """
+    mask = np.asarray(keep, bool)
+    if mask.ndim != 1 or not mask.any():
+        raise ValueError(
+            f"keep must be a non-empty 1-D boolean mask keeping >= 1 unit, got {keep!r}"
+        )
+    index = np.flatnonzero(mask)
+    rows = (np.arange(repeats)[:, None] * mask.size + index[None, :]).reshape(-1)
+    out = variables
+    for path, axis in targets:
+        leaf = _get(variables, path)
+        if leaf.shape[axis] != mask.size * repeats:
+            raise ValueError(
+                f"{path}: axis {axis} has length {leaf.shape[axis]}, expected {mask.size} units"
+                + (f" x {repeats} positions" if repeats > 1 else "")
+            )
+        out = take(out, path, rows, axis % leaf.ndim)
+    return out
+
+
 def compact(variables: PyTree, links: list[Link], keep: Mapping[str, Any]) -> PyTree:
     """Remove the output units not kept from each linked layer.
 
@@ -106,26 +145,19 @@ def compact(variables: PyTree, links: list[Link], keep: Mapping[str, Any]) -> Py
             )
         if not mask.any():
             raise ValueError(f"keep[{link.layer!r}] keeps no unit; at least one must remain")
-        index = np.flatnonzero(mask)
-        out = take(out, f"{link.layer}/kernel", index, -1)
+        targets = [(f"{link.layer}/kernel", -1)]
         if "bias" in _get(variables, link.layer):
-            out = take(out, f"{link.layer}/bias", index, 0)
+            targets.append((f"{link.layer}/bias", 0))
         if link.batchnorm is not None:
             for collection, names in (
                 ("params", ("scale", "bias")),
                 ("batch_stats", ("mean", "var")),
             ):
-                if collection in variables and link.batchnorm in variables[collection]:
-                    for name in names:
-                        if name in variables[collection][link.batchnorm]:
-                            out = take(out, f"{collection}/{link.batchnorm}/{name}", index, 0)
+                stats = variables.get(collection, {}).get(link.batchnorm, {})
+                targets += [
+                    (f"{collection}/{link.batchnorm}/{name}", 0) for name in names if name in stats
+                ]
+        out = keep_along(out, targets, mask)
         if link.next_layer is not None:
-            next_kernel = _get(variables, f"{link.next_layer}/kernel")
-            if next_kernel.shape[-2] != units * link.positions:
-                raise ValueError(
-                    f"{link.next_layer}: kernel input size {next_kernel.shape[-2]} does not match "
-                    f"{units} units x {link.positions} positions of {link.layer}"
-                )
-            rows = (np.arange(link.positions)[:, None] * units + index[None, :]).reshape(-1)
-            out = take(out, f"{link.next_layer}/kernel", rows, next_kernel.ndim - 2)
+            out = keep_along(out, [(f"{link.next_layer}/kernel", -2)], mask, repeats=link.positions)
     return out

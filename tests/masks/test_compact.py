@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune.masks.compact import Link, compact
+from jaxprune.masks.compact import Link, compact, keep_along
 from jaxprune.models import MLP
 
 
@@ -69,6 +69,30 @@ class ConvBN(nn.Module):
         return nn.Dense(2)(x.reshape(x.shape[0], -1))
 
 
+def test_heads_hook_slices_every_leaf_of_a_head():
+    from conftest import make_heads
+
+    model, params, x = make_heads(jnp.float32)
+    keep = np.array([False, True])
+    targets = [
+        ("params/query/kernel", 1),
+        ("params/query/bias", 0),
+        ("params/value/kernel", 1),
+        ("params/value/bias", 0),
+        ("params/out/kernel", 0),
+    ]
+    small = keep_along(params, targets, keep)
+    masked = jax.tree_util.tree_map(lambda a: a, params)
+    for name in ("query", "value"):
+        masked["params"][name]["kernel"] = masked["params"][name]["kernel"] * keep[None, :, None]
+        masked["params"][name]["bias"] = masked["params"][name]["bias"] * keep[:, None]
+    masked["params"]["out"]["kernel"] = masked["params"]["out"]["kernel"] * keep[:, None, None]
+    smaller = type(model)(heads=1)
+    np.testing.assert_allclose(
+        smaller.apply(small, x), model.apply(masked, x), rtol=1e-5, atol=1e-6
+    )
+
+
 def test_cnn_with_batchnorm_and_flatten_compaction_equals_masking():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, 6, 2))
     variables = ConvBN().init(jax.random.PRNGKey(1), x)
@@ -116,5 +140,8 @@ class TestErrors:
 
     def test_positions_mismatch(self):
         links = [Link("params/Dense_0", next_layer="params/Dense_1", positions=2)]
-        with pytest.raises(ValueError, match="does not match"):
+        with pytest.raises(
+            ValueError,
+            match=r"Dense_1/kernel: axis -2 has length 3, expected 3 units x 2 positions",
+        ):
             compact(self.variables, links, {"params/Dense_0": np.ones(3, bool)})
