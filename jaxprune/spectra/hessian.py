@@ -67,6 +67,12 @@ class TraceEstimate(NamedTuple):
     num_probes: int
     samples: Any
 
+    @classmethod
+    def from_samples(cls, samples: jax.Array, num_probes: int) -> TraceEstimate:
+        """Mean over the leading probe axis of ``samples``, its standard error, the samples."""
+        estimate = jnp.mean(samples, axis=0)
+        return cls(estimate, _standard_error(samples, num_probes), num_probes, samples)
+
 
 def hvp(loss_fn: LossFn, params: PyTree, tangent: PyTree) -> PyTree:
     """Hessian-vector product ``∇²loss(params) · tangent`` by forward-over-reverse.
@@ -142,7 +148,7 @@ def hessian_trace(
         probe = _draw_probe(probe_key, params, distribution)
         return _tree_vdot(probe, hvp(loss_fn, params, probe))
 
-    return _summarize(_map_probes(sample, key, num_probes, batch_size), num_probes)
+    return TraceEstimate.from_samples(_map_probes(sample, key, num_probes, batch_size), num_probes)
 
 
 def output_hessian_trace(
@@ -237,7 +243,7 @@ def group_hessian_traces(
         ]
         return sum(per_leaf[1:], per_leaf[0])
 
-    return _summarize(_map_probes(sample, key, num_probes, batch_size), num_probes)
+    return TraceEstimate.from_samples(_map_probes(sample, key, num_probes, batch_size), num_probes)
 
 
 def hessian_diagonal(
@@ -382,12 +388,6 @@ def _map_probes(
 ) -> Any:
     """``sample`` applied to ``num_probes`` keys split from ``key``, stacked on axis 0."""
     return jax.lax.map(sample, jax.random.split(key, num_probes), batch_size=batch_size)
-
-
-def _summarize(samples: jax.Array, num_probes: int) -> TraceEstimate:
-    """Mean over the probe axis, its standard error, and the samples."""
-    estimate = jnp.mean(samples, axis=0)
-    return TraceEstimate(estimate, _standard_error(samples, num_probes), num_probes, samples)
 
 
 def _standard_error(samples: jax.Array, num_probes: int) -> jax.Array:

@@ -131,7 +131,7 @@ def _run_intercepted(apply_fn, params, x_single, perturbations=None):
         call = LinearCall(kernel_leaf, bias_leaf, rows.shape[-1], out_size, rows.shape[0], index)
         records.append((call, rows))
         if perturbations is not None:
-            out = out + perturbations[index].reshape(out.shape)
+            out = out + perturbations[index].reshape(out.shape).astype(out.dtype)
         return out
 
     with nn.intercept_methods(interceptor):

@@ -1,0 +1,74 @@
+"""Shared helpers of the pruning criteria: argument checks and per-group sums of elementwise scores.
+
+Every criterion scores each weight (or each group directly) and reduces to one score per group
+with :func:`group_sum`; weights whose group id is ``-1`` (ungrouped) count in no group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune.group_ids import leaf_group_ids, validate_group_ids
+from jaxprune.masks.layout import GroupLayout
+from jaxprune.spectra._checks import check_finite_params
+
+PyTree = Any
+
+
+def checked_num_groups(params: PyTree, group_ids: PyTree) -> int:
+    """Check that ``params`` are finite and ``group_ids`` match them; return ``p``.
+
+    Raises:
+      ValueError: a parameter leaf holds NaN or inf, or ``group_ids`` does not match ``params``
+        (the message names the offending path).
+      TypeError: a group-id leaf is not a concrete integer array.
+    """
+    check_finite_params(params)
+    return validate_group_ids(params, group_ids)
+
+
+def group_sum(values: PyTree, group_ids: PyTree, p: int) -> jax.Array:
+    """Sum an elementwise score over each group: ``out[g] = sum_{j in g} values_j``.
+
+    Args:
+      values: pytree with the structure and leaf shapes of the parameters (one value per weight).
+      group_ids: group-id pytree matching ``values`` (see :mod:`jaxprune.group_ids`).
+      p: number of groups.
+
+    Returns:
+      ``(p,)`` array in the dtype of ``values``; weights with id ``-1`` are dropped.
+    """
+    leaves = jax.tree_util.tree_leaves(values)
+    ids = leaf_group_ids(values, group_ids)
+    # segment_sum drops ids outside [0, p), so the ungrouped id -1 counts nowhere.
+    per_leaf = [
+        jax.ops.segment_sum(jnp.ravel(leaf), np.ravel(leaf_ids), num_segments=p)
+        for leaf, leaf_ids in zip(leaves, ids, strict=True)
+    ]
+    return sum(per_leaf[1:], per_leaf[0])
+
+
+def check_layout(layout: Any, p: int, name: str = "layout") -> GroupLayout:
+    """Return ``layout`` if it is a :class:`GroupLayout` of exactly ``p`` groups, else raise.
+
+    Raises:
+      TypeError: ``layout`` is not a :class:`GroupLayout`.
+      ValueError: its number of groups is not ``p``, or a layer index is outside ``[0, L)``.
+    """
+    if not isinstance(layout, GroupLayout):
+        raise TypeError(f"{name} must be a GroupLayout, got {type(layout).__name__}")
+    if layout.num_groups != p:
+        raise ValueError(
+            f"{name} describes {layout.num_groups} groups but group_ids has {p} groups"
+        )
+    layers = np.asarray(layout.layer_of_group)
+    if layers.size and (layers.min() < 0 or layers.max() >= layout.num_layers):
+        raise ValueError(
+            f"{name}.layer_of_group must lie in [0, {layout.num_layers}), got values in "
+            f"[{int(layers.min())}, {int(layers.max())}]"
+        )
+    return layout

@@ -1,0 +1,62 @@
+"""GraSP (gradient signal preservation) applied structurally, with the sign flipped so that
+higher scores mean more important.
+
+References:
+  Wang, Zhang & Grosse (2020), "Picking winning tickets before training by preserving gradient
+  flow", eqs. 7-8 and Algorithm 1; the authors' code (github.com/alecwangcq/GraSP,
+  ``pruner/GraSP.py``).  Paper 000, Appendix E.3 and ERRATA: GraSP applied structurally, the
+  scores summed per head/expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.spectra.hessian import hvp
+
+__all__ = ["grasp_scores"]
+
+PyTree = Any
+
+
+def grasp_scores(
+    loss_fn: Callable[[PyTree], jax.Array], params: PyTree, group_ids: PyTree
+) -> jax.Array:
+    """Negated structured GraSP score: ``sum_{j in g} w_j (H g)_j = -sum_{j in g} S(-w)_j``.
+
+    GraSP scores each weight by ``S(-w) = -w ⊙ H g`` (eq. 8), where ``g = ∇L`` and ``H = ∇²L``:
+    the first-order change of the gradient-flow term ``ΔL = -gᵀg`` when ``w`` is removed
+    (``δ = -w`` in ``S(δ) = 2 δᵀ H g``, eq. 7, dropping the factor 2).  GraSP removes the
+    weights with the **highest** ``S(-w)`` (Algorithm 1 and the authors' code, which keeps
+    ``S <= τ`` for ``τ`` the score at the pruning quantile from the top).  This function returns
+    ``-S`` summed per group, so that, as for every criterion here, **higher = more important**
+    and keeping the top scores is GraSP's rule.  Scores are signed.
+
+    ``H g`` is one Hessian-vector product by forward-over-reverse differentiation
+    (:func:`jaxprune.spectra.hessian.hvp`), with ``g`` and ``H`` both of ``loss_fn`` (GraSP's
+    temperature on the logits, ``T = 200`` in the authors' code, belongs in ``loss_fn``).
+    GraSP's normalisation by ``|sum S|`` is a positive constant and is left out.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar`` (the loss on the scoring batch).
+      params: parameter pytree (finite values).
+      group_ids: group-id pytree with ``p`` groups; weights with id ``-1`` are ignored.
+
+    Returns:
+      ``(p,)`` scores in the dtype of ``params``.
+
+    References:
+      Wang, Zhang & Grosse (2020), eqs. 7-8, Algorithm 1; paper 000, Appendix E.3.
+    """
+    p = checked_num_groups(params, group_ids)
+
+    def scores(params: PyTree) -> jax.Array:
+        hessian_grad = hvp(loss_fn, params, jax.grad(loss_fn)(params))
+        return group_sum(jax.tree_util.tree_map(jnp.multiply, params, hessian_grad), group_ids, p)
+
+    return jax.jit(scores)(params)
