@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxprune._compat.neural_tangents import import_neural_tangents
-from jaxprune.group_ids import dense_neuron_group_ids
+from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.spectra import empirical_ntk, hessian_trace
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     model = BenchMLP()
     x = jax.random.normal(jax.random.PRNGKey(0), (128, 64))
     params = model.init(jax.random.PRNGKey(1), x)
-    groups = dense_neuron_group_ids(params, include=lambda layer: "Dense_2" not in layer)
+    groups = build_group_ids(params, neurons(r"Dense_[01]$"))[0]
     print(f"devices: {jax.devices()}  jax {jax.__version__}")
     print("MLP 64-512-512-10 ReLU, n = 128, 1,024 neuron groups (kernel column + bias)\n")
 
@@ -112,7 +112,7 @@ def main() -> None:
         model.apply,
         params,
         x,
-        group_ids=dense_neuron_group_ids(params, include=lambda layer: "Dense_2" in layer),
+        group_ids=build_group_ids(params, neurons(r"Dense_2$"))[0],
     ).sum(0)
     sum_error = float(jnp.max(jnp.abs(ours.sum(0) + last_layer - whole)))
     print()

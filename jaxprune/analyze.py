@@ -22,7 +22,8 @@ import optax
 from tqdm.auto import tqdm
 
 from jaxprune.data import DATASETS, load_builtin
-from jaxprune.group_ids import dense_neuron_group_ids, group_sizes
+from jaxprune.group_ids import group_sizes
+from jaxprune.masks import GroupLayout, build_group_ids, neurons
 from jaxprune.models import MLP
 from jaxprune.spectra import (
     empirical_ntk,
@@ -159,9 +160,8 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
     stage("ntk", start)
 
     start = time.perf_counter()
-    hidden_only = dense_neuron_group_ids(
-        params, include=lambda layer: f"Dense_{len(config.hidden)}" not in layer
-    )
+    hidden_layers = "|".join(str(i) for i in range(len(config.hidden)))
+    hidden_only, layout = build_group_ids(params, neurons(rf"Dense_(?:{hidden_layers})$"))
     group_kernels = empirical_ntk(model.apply, params, x, group_ids=hidden_only)
     bound = group_rank_bound(group_sizes(params, hidden_only), data.num_outputs, n)
     groups = spectrum_features(group_kernels, max_rank=bound, dtype=np.float64)
@@ -179,7 +179,6 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
     stage("hessian eigenvalues", start)
     stages.close()
 
-    widths = list(config.hidden)
     summary = {
         "config": dataclasses.asdict(config),
         "train_loss": final_loss,
@@ -199,7 +198,8 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
         },
         "groups": {
             "count": int(group_kernels.shape[0]),
-            "layers": widths,
+            "layers": list(layout.layer_names),
+            "layer_of_group": layout.layer_of_group.tolist(),
             "lambda_min": np.asarray(groups.lambda_min).tolist(),
             "lambda_min_nonzero": np.asarray(groups.lambda_min_nonzero).tolist(),
             "rank": np.asarray(groups.rank).tolist(),
@@ -217,11 +217,11 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
         "seconds": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _plot(out, whole.eigenvalues, np.asarray(top.eigenvalues), groups, widths)
+    _plot(out, whole.eigenvalues, np.asarray(top.eigenvalues), groups, layout)
     return summary
 
 
-def _plot(out: Path, ntk_eigenvalues, hessian_top, groups, widths) -> None:
+def _plot(out: Path, ntk_eigenvalues, hessian_top, groups, layout: GroupLayout) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,8 +238,8 @@ def _plot(out: Path, ntk_eigenvalues, hessian_top, groups, widths) -> None:
     fig.savefig(out / "spectrum.png", dpi=120)
     plt.close(fig)
 
-    width = max(widths)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 1.1 * len(widths) * 2))
+    rows = [layout.groups_in_layer(layer) for layer in range(layout.num_layers)]
+    fig, axes = plt.subplots(2, 1, figsize=(10, 1.2 + 2.2 * len(rows)))
     for ax, field, label in (
         (
             axes[0],
@@ -248,14 +248,12 @@ def _plot(out: Path, ntk_eigenvalues, hessian_top, groups, widths) -> None:
         ),
         (axes[1], np.asarray(groups.entropy), "spectral entropy ρ"),
     ):
-        grid = np.full((len(widths), width), np.nan)
-        offset = 0
-        for row, w in enumerate(widths):
-            grid[row, :w] = field[offset : offset + w]
-            offset += w
+        grid = np.full((len(rows), max(len(r) for r in rows)), np.nan)
+        for row, members in enumerate(rows):
+            grid[row, : len(members)] = field[members]
         image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
         ax.set(title=f"Per-neuron NTK feature: {label}", xlabel="neuron", ylabel="layer")
-        ax.set_yticks(range(len(widths)))
+        ax.set_yticks(range(len(rows)), [name.split("/")[-1] for name in layout.layer_names])
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.savefig(out / "groups.png", dpi=120)

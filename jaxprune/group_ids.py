@@ -3,7 +3,8 @@
 A group-id pytree has the structure of ``params``.  Each leaf is an int32 array broadcastable to
 the shape of the matching parameter leaf; value ``g`` in ``[0, p)`` puts the weight in group
 ``g`` and ``-1`` leaves it ungrouped.  Group ids are static structure: they are concrete
-(NumPy) arrays, never traced.
+(NumPy) arrays, never traced.  Constructors (neurons, filters, heads, experts) live in
+:mod:`jaxprune.masks.groups`.
 
 References:
   Paper 000, Section 3.2.1: the Khatri–Rao grouping ``m * w = [m_1 w_[1], ..., m_p w_[p]]``.
@@ -11,7 +12,6 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -20,7 +20,6 @@ import numpy as np
 PyTree = Any
 
 __all__ = [
-    "dense_neuron_group_ids",
     "group_sizes",
     "leaf_group_ids",
     "num_groups",
@@ -122,43 +121,3 @@ def group_sizes(params: PyTree, group_ids: PyTree) -> np.ndarray:
         kept = ids[ids >= 0]
         sizes += np.bincount(kept.ravel(), minlength=p)
     return sizes
-
-
-def dense_neuron_group_ids(
-    params: PyTree, *, include: Callable[[str], bool] | None = None
-) -> PyTree:
-    """One group per output unit of every Dense layer (its kernel column and bias entry).
-
-    A leaf named ``kernel`` with 2 dimensions ``(in, out)`` gets ids of shape ``(1, out)``; the
-    ``bias`` next to it gets the same ids ``(out,)``.  Other leaves are ungrouped.  Groups are
-    numbered layer by layer in flattening order.
-
-    Args:
-      params: a Flax parameter pytree.
-      include: optional predicate on the layer's path string (e.g. ``"['params']['Dense_0']"``)
-        choosing which layers to group; by default every Dense layer.
-
-    Returns:
-      The group-id pytree.
-    """
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    ids: list[np.ndarray] = [np.full((1,) * np.ndim(leaf), -1, np.int32) for _, leaf in flat]
-    position = {_path_str(path): i for i, (path, _) in enumerate(flat)}
-    next_id = 0
-    for i, (path, leaf) in enumerate(flat):
-        name = getattr(path[-1], "key", None)
-        if name != "kernel" or np.ndim(leaf) != 2:
-            continue
-        layer = _path_str(path[:-1])
-        if include is not None and not include(layer):
-            continue
-        out = np.shape(leaf)[1]
-        unit_ids = np.arange(next_id, next_id + out, dtype=np.int32)
-        ids[i] = unit_ids[None, :]
-        bias = position.get(layer + "['bias']")
-        if bias is not None and np.shape(flat[bias][1]) == (out,):
-            ids[bias] = unit_ids
-        next_id += out
-    if next_id == 0:
-        raise ValueError("dense_neuron_group_ids: params contain no 2-D 'kernel' leaf to group")
-    return jax.tree_util.tree_unflatten(treedef, ids)

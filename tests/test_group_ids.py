@@ -1,4 +1,4 @@
-"""The group-id format: validation, sizes, the Dense-neuron constructor."""
+"""The group-id format: validation and group sizes."""
 
 from __future__ import annotations
 
@@ -8,35 +8,16 @@ import numpy as np
 import pytest
 from conftest import make_mlp
 
-from jaxprune.group_ids import (
-    dense_neuron_group_ids,
-    group_sizes,
-    num_groups,
-    validate_group_ids,
-)
+from jaxprune.group_ids import group_sizes, num_groups, validate_group_ids
+from jaxprune.masks.groups import build_group_ids, neurons
 
 
-def test_dense_neurons_number_units_layer_by_layer():
+def test_sizes_of_neuron_groups():
     _, params, _ = make_mlp(jnp.float32)
-    ids = dense_neuron_group_ids(params)
+    ids, _ = build_group_ids(params, neurons(r"Dense_\d+$"))
     assert validate_group_ids(params, ids) == 7 + 5 + 3 == num_groups(ids)
-    p = ids["params"]
-    np.testing.assert_array_equal(p["Dense_1"]["kernel"], np.arange(7, 12)[None, :])
-    np.testing.assert_array_equal(p["Dense_1"]["bias"], np.arange(7, 12))
     # A neuron's group holds its kernel column (fan-in) and its bias.
     np.testing.assert_array_equal(group_sizes(params, ids), [4 + 1] * 7 + [7 + 1] * 5 + [5 + 1] * 3)
-
-
-def test_include_selects_layers():
-    _, params, _ = make_mlp(jnp.float32)
-    ids = dense_neuron_group_ids(params, include=lambda layer: "Dense_2" not in layer)
-    assert num_groups(ids) == 12
-    assert np.all(ids["params"]["Dense_2"]["kernel"] == -1)
-
-
-def test_no_dense_layers_is_an_error():
-    with pytest.raises(ValueError, match="no 2-D 'kernel'"):
-        dense_neuron_group_ids({"w": jnp.ones(3)})
 
 
 def test_all_ungrouped_is_an_error():
@@ -48,7 +29,7 @@ def test_all_ungrouped_is_an_error():
 
 def test_traced_ids_are_rejected():
     _, params, _ = make_mlp(jnp.float32)
-    ids = dense_neuron_group_ids(params)
+    ids, _ = build_group_ids(params, neurons(r"Dense_\d+$"))
 
     @jax.jit
     def traced(ids):

@@ -29,7 +29,7 @@ from jaxprune.criteria.magnitude import magnitude_scores
 from jaxprune.criteria.random import random_scores
 from jaxprune.criteria.snip import snip_scores
 from jaxprune.criteria.taylor import gate_gradient_scores
-from jaxprune.group_ids import dense_neuron_group_ids
+from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
 
 # Deviations of a Monte Carlo mean from its expectation allowed, in standard deviations.
@@ -63,7 +63,7 @@ def mlp_case():
     """4-7-5-3 tanh MLP: groups 0-6 are Dense_0's units, 7-11 Dense_1's; Dense_2 ungrouped."""
     model, params, x = make_mlp(jnp.float64)
     y = jax.random.normal(jax.random.PRNGKey(7), (x.shape[0], 3), jnp.float64)
-    ids = dense_neuron_group_ids(params, include=lambda layer: "Dense_2" not in layer)
+    ids = build_group_ids(params, neurons(r"Dense_[01]$"))[0]
     return params, ids, _squared_loss(model, x, y), (x, y), model
 
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.group_ids import dense_neuron_group_ids, leaf_group_ids
+from jaxprune.group_ids import leaf_group_ids
+from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.spectra.hessian import (
     TraceEstimate,
     gauss_newton_diagonal,
@@ -155,7 +156,7 @@ def test_group_hessian_traces_match_exact_group_diagonals():
         return 0.5 * jnp.sum((apply_fn(p, x) - y) ** 2)
 
     # Neurons of the first layer only: the second layer's weights stay ungrouped (-1).
-    group_ids = dense_neuron_group_ids(params, include=lambda name: "Dense_0" in name)
+    group_ids = build_group_ids(params, neurons(r"Dense_0$"))[0]
     ids = np.concatenate([g.ravel() for g in leaf_group_ids(params, group_ids)])
     assert np.any(ids == -1)
     hessian = explicit_hessian(loss, params)
@@ -242,7 +243,7 @@ def test_gauss_newton_diagonal_rejects_bad_loss_hessian_shape():
 
 def _estimators():
     apply_fn, params, x = flax_model()
-    group_ids = dense_neuron_group_ids(params)
+    group_ids = build_group_ids(params, neurons(r"Dense_\d+$"))[0]
 
     def loss(p):
         return jnp.sum(apply_fn(p, x) ** 2)

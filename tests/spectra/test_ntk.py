@@ -9,7 +9,7 @@ import pytest
 from conftest import brute_force_group_kernels, head_group_ids, make_cnn, make_heads, make_mlp
 
 from jaxprune._compat.neural_tangents import import_neural_tangents
-from jaxprune.group_ids import dense_neuron_group_ids
+from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.spectra import empirical_ntk
 
 
@@ -29,8 +29,13 @@ def _filter_ids(params):
     return ids
 
 
+def all_neurons(params):
+    """One group per output unit of every Dense layer."""
+    return build_group_ids(params, neurons(r"Dense_\d+$"))[0]
+
+
 CASES = {
-    "mlp": (make_mlp, dense_neuron_group_ids),
+    "mlp": (make_mlp, lambda params: all_neurons(params)),
     "cnn": (make_cnn, _filter_ids),
     "heads": (make_heads, head_group_ids),
 }
@@ -88,7 +93,7 @@ def one_group_per_leaf(params):
 def test_cross_kernel(backend, dtype):
     model, params, x = make_mlp(dtype)
     x2 = jax.random.normal(jax.random.PRNGKey(9), (3, 4), dtype)
-    ids = dense_neuron_group_ids(params)
+    ids = all_neurons(params)
     expected = brute_force_group_kernels(model.apply, params, x, x2, ids)
     kernels = empirical_ntk(model.apply, params, x, x2, group_ids=ids, backend=backend)
     assert kernels.shape == (expected.shape[0], 6, 3)
@@ -153,28 +158,28 @@ def test_is_jittable_and_differentiable_in_inputs():
 class TestBadInput:
     def test_mismatched_structure_names_the_path(self):
         model, params, x = make_mlp(jnp.float32)
-        ids = dense_neuron_group_ids(params)
+        ids = all_neurons(params)
         del ids["params"]["Dense_1"]
         with pytest.raises(ValueError, match=r"Dense_1"):
             empirical_ntk(model.apply, params, x, group_ids=ids)
 
     def test_ids_not_broadcastable(self):
         model, params, x = make_mlp(jnp.float32)
-        ids = dense_neuron_group_ids(params)
+        ids = all_neurons(params)
         ids["params"]["Dense_0"]["kernel"] = np.zeros((3, 3), np.int32)
         with pytest.raises(ValueError, match=r"Dense_0.*kernel.*does not broadcast"):
             empirical_ntk(model.apply, params, x, group_ids=ids)
 
     def test_out_of_range_ids(self):
         model, params, x = make_mlp(jnp.float32)
-        ids = dense_neuron_group_ids(params)
+        ids = all_neurons(params)
         ids["params"]["Dense_0"]["bias"] = np.full(7, -2, np.int32)
         with pytest.raises(ValueError, match=r"Dense_0.*bias.*-2"):
             empirical_ntk(model.apply, params, x, group_ids=ids)
 
     def test_empty_groups(self):
         model, params, x = make_mlp(jnp.float32)
-        ids = dense_neuron_group_ids(params)
+        ids = all_neurons(params)
         ids["params"]["Dense_2"]["kernel"] = ids["params"]["Dense_2"]["kernel"] + 100
         with pytest.raises(ValueError, match=r"contain no weight"):
             empirical_ntk(model.apply, params, x, group_ids=ids)
@@ -201,9 +206,7 @@ class TestBadInput:
     def test_ntvp_refuses_groups(self):
         model, params, x = make_mlp(jnp.float32)
         with pytest.raises(ValueError, match=r"whole-model kernels only"):
-            empirical_ntk(
-                model.apply, params, x, group_ids=dense_neuron_group_ids(params), backend="ntvp"
-            )
+            empirical_ntk(model.apply, params, x, group_ids=all_neurons(params), backend="ntvp")
 
     def test_x2_shape_mismatch(self):
         model, params, x = make_mlp(jnp.float32)
