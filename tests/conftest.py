@@ -29,6 +29,30 @@ class HeadsModel(nn.Module):
         return nn.Dense(3)(out.mean(axis=1))
 
 
+def tiny_mlp_problem(rng):
+    """A 3-6-2 tanh MLP regression problem: 38 parameters (NumPy float64), x (5, 3), y (5, 2),
+    drawn from the NumPy generator ``rng`` in that order."""
+    params = {
+        "w1": 0.9 * rng.normal(size=(3, 6)),
+        "b1": 0.3 * rng.normal(size=6),
+        "w2": 0.9 * rng.normal(size=(6, 2)),
+        "b2": 0.3 * rng.normal(size=2),
+    }
+    return params, rng.normal(size=(5, 3)), rng.normal(size=(5, 2))
+
+
+def tiny_mlp_apply(params, x):
+    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+
+
+def explicit_hessian(loss_fn, params):
+    """The full Hessian of ``loss_fn`` at ``params`` by ``jax.hessian`` on the flat vector."""
+    from jax.flatten_util import ravel_pytree
+
+    flat, unravel = ravel_pytree(params)
+    return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))
+
+
 def _cast(tree, dtype):
     return jax.tree_util.tree_map(lambda a: a.astype(dtype), tree)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import explicit_hessian, tiny_mlp_apply, tiny_mlp_problem
 from jax.flatten_util import ravel_pytree
 
 from jaxprune.group_ids import leaf_group_ids
@@ -50,14 +51,7 @@ class TinyNet(nn.Module):
 
 
 _RNG = np.random.default_rng(0)
-MLP_PARAMS = {
-    "w1": 0.9 * _RNG.normal(size=(3, 6)),
-    "b1": 0.3 * _RNG.normal(size=6),
-    "w2": 0.9 * _RNG.normal(size=(6, 2)),
-    "b2": 0.3 * _RNG.normal(size=2),
-}
-MLP_X = _RNG.normal(size=(5, 3))
-MLP_Y = _RNG.normal(size=(5, 2))
+MLP_PARAMS, MLP_X, MLP_Y = tiny_mlp_problem(_RNG)
 
 
 def mlp_params():
@@ -65,8 +59,7 @@ def mlp_params():
     return {name: jnp.asarray(value) for name, value in MLP_PARAMS.items()}
 
 
-def mlp_apply(params, x):
-    return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
+mlp_apply = tiny_mlp_apply
 
 
 def mlp_loss(params):
@@ -80,11 +73,6 @@ def flax_model():
     x = jnp.asarray(_RNG.normal(size=(4, 3)))
     params = model.init(jax.random.key(3), x)
     return model.apply, jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params), x
-
-
-def explicit_hessian(loss_fn, params):
-    flat, unravel = ravel_pytree(params)
-    return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))
 
 
 def quadratic_form_variance(a, distribution):

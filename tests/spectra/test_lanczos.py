@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import explicit_hessian, tiny_mlp_apply, tiny_mlp_problem
 from jax.flatten_util import ravel_pytree
 
 from jaxprune.spectra.lanczos import (
@@ -32,14 +33,7 @@ def _x64():
 
 
 _RNG = np.random.default_rng(1)
-MLP_PARAMS = {
-    "w1": 0.9 * _RNG.normal(size=(3, 6)),
-    "b1": 0.3 * _RNG.normal(size=6),
-    "w2": 0.9 * _RNG.normal(size=(6, 2)),
-    "b2": 0.3 * _RNG.normal(size=2),
-}
-MLP_X = _RNG.normal(size=(5, 3))
-MLP_Y = _RNG.normal(size=(5, 2))
+MLP_PARAMS, MLP_X, MLP_Y = tiny_mlp_problem(_RNG)
 
 
 def mlp_params():
@@ -48,13 +42,7 @@ def mlp_params():
 
 
 def mlp_loss(params):
-    hidden = jnp.tanh(MLP_X @ params["w1"] + params["b1"])
-    return 0.5 * jnp.mean(jnp.sum((hidden @ params["w2"] + params["b2"] - MLP_Y) ** 2, axis=-1))
-
-
-def explicit_hessian(loss_fn, params):
-    flat, unravel = ravel_pytree(params)
-    return np.asarray(jax.jit(jax.hessian(lambda f: loss_fn(unravel(f))))(flat))
+    return 0.5 * jnp.mean(jnp.sum((tiny_mlp_apply(params, MLP_X) - MLP_Y) ** 2, axis=-1))
 
 
 def quadratic_loss(diagonal):
