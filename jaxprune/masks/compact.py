@@ -149,11 +149,14 @@ def compact(variables: PyTree, links: list[Link], keep: Mapping[str, Any]) -> Py
         if "bias" in _get(variables, link.layer):
             targets.append((f"{link.layer}/bias", 0))
         if link.batchnorm is not None:
+            _get(variables, f"params/{link.batchnorm}")  # raises if the BatchNorm is missing
             for collection, names in (
                 ("params", ("scale", "bias")),
                 ("batch_stats", ("mean", "var")),
             ):
-                stats = variables.get(collection, {}).get(link.batchnorm, {})
+                if collection not in variables:
+                    continue
+                stats = _get(variables, f"{collection}/{link.batchnorm}")
                 targets += [
                     (f"{collection}/{link.batchnorm}/{name}", 0) for name in names if name in stats
                 ]

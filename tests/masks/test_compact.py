@@ -138,6 +138,11 @@ class TestErrors:
         with pytest.raises(ValueError, match="Dense_7"):
             compact(self.variables, [Link("params/Dense_7")], {"params/Dense_7": np.ones(3, bool)})
 
+    def test_missing_batchnorm(self):
+        links = [Link("params/Dense_0", batchnorm="block/bn")]
+        with pytest.raises(ValueError, match="block/bn"):
+            compact(self.variables, links, {"params/Dense_0": np.ones(3, bool)})
+
     def test_positions_mismatch(self):
         links = [Link("params/Dense_0", next_layer="params/Dense_1", positions=2)]
         with pytest.raises(

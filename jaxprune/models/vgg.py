@@ -1,0 +1,341 @@
+"""VGG-16 for CIFAR whose convolution filters are the prunable groups.
+
+The CIFAR variant of VGG-16 (the convolutional part as in Li et al. 2017): thirteen 3×3
+convolutions (``SAME`` padding, stride 1) with the channel plan
+``64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M`` (``M`` = 2×2
+max pooling, stride 2), optional BatchNorm after every convolution, ReLU, and a classifier of
+**one** Dense layer ``512 → num_classes`` on the flattened ``1×1×512`` map of a 32×32 image.
+This classifier is the common CIFAR re-implementation's choice (14.7M parameters); Li et al.
+use two layers ``512-512-classes`` (0.26M more parameters, 0.3M more multiply-accumulates), and
+the ImageNet ``4096-4096`` head is not used.  With BatchNorm the convolutions have no bias (the
+BatchNorm bias replaces it).  Kernels use He et al. 2015's fan-out normal initialization.
+
+Pruning structure: one group per output channel (filter) of each convolution — its kernel slice
+``kernel[..., o]``, its bias ``[o]`` and, with BatchNorm, that layer's ``scale[o]`` and
+``bias[o]``.  Layers are named ``conv_{i}``, ``bn_{i}`` (``i = 0..12``) and ``classifier``, so
+layer paths are ``"params/conv_3"``.
+
+References:
+  Simonyan & Zisserman 2015, "Very deep convolutional networks for large-scale image
+  recognition", Table 1 (configuration D = VGG-16).
+  Li et al. 2017, "Pruning filters for efficient ConvNets", Section 4.1 (VGG-16 on CIFAR-10,
+  filter pruning and its FLOP count 3.13e8 multiply-accumulates).
+  Ioffe & Szegedy 2015, "Batch normalization" (the ``-bn`` variants).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxprune.masks.compact import Link, compact
+from jaxprune.masks.groups import build_group_ids, filters
+from jaxprune.masks.layout import GroupLayout
+from jaxprune.models._config import check_positive_int
+
+PyTree = Any
+
+__all__ = [
+    "POOL_AFTER",
+    "PRESETS",
+    "VGG",
+    "VGG16_CHANNELS",
+    "VGGConfig",
+    "compact_vgg",
+    "from_preset",
+    "vgg16_channels",
+    "vgg_flops",
+    "vgg_group_ids",
+]
+
+VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
+"""Output channels of VGG-16's thirteen convolutions (configuration D)."""
+
+POOL_AFTER = (1, 3, 6, 9, 12)
+"""Indices of the convolutions followed by 2×2 max pooling (the ``M`` of the channel plan)."""
+
+_KINDS = ("filters",)
+
+
+def vgg16_channels(width_multiplier: float = 1.0) -> tuple[int, ...]:
+    """VGG-16's channel plan scaled by ``width_multiplier``: ``max(1, round(c * w))`` per layer.
+
+    Args:
+      width_multiplier: ``w > 0``; ``1/8`` gives ``8, 8, 16, ..., 64``.
+
+    Returns:
+      A tuple of 13 channel counts.
+
+    References:
+      Simonyan & Zisserman 2015, Table 1 (configuration D).
+    """
+    if (
+        isinstance(width_multiplier, bool)
+        or not isinstance(width_multiplier, (int, float, np.integer, np.floating))
+        or not np.isfinite(width_multiplier)
+        or width_multiplier <= 0
+    ):
+        raise ValueError(
+            f"width_multiplier: expected a finite number > 0, got {width_multiplier!r}"
+        )
+    return tuple(max(1, round(c * float(width_multiplier))) for c in VGG16_CHANNELS)
+
+
+def _check_float_dtype(value: Any) -> None:
+    try:
+        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
+    except TypeError:
+        floating = False
+    if not floating:
+        raise ValueError(
+            f"dtype: expected a floating compute dtype (e.g. jnp.bfloat16), got {value!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGConfig:
+    """Configuration of :class:`VGG`.
+
+    Attributes:
+      channels: output channels of the 13 convolutions, in order (compaction changes them);
+        :func:`vgg16_channels` builds them from a width multiplier.
+      num_classes: outputs of the classifier.
+      batch_norm: BatchNorm after every convolution (then the convolutions have no bias).
+      dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
+    """
+
+    channels: tuple[int, ...] = VGG16_CHANNELS
+    num_classes: int = 10
+    batch_norm: bool = False
+    dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        channels = self.channels
+        if (
+            isinstance(channels, (str, bytes))
+            or not isinstance(channels, (tuple, list))
+            or len(channels) != len(VGG16_CHANNELS)
+        ):
+            raise ValueError(
+                f"channels: expected {len(VGG16_CHANNELS)} channel counts (one per convolution), "
+                f"got {channels!r}"
+            )
+        for i, c in enumerate(channels):
+            check_positive_int(f"channels[{i}]", c)
+        object.__setattr__(self, "channels", tuple(int(c) for c in channels))
+        check_positive_int("num_classes", self.num_classes)
+        if not isinstance(self.batch_norm, bool):
+            raise ValueError(f"batch_norm: expected a bool, got {self.batch_norm!r}")
+        _check_float_dtype(self.dtype)
+
+    @property
+    def num_filters(self) -> int:
+        """Number of filter groups ``p`` (all output channels of all convolutions)."""
+        return sum(self.channels)
+
+
+PRESETS: dict[str, VGGConfig] = {
+    "vgg16": VGGConfig(),
+    "vgg16-bn": VGGConfig(batch_norm=True),
+    "vgg16-tiny": VGGConfig(channels=vgg16_channels(1 / 8)),
+    "vgg16-bn-tiny": VGGConfig(channels=vgg16_channels(1 / 8), batch_norm=True),
+}
+"""Named configurations: full VGG-16 (CIFAR) with/without BatchNorm and CPU-sized width/8 ones."""
+
+
+def from_preset(name: str, **overrides: Any) -> VGGConfig:
+    """The preset ``name`` of :data:`PRESETS`, with optional field ``overrides``.
+
+    Example: ``from_preset("vgg16-bn", num_classes=100)``.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"name: unknown VGG preset {name!r}; valid presets are {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def _split_gates(gates: Any, widths: tuple[int, ...], dtype: Any) -> list[jax.Array] | None:
+    """The flat ``(sum(widths),)`` gate vector cut into one ``(width,)`` piece per layer."""
+    if gates is None:
+        return None
+    gates = jnp.asarray(gates)
+    if gates.shape != (sum(widths),):
+        raise ValueError(
+            f"filter_gates: expected shape ({sum(widths)},), one gate per filter in group order, "
+            f"got {gates.shape}"
+        )
+    return jnp.split(gates.astype(dtype), np.cumsum(widths)[:-1])
+
+
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+class VGG(nn.Module):
+    """VGG-16 for CIFAR (see the module docstring) with optional per-filter gates.
+
+    Attributes:
+      config: a :class:`VGGConfig`.
+    """
+
+    config: VGGConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, *, train: bool = False, filter_gates: jax.Array | None = None
+    ) -> jax.Array:
+        """``(n, H, W, C)`` images (32×32×3 on CIFAR) to ``(n, num_classes)`` logits.
+
+        Args:
+          x: images, NHWC.
+          train: BatchNorm uses batch statistics and updates ``batch_stats`` (apply with
+            ``mutable=["batch_stats"]``); otherwise it uses the running statistics.
+          filter_gates: optional ``(p,)`` gates, ``p = config.num_filters``, in group order
+            (the order of :func:`vgg_group_ids`: all filters of ``conv_0``, then ``conv_1``,
+            ...).  Filter ``o`` of convolution ``i`` is multiplied by its gate after BatchNorm,
+            before ReLU; a gate of 0 removes exactly that filter's contribution.  Differentiable
+            (Michel et al. 2019's importance ``|∂L/∂gate|``).
+
+        Returns:
+          Logits in the compute dtype ``config.dtype``.
+        """
+        cfg = self.config
+        gates = _split_gates(filter_gates, cfg.channels, cfg.dtype)
+        x = jnp.asarray(x, cfg.dtype)
+        for i, width in enumerate(cfg.channels):
+            x = nn.Conv(
+                width,
+                (3, 3),
+                padding="SAME",
+                use_bias=not cfg.batch_norm,
+                dtype=cfg.dtype,
+                kernel_init=_conv_init,
+                name=f"conv_{i}",
+            )(x)
+            if cfg.batch_norm:
+                x = nn.BatchNorm(
+                    use_running_average=not train,
+                    momentum=0.9,
+                    epsilon=1e-5,
+                    dtype=cfg.dtype,
+                    name=f"bn_{i}",
+                )(x)
+            if gates is not None:
+                x = x * gates[i]
+            x = nn.relu(x)
+            if i in POOL_AFTER:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        return nn.Dense(cfg.num_classes, dtype=cfg.dtype, name="classifier")(x)
+
+
+def vgg_group_ids(
+    variables: PyTree, config: VGGConfig, kind: str = "filters"
+) -> tuple[PyTree, GroupLayout]:
+    """Group ids of the prunable structure of a :class:`VGG`.
+
+    Args:
+      variables: ``model.init(...)`` output (``{"params": ..., "batch_stats": ...}``) or its
+        ``"params"`` entry; shapes only (``jax.eval_shape`` output works).
+      config: the model's :class:`VGGConfig`.
+      kind: ``"filters"``: one group per output channel of every convolution (kernel slice,
+        bias, and BatchNorm scale/bias), numbered ``conv_0`` first; BatchNorm running
+        statistics are not parameters and stay ungrouped.
+
+    Returns:
+      ``(group_ids, layout)`` from :func:`~jaxprune.masks.groups.build_group_ids`: ``p =
+      config.num_filters`` groups, one layout layer per convolution (named by its path).
+
+    References:
+      Li et al. 2017, Section 3.1 (a filter and its BatchNorm entries as one unit).
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
+    specs = [
+        filters(
+            rf"(^|params/)conv_{i}$",
+            batchnorm=rf"(^|params/)bn_{i}$" if config.batch_norm else None,
+        )
+        for i in range(len(config.channels))
+    ]
+    return build_group_ids(variables, specs)
+
+
+def vgg_flops(config: VGGConfig, *, image_size: int = 32, in_channels: int = 3) -> int:
+    """FLOPs of one forward pass of one image: 2 × multiply-accumulates.
+
+    Counts the multiply-accumulates of the 13 convolutions (``H·W·9·C_in·C_out`` at each
+    layer's resolution) and of the classifier (``inputs · num_classes``), times 2.  BatchNorm,
+    biases, ReLU and pooling are not counted.  Halve it to compare with Li et al. 2017, who count
+    multiply-accumulates (VGG-16 on 32×32: ``vgg_flops / 2 ≈ 3.13e8``).
+
+    Args:
+      config: the model's :class:`VGGConfig`.
+      image_size: side of the square input image.
+      in_channels: input channels.
+
+    Returns:
+      The FLOP count as an int.
+
+    References:
+      Li et al. 2017, Table 1 (FLOPs of VGG-16 on CIFAR-10).
+    """
+    check_positive_int("image_size", image_size)
+    check_positive_int("in_channels", in_channels)
+    side, c_in, macs = image_size, in_channels, 0
+    for i, c_out in enumerate(config.channels):
+        macs += side * side * 9 * c_in * c_out
+        c_in = c_out
+        if i in POOL_AFTER:
+            side //= 2
+    if side < 1:
+        raise ValueError(f"image_size: {image_size} is too small for 5 poolings; expected >= 32")
+    macs += side * side * c_in * config.num_classes
+    return 2 * macs
+
+
+def compact_vgg(variables: PyTree, config: VGGConfig, keep: Any) -> tuple[PyTree, VGGConfig]:
+    """Remove the filters not kept; the smaller model computes what the masked one does.
+
+    Filter ``o`` of ``conv_i`` goes with its BatchNorm entries (scale, bias, running mean and
+    variance) and the input channel ``o`` of ``conv_{i+1}`` (of the classifier's rows for the
+    last convolution, one per spatial position of the final map).  The outputs equal those of
+    the model with gate 0 (or :func:`~jaxprune.masks.mask.apply_group_mask` with mask 0) on the
+    removed filters, in eval mode.
+
+    Args:
+      variables: the model's variables (nested dicts: ``params`` and, with BatchNorm,
+        ``batch_stats``).
+      config: its :class:`VGGConfig`.
+      keep: boolean ``(p,)`` in group order (as ``filter_gates``); every convolution must keep
+        at least one filter.
+
+    Returns:
+      ``(variables, config)`` of the compacted model (``config.channels`` = filters kept).
+
+    References:
+      Li et al. 2017, Section 3.1 (removing filters and the next layer's kernels).
+    """
+    keep = np.asarray(keep)
+    if keep.shape != (config.num_filters,):
+        raise ValueError(
+            f"keep: expected shape ({config.num_filters},), one entry per filter, got {keep.shape}"
+        )
+    per_layer = np.split(keep.astype(bool), np.cumsum(config.channels)[:-1])
+    last = len(config.channels) - 1
+    rows = np.shape(variables["params"]["classifier"]["kernel"])[0]
+    links = [
+        Link(
+            f"params/conv_{i}",
+            next_layer=f"params/conv_{i + 1}" if i < last else "params/classifier",
+            batchnorm=f"bn_{i}" if config.batch_norm else None,
+            positions=1 if i < last else rows // config.channels[-1],
+        )
+        for i in range(len(config.channels))
+    ]
+    kept = compact(variables, links, {link.layer: m for link, m in zip(links, per_layer)})
+    channels = tuple(int(m.sum()) for m in per_layer)
+    return kept, dataclasses.replace(config, channels=channels)
