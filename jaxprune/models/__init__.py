@@ -6,7 +6,7 @@ apply time), its group ids per structure kind (built with :mod:`jaxprune.masks.g
 count and compaction.  ``MLP`` and ``SmallCNN`` are small analysis models.
 """
 
-from jaxprune.models import bert, moe, resnet, switch, two_layer, vgg
+from jaxprune.models import bert, mlp, moe, resnet, switch, two_layer, vgg
 from jaxprune.models.attention import SelfAttention
 from jaxprune.models.bert import Bert, BertConfig
 from jaxprune.models.cnn import SmallCNN
@@ -33,6 +33,7 @@ __all__ = [
     "TwoLayerConfig",
     "VGGConfig",
     "bert",
+    "mlp",
     "moe",
     "resnet",
     "switch",
