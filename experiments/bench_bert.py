@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _timing import paired_medians
 
 from jaxprune.models.bert import (
     Bert,
@@ -68,21 +67,6 @@ def random_batch(config: BertConfig, batch: int, seq_len: int, seed: int = 0) ->
     }
 
 
-def alternating_medians(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
-    """Median seconds of ``fn_a`` and ``fn_b`` (after one warm-up call each) and the median
-    of the per-pair ratio a/b, running the two alternately so machine noise hits both."""
-    jax.block_until_ready(fn_a())
-    jax.block_until_ready(fn_b())
-    times_a, times_b = [], []
-    for _ in range(repeats):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times.append(time.perf_counter() - start)
-    ratios = [a / b for a, b in zip(times_a, times_b)]
-    return statistics.median(times_a), statistics.median(times_b), statistics.median(ratios)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=sorted(SETTINGS), default="small")
@@ -112,7 +96,7 @@ def main() -> None:
         opt_state = optimizer.init(params)
         return lambda: step(params, opt_state, batch, key)
 
-    t_small, t_dense, ratio = alternating_medians(
+    t_small, t_dense, ratio = paired_medians(
         runner(small_config, small_variables["params"]),
         runner(config, variables["params"]),
         repeats,

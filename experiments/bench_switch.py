@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bench_masks import paired_medians
+from _timing import paired_medians
 
 from jaxprune.models.moe import expert_capacity, total_aux_loss, total_dropped_tokens
 from jaxprune.models.switch import Switch, SwitchConfig, compact, flops, from_preset
