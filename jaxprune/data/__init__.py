@@ -1,5 +1,8 @@
-"""Datasets: built-in offline data (no network)."""
+"""Datasets without network access: built-in data, a docstring text corpus with a locally
+trained tokenizer and BERT masking, deterministic resumable batching, and tensorflow-datasets
+loading for prepared data."""
 
+from jaxprune.data.batches import BatchPosition, epoch_batches, iterate_batches, prefetch
 from jaxprune.data.builtin import (
     DATASETS,
     Dataset,
@@ -8,12 +11,29 @@ from jaxprune.data.builtin import (
     load_digits,
     teacher_student,
 )
+from jaxprune.data.mlm import mask_tokens, num_to_mask
+from jaxprune.data.text import docstring_corpus, read_text_files
+from jaxprune.data.tfds_loader import TFDS_IMAGE_DATASETS, load_tfds
+from jaxprune.data.tokenizer import Tokenizer, pack_sequences, train_tokenizer
 
 __all__ = [
     "DATASETS",
+    "TFDS_IMAGE_DATASETS",
+    "BatchPosition",
     "Dataset",
+    "Tokenizer",
+    "docstring_corpus",
+    "epoch_batches",
     "gaussian_mixture",
+    "iterate_batches",
     "load_builtin",
     "load_digits",
+    "load_tfds",
+    "mask_tokens",
+    "num_to_mask",
+    "pack_sequences",
+    "prefetch",
+    "read_text_files",
     "teacher_student",
+    "train_tokenizer",
 ]
