@@ -1,0 +1,1 @@
+"""The papers' pruning algorithms as pure functions (one module per paper)."""
