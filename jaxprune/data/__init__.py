@@ -11,22 +11,30 @@ from jaxprune.data.builtin import (
     load_digits,
     teacher_student,
 )
+from jaxprune.data.linear import LinearProblem, decaying_theta, scaled_linear_regression
 from jaxprune.data.mlm import mask_tokens, num_to_mask
+from jaxprune.data.registry import DATASET_NAMES, DataConfig, Splits, load_dataset
 from jaxprune.data.text import docstring_corpus, read_text_files
 from jaxprune.data.tfds_loader import TFDS_IMAGE_DATASETS, load_tfds
 from jaxprune.data.tokenizer import Tokenizer, pack_sequences, train_tokenizer
 
 __all__ = [
     "DATASETS",
+    "DATASET_NAMES",
     "TFDS_IMAGE_DATASETS",
     "BatchPosition",
+    "DataConfig",
     "Dataset",
+    "LinearProblem",
+    "Splits",
     "Tokenizer",
+    "decaying_theta",
     "docstring_corpus",
     "epoch_batches",
     "gaussian_mixture",
     "iterate_batches",
     "load_builtin",
+    "load_dataset",
     "load_digits",
     "load_tfds",
     "mask_tokens",
@@ -34,6 +42,7 @@ __all__ = [
     "pack_sequences",
     "prefetch",
     "read_text_files",
+    "scaled_linear_regression",
     "teacher_student",
     "train_tokenizer",
 ]

@@ -38,17 +38,26 @@ class Dataset(NamedTuple):
     task: str
 
 
-def load_digits(*, flatten: bool = True) -> Dataset:
+def load_digits(*, flatten: bool = True, image_size: int = 8, channels: int = 1) -> Dataset:
     """scikit-learn's handwritten digits: 1,797 images of 8×8 pixels, 10 classes.
 
-    Pixels are scaled from [0, 16] to [0, 1].  ``flatten=False`` gives ``(n, 8, 8, 1)`` images
-    for convolutional models.
+    Pixels are scaled from [0, 16] to [0, 1].  ``flatten=False`` gives ``(n, S, S, C)`` images
+    for convolutional models: ``image_size = S`` (a multiple of 8) upscales each pixel to an
+    ``S/8 × S/8`` block (nearest neighbour), and ``channels = C`` repeats the gray channel, so
+    ``image_size=32, channels=3`` has CIFAR's shape for VGG and ResNet.
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
+    if not isinstance(image_size, int) or image_size < 8 or image_size % 8:
+        raise ValueError(f"image_size must be a positive multiple of 8, got {image_size!r}")
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
     bunch = sklearn_digits()
     x = (bunch.images / 16.0).astype(np.float32)
-    x = x.reshape(len(x), -1) if flatten else x[..., None]
+    factor = image_size // 8
+    x = np.repeat(np.repeat(x, factor, axis=1), factor, axis=2)
+    x = np.repeat(x[..., None], channels, axis=-1)
+    x = x.reshape(len(x), -1) if flatten else x
     return Dataset(x, bunch.target.astype(np.int32), 10, "classification")
 
 

@@ -21,7 +21,13 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["SKIPPED_MODULES", "docstring_corpus", "normalize_whitespace", "read_text_files"]
+__all__ = [
+    "SKIPPED_MODULES",
+    "docstring_corpus",
+    "leading_documents",
+    "normalize_whitespace",
+    "read_text_files",
+]
 
 #: Standard-library modules never imported: they print, open a browser or a window, touch the
 #: terminal, or pull in a GUI toolkit.  Private modules (leading underscore) are skipped too.
@@ -105,7 +111,7 @@ def _stdlib_documents() -> Iterator[str]:
                 yield text
 
 
-def _take(documents: Iterable[str], max_chars: int | None) -> list[str]:
+def leading_documents(documents: Iterable[str], max_chars: int | None) -> list[str]:
     """Leading documents whose total length stays within ``max_chars`` (all if ``None``)."""
     taken: list[str] = []
     total = 0
@@ -138,12 +144,12 @@ def docstring_corpus(
     if max_chars is not None and (not isinstance(max_chars, int) or max_chars <= 0):
         raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
     if cache_dir is None:
-        return _take(_stdlib_documents(), max_chars)
+        return leading_documents(_stdlib_documents(), max_chars)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     path = Path(cache_dir) / f"stdlib_docstrings_py{version}_{max_chars or 'all'}.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
-    documents = _take(_stdlib_documents(), max_chars)
+    documents = leading_documents(_stdlib_documents(), max_chars)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(documents), encoding="utf-8")
     return documents

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["MaskedState", "apply_mask", "masked", "set_mask"]
+__all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
 
 PyTree = Any
 
@@ -176,14 +176,40 @@ def _is_masked_node(x: Any) -> bool:
     return isinstance(x, optax.MaskedNode)
 
 
+def map_param_subtrees(tree: PyTree, reference: PyTree, fn: Callable[[PyTree], PyTree]) -> PyTree:
+    """Apply ``fn`` to every subtree of ``tree`` with the pytree structure of ``reference``.
+
+    These are an optimizer state's parameter-shaped statistics (Adam's ``mu`` and ``nu``,
+    momentum traces, a :class:`MaskedState`'s mask, also inside chains,
+    ``inject_hyperparams``, ``optax.masked`` and ``optax.partition``, with ``optax.MaskedNode``
+    standing in for left-out leaves): the subtrees that ``optax.tree_map_params`` finds, found
+    here from the state alone.  Other nodes are returned unchanged.  Used to zero pruned
+    statistics and to compact optimizer states along with their model.
+
+    Args:
+      tree: e.g. an optimizer state.
+      reference: a pytree with the parameters' structure.
+      fn: maps one such subtree to its replacement.
+    """
+    reference_def = jax.tree_util.tree_structure(reference)
+
+    def visit(node: Any) -> Any:
+        if jax.tree_util.tree_structure(node, is_leaf=_is_masked_node) == reference_def:
+            return fn(node)
+        children, node_def = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+        if jax.tree_util.treedef_is_leaf(node_def):
+            return node
+        return node_def.unflatten([visit(child) for child in children])
+
+    return visit(tree)
+
+
 def _zero_pruned_statistics(tree: PyTree, mask: PyTree) -> PyTree:
     """Zero the pruned entries of every parameter-shaped statistic found in ``tree``.
 
-    A statistic is a subtree with the pytree structure of ``mask``, ``optax.MaskedNode``
-    standing in for the leaves that ``optax.masked``/``optax.partition`` leave out (the subtrees
-    that ``optax.tree_map_params`` finds by running ``init``).  Within it, the inexact array
-    leaves of their parameter's shape are masked and the others (factored moments, counters,
-    masked-out nodes) are kept.
+    Within each statistic (see :func:`map_param_subtrees`), the inexact array leaves of their
+    parameter's shape are masked and the others (factored moments, counters, masked-out nodes)
+    are kept.
     """
     mask_def = jax.tree_util.tree_structure(mask)
     mask_leaves = jax.tree_util.tree_leaves(mask)
@@ -197,16 +223,11 @@ def _zero_pruned_statistics(tree: PyTree, mask: PyTree) -> PyTree:
             return jnp.where(m != 0, stat, 0)
         return stat
 
-    def visit(node: Any) -> Any:
-        if jax.tree_util.tree_structure(node, is_leaf=_is_masked_node) == mask_def:
-            stats = jax.tree_util.tree_leaves(node, is_leaf=_is_masked_node)
-            return mask_def.unflatten([zero_pruned(s, m) for s, m in zip(stats, mask_leaves)])
-        children, node_def = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-        if jax.tree_util.treedef_is_leaf(node_def):
-            return node
-        return node_def.unflatten([visit(child) for child in children])
+    def zero_subtree(node: Any) -> Any:
+        stats = jax.tree_util.tree_leaves(node, is_leaf=_is_masked_node)
+        return mask_def.unflatten([zero_pruned(s, m) for s, m in zip(stats, mask_leaves)])
 
-    return visit(tree)
+    return map_param_subtrees(tree, mask, zero_subtree)
 
 
 def set_mask(state: MaskedState, new_mask: PyTree, *, reset: bool = True) -> MaskedState:
