@@ -292,6 +292,7 @@ class _Run:
         self.timer = _Timer()
         self.began = time.perf_counter()
         self.events: list[dict] = []
+        self.window: dict[str, list] = {}  # training metrics since the last logged row
         self.compactions: list[list[bool]] = []
         self.position = BatchPosition(0, 0)
         self.rewind: tuple[PyTree, PyTree] | None = None
@@ -347,6 +348,7 @@ class _Run:
                 "events": self.events,
                 "compactions": self.compactions,
                 "has_rewind": self.rewind is not None,
+                "window": {k: [float(t), float(w)] for k, (t, w) in _to_host(self.window).items()},
                 "seconds": {**self.timer.seconds, "wall": self.wall_seconds()},
             }
             save_checkpoint(
@@ -371,6 +373,7 @@ class _Run:
         self.state, self.method_state, self.rewind = tree["state"], tree["method"], tree["rewind"]
         self.position = BatchPosition(*meta["position"])
         self.events, self.compactions = meta["events"], meta["compactions"]
+        self.window = meta["window"]
         self.timer.seconds.update(meta["seconds"])
         self.began = time.perf_counter()
         self._refresh_groups()
@@ -441,8 +444,8 @@ class _Run:
     def _install(self, mask: np.ndarray) -> None:
         state = self.state
         params, opt_state = state.params, state.opt_state
-        if self.rewind is not None:
-            params, opt_state = self.rewind
+        if self.rewind is not None:  # a copy: the state's buffers are donated to the next step
+            params, opt_state = jax.tree_util.tree_map(jnp.copy, self.rewind)
         pmask = param_mask(params, self.group_ids, mask)
         params = apply_group_mask(params, self.group_ids, mask)
         opt_state = set_mask(opt_state, pmask)
@@ -604,7 +607,6 @@ def train(
         _training_batches(splits.train, config.batch_size, config.seed, run.position)
     )
     schedule = None if pruner is None else pruner.schedule
-    window: dict[str, list] = {}
     bar = tqdm(
         total=config.num_steps,
         initial=start,
@@ -635,17 +637,17 @@ def train(
                 run.state, shard_batch(batch, run.mesh), run.step_key(step)
             )
             for name, (total, weight) in metrics.items():
-                acc = window.setdefault(name, [0.0, 0.0])
+                acc = run.window.setdefault(name, [0.0, 0.0])
                 acc[0] += total
                 acc[1] += weight
             done = step + 1
             row = {}
             if done % config.log_every == 0 or done == config.num_steps:
                 means = summarize_metrics(
-                    _to_host({k: tuple(v) for k, v in window.items()}), splits.task
+                    _to_host({k: tuple(v) for k, v in run.window.items()}), splits.task
                 )
                 row.update({f"train_{k}": v for k, v in means.items()})
-                window = {}
+                run.window = {}
                 bar.set_postfix(loss=f"{means['loss']:.4g}")
             last = done == config.num_steps
             if last or (config.eval_every and done % config.eval_every == 0):
@@ -683,4 +685,5 @@ def train(
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         curves = ("train_loss", "test_loss", "ntk_condition", "hessian_trace")
         plot_curves(run_dir, [k for k in curves if any(k in r for r in rows)])
-    return RunResult(_to_host(run.state), run.model, list(rows), run.events, summary)
+    state = jax.device_get(_to_host(run.state))
+    return RunResult(state, run.model, list(rows), run.events, summary)

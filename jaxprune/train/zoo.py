@@ -312,7 +312,6 @@ def build_model(
         lib = vgg if name == "vgg" else resnet
         return _BINDERS[name](lib.from_preset(preset, num_classes=num_outputs, **overrides), kind)
     lib = bert if name == "bert" else switch
-    config = lib.from_preset(
-        preset, vocab_size=num_outputs, max_length=max(input_shape[0], 2), **overrides
-    )
+    sizes = {"vocab_size": num_outputs, "max_length": max(input_shape[0], 2)}
+    config = lib.from_preset(preset, **{**sizes, **overrides})
     return _switch(config, kind) if name == "switch" else _BINDERS[name](config, kind)

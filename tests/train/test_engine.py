@@ -1,0 +1,259 @@
+"""The training engine: pruning events, resume == uninterrupted, evaluation, analysis, and
+data-parallel == single device (in a subprocess with 4 forced CPU devices)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxprune.data import DataConfig, load_dataset
+from jaxprune.masks import PruningSchedule, apply_group_mask, linear, one_shot
+from jaxprune.spectra import empirical_ntk, spectrum_features
+from jaxprune.train import TrainConfig, build_model, criterion_pruner, evaluate, train
+from jaxprune.train import engine as engine_module
+from jaxprune.train.parallel import compile_step, data_mesh
+from jaxprune.train.steps import make_eval_step
+from jaxprune.train.tasks import make_task
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def mlp(digits):
+    return build_model("mlp", num_outputs=10, input_shape=(64,), preset="16,12")
+
+
+def _config(**overrides):
+    defaults = dict(num_steps=30, batch_size=32, log_every=5, progress=False)
+    return TrainConfig(**{**defaults, **overrides})
+
+
+def test_events_fire_at_scheduled_steps_with_scheduled_sparsity(digits, mlp, tmp_path):
+    schedule = linear([5, 10, 20], 0.75)
+    pruner = criterion_pruner("magnitude", schedule)
+    result = train(mlp, digits, optax.adam(1e-2), _config(), pruner=pruner, run_dir=tmp_path)
+    p = 28
+    expected = [(5, 0.25), (10, 0.5), (20, 0.75)]
+    assert [(e["step"], e["ratio"]) for e in result.events] == expected
+    kept = [round((1 - r) * p) for _, r in expected]
+    assert [e["kept"] for e in result.events] == kept
+    masks = [np.load(tmp_path / f"event_{s}.npz")["mask"] for s, _ in expected]
+    assert [int(m.sum()) for m in masks] == kept
+    for earlier, later in itertools.pairwise(masks):  # masks only shrink
+        assert np.all(later <= earlier)
+    logged = {r["step"]: r["group_sparsity"] for r in result.rows if "group_sparsity" in r}
+    assert logged == {s: pytest.approx(1 - k / p) for (s, _), k in zip(expected, kept)}
+    # Pruned groups are exactly zero at the end, after 10 more updates.
+    ids, _ = mlp.group_ids(result.state.params)
+    final = masks[-1]
+    zeroed = apply_group_mask(result.state.params, ids, final)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(zeroed), jax.tree_util.tree_leaves(result.state.params)
+    ):
+        np.testing.assert_array_equal(a, b)
+    assert result.summary["group_sparsity"] == pytest.approx(1 - kept[-1] / p)
+
+
+def test_schedule_beyond_the_run_is_an_error(digits, mlp):
+    pruner = criterion_pruner("random", one_shot(30, 0.5))
+    with pytest.raises(ValueError, match="beyond the run's num_steps=30"):
+        train(mlp, digits, optax.sgd(0.1), _config(), pruner=pruner)
+
+
+def _interrupt_after(monkeypatch, calls: int):
+    """Make the engine's batch placement fail on call ``calls + 1``: a kill mid-run."""
+    original = engine_module.shard_batch
+    count = {"n": 0}
+
+    def failing(batch, mesh):
+        count["n"] += 1
+        if count["n"] > calls:
+            raise KeyboardInterrupt("simulated kill")
+        return original(batch, mesh)
+
+    monkeypatch.setattr(engine_module, "shard_batch", failing)
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_resume_equals_uninterrupted(digits, mlp, tmp_path, monkeypatch, compact):
+    # LTH-style schedule: rewind to step 4, events at 8 and 18 (before and after the kill).
+    schedule = PruningSchedule((8, 18), (0.25, 0.5), rewind_step=4)
+    config = _config(num_steps=26, checkpoint_every=6, eval_every=13, compact=compact)
+    make = lambda: criterion_pruner("magnitude", schedule)  # noqa: E731
+    whole = train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "a")
+
+    _interrupt_after(monkeypatch, 15)  # killed during step 15; last checkpoint at step 12
+    with pytest.raises(KeyboardInterrupt):
+        train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "b")
+    monkeypatch.undo()
+    resumed = train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "b")
+
+    for a, b in zip(
+        jax.tree_util.tree_leaves(whole.state.params),
+        jax.tree_util.tree_leaves(resumed.state.params),
+    ):
+        np.testing.assert_array_equal(a, b)
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(whole.rows) == strip(resumed.rows)
+    assert [e["step"] for e in resumed.events] == [8, 18]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == whole.rows
+
+
+def test_evaluate_counts_every_example_once(digits, mlp):
+    # 359 test examples, eval batches of 64: the last one is padded and the padding ignored.
+    mesh = data_mesh(1)
+    result = train(mlp, digits, optax.adam(1e-2), _config(num_steps=5))
+    task = make_task("classification", num_outputs=10, info={})
+    metrics = evaluate(
+        compile_step(make_eval_step(mlp, task), mesh, donate_state=False),
+        jax.device_put(result.state),
+        digits.test,
+        batch_size=64,
+        key=jax.random.key(0),
+        mesh=mesh,
+        task="classification",
+    )
+    logits = mlp.module.apply({"params": result.state.params}, digits.test["x"])
+    accuracy = float(np.mean(np.argmax(logits, -1) == digits.test["y"]))
+    loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, digits.test["y"]).mean())
+    assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_analysis_is_the_pruned_models_ntk_condition(digits, mlp):
+    pruner = criterion_pruner("magnitude", one_shot(3, 0.5))
+    config = _config(num_steps=6, analysis_every=3, analysis_examples=16)
+    result = train(mlp, digits, optax.adam(1e-2), config, pruner=pruner)
+    final = result.rows[-1]
+    ids, _ = mlp.group_ids(result.state.params)
+    mask = np.asarray(result.state.gates)
+    x = digits.train["x"][:16]
+
+    def pruned(params, inputs):  # tangents only of the kept weights
+        return mlp.module.apply({"params": apply_group_mask(params, ids, mask)}, inputs)
+
+    kernel = empirical_ntk(pruned, result.state.params, x, backend="jacobian")
+    expected = spectrum_features(np.asarray(kernel), dtype=np.float64)
+    assert final["ntk_condition"] == pytest.approx(float(expected.condition_number), rel=1e-3)
+    assert final["ntk_lambda_max"] == pytest.approx(float(expected.lambda_max), rel=1e-4)
+    before = [r for r in result.rows if "ntk_condition_before_event" in r]
+    assert [r["step"] for r in before] == [3]
+    # Hessian trace of the pruned model on the probe batch is logged and positive-ish finite.
+    assert np.isfinite(final["hessian_trace"])
+
+
+def test_mlm_training_reports_perplexity(tmp_path):
+    splits = load_dataset(
+        DataConfig(name="docstrings", max_chars=20_000, seq_len=16, vocab_size=300)
+    )
+    model = build_model(
+        "bert", num_outputs=splits.num_outputs, input_shape=(16,), overrides={"max_length": 16}
+    )
+    config = _config(num_steps=4, batch_size=8, eval_batch_size=64, log_every=2)
+    result = train(model, splits, optax.adam(1e-3), config)
+    summary = result.summary
+    assert summary["test_perplexity"] == pytest.approx(np.exp(summary["test_loss"]), rel=1e-6)
+    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["test_loss"] < np.log(splits.num_outputs) + 1.0
+
+
+_DATA_PARALLEL = textwrap.dedent(
+    """
+    import json, sys
+    import jax, numpy as np, optax
+    from jaxprune.data import DataConfig, load_dataset
+    from jaxprune.masks import one_shot
+    from jaxprune.train import TrainConfig, build_model, criterion_pruner, train
+
+    assert jax.device_count() == 4, jax.devices()
+    out = {}
+    digits = load_dataset("digits")
+    mlp = build_model("mlp", num_outputs=10, input_shape=(64,), preset="16,12")
+    text = load_dataset(DataConfig(name="docstrings", max_chars=20000, seq_len=16,
+                                   vocab_size=300))
+    bert = build_model("bert", num_outputs=text.num_outputs, input_shape=(16,),
+                       overrides={"max_length": 16})
+    vgg_data = load_dataset("digits32")
+    vgg = build_model("vgg", num_outputs=10, input_shape=(32, 32, 3))
+    # Adam's first steps move every weight by about ±lr whatever its gradient's size, so
+    # round-off in near-zero gradients (rare embedding rows, BatchNorm) becomes lr-sized;
+    # BERT and VGG use SGD: what is compared is the data-parallel gradient.
+    cases = {
+        "mlp_snip": (mlp, digits, lambda: criterion_pruner("snip", one_shot(3, 0.5)), 8, 32,
+                     optax.adam(1e-2)),
+        "bert_dropout": (bert, text, lambda: None, 4, 8, optax.sgd(0.5)),
+        "vgg_batchnorm": (vgg, vgg_data, lambda: None, 3, 8, optax.sgd(0.01)),
+    }
+    for name, (model, splits, pruner, steps, batch, optimizer) in cases.items():
+        results = []
+        for devices in (1, 4):
+            config = TrainConfig(num_steps=steps, batch_size=batch, eval_batch_size=64,
+                                 log_every=1, num_devices=devices, progress=False)
+            r = train(model, splits, optimizer, config, pruner=pruner())
+            results.append(r)
+        one, four = results
+        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(
+            jax.tree_util.tree_leaves(one.state.params),
+            jax.tree_util.tree_leaves(four.state.params)))
+        scale = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(one.state.params))
+        out[name] = {
+            "devices": [one.summary["devices"], four.summary["devices"]],
+            "param_diff": diff / scale,
+            "loss": [[r["train_loss"] for r in x.rows if "train_loss" in r] for x in results],
+            "test_loss": [one.summary["test_loss"], four.summary["test_loss"]],
+            "events": [one.events and one.events[0]["kept"], four.events and four.events[0]["kept"]],
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def data_parallel_results():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["mlp_snip", "bert_dropout", "vgg_batchnorm"])
+def test_data_parallel_equals_single_device(data_parallel_results, case):
+    result = data_parallel_results[case]
+    assert result["devices"] == [1, 4]
+    assert result["param_diff"] < 1e-4, result
+    np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-4)
+    np.testing.assert_allclose(result["test_loss"][0], result["test_loss"][1], rtol=1e-4)
+    assert result["events"][0] == result["events"][1]
+
+
+def test_batch_not_divisible_by_devices_is_an_error(digits, mlp):
+    with pytest.raises(ValueError, match="batch_size=33"):
+        engine_module.check_batch_size(33, _FakeMesh(4))
+
+
+class _FakeMesh:
+    def __init__(self, size):
+        self.devices = np.zeros(size)
