@@ -68,6 +68,33 @@ def test_help_explains_the_job():
         (["analyze", "--dataset", "cifar"], "invalid choice"),
         (["analyze", "--learning-rate", "-1"], "learning_rate must be > 0"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--model", "gpt"], "unknown model 'gpt'; expected one of mlp, two_layer"),
+        (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'; expected one of digits"),
+        (
+            ["train", "--method", "obs"],
+            "unknown method 'obs'; expected one of none, lth, magnitude",
+        ),
+        (["train", "--method", "snip"], "needs --prune-at"),
+        (["train", "--prune-at", "3"], "--prune-at needs a pruning --method"),
+        (["train", "--method", "lth", "--prune-at", "3"], "needs --rewind-step"),
+        (["train", "--method", "snip", "--prune-at", "0", "--ratio", "1"], "ratio in [0, 1)"),
+        (["train", "--method", "snip", "--prune-at", "x"], "comma-separated step numbers"),
+        (["train", "--method", "snip", "--prune-at", "900", "--steps", "10"], "beyond the run"),
+        (["train", "--model", "mlp", "--kind", "heads"], "not a group kind of mlp"),
+        (["train", "--batch-size", "5000"], "exceeds the 1438 training examples"),
+        (["train", "--devices", "3"], "num_devices must be an int in [1, 1]"),
+        (["train", "--learning-rate", "0"], "--learning-rate must be > 0"),
+        (["train", "--optimizer", "lion"], "invalid choice"),
+        (["train", "--steps", "-2"], ">= 1"),
+        (["experiment", "table9"], "unknown experiment 'table9'; expected one of demo"),
+        (["experiment", "demo", "--preset", "huge"], "invalid choice"),
+        (["experiment", "demo", "--set", "seeds"], "--set expects field=value"),
+        (["experiment", "demo", "--set", "depth=3"], "unknown field 'depth'; fields are: dataset"),
+        (["experiment", "demo", "--set", "ratio=high"], "--set ratio: expected float"),
+        (["experiment", "demo", "--set", "per_layer=maybe"], "expected true or false"),
+        (["experiment", "demo", "--set", "ratio=1.5"], "ratio must lie in (0, 1)"),
+        (["experiment", "demo", "--set", "methods=dense,obd"], "methods: unknown ['obd']"),
+        (["demo", "--set", "num_steps=10"], "prune_step must lie in [0, num_steps=10)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
@@ -77,3 +104,72 @@ def test_bad_arguments_exit_2_with_one_line(args, message):
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_train_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "mlp",
+        "--model-preset",
+        "16",
+        "--steps",
+        "12",
+        "--batch-size",
+        "32",
+        "--method",
+        "snip",
+        "--prune-at",
+        "4",
+        "--ratio",
+        "0.5",
+        "--compact",
+        "--log-every",
+        "4",
+        "--checkpoint-every",
+        "6",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "test_accuracy" in printed and "groups pruned 50.0%" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parameters"] == 64 * 8 + 8 + 8 * 10 + 10  # 8 of 16 neurons left
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 12
+    assert (out / "curve_train_loss.png").exists() and (out / "event_4.npz").exists()
+    # A second call with the same arguments finds the finished run's checkpoint and resumes.
+    assert main(args) == 0
+    again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert again == rows
+
+
+def test_experiment_smoke_preset_and_fields(tmp_path, capsys):
+    assert main(["experiment", "demo", "--preset", "smoke", "--list-fields"]) == 0
+    assert "num_steps = 40" in capsys.readouterr().out
+    out = tmp_path / "demo"
+    assert (
+        main(
+            [
+                "experiment",
+                "demo",
+                "--preset",
+                "smoke",
+                "--set",
+                "methods=dense,snip",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    table = capsys.readouterr().out
+    assert "| dense |" in table and "| snip |" in table and "test accuracy" in table
+    assert (out / "demo.png").stat().st_size > 1000
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["snip"]["group_sparsity"] == [0.75]
+    assert results["dense"]["group_sparsity"] == [0.0]

@@ -364,6 +364,9 @@ def topk_mask_jax(scores: jax.Array, k: int) -> jax.Array:
     traced score is NaN the whole mask is NaN, which poisons the masked parameters visibly
     instead of dropping groups silently.
 
+    Inside ``jit`` XLA flushes subnormal floats to zero (on CPU at least), so a subnormal
+    score ties with 0 here while :func:`topk_mask` still orders them.
+
     Args:
       scores: ``(p,)`` real scores, possibly traced.
       k: static int, ``0 <= k <= p``.

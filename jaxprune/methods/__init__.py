@@ -1,1 +1,41 @@
-"""The papers' pruning algorithms as pure functions (one module per paper)."""
+"""The papers' pruning algorithms as pure functions (one module per paper).
+
+- :mod:`~jaxprune.methods.pl_gating` (paper 000): per-group NTK features, the gating network
+  of eq. 8, the objective of eq. 36 and one Algorithm-2 pruning event
+  (``pl_gating.features``, ``gate``, ``gating_loss``, ``train_gating``, ``select``, ``prune``).
+- :mod:`~jaxprune.methods.directional` (paper 003): the directional-pruning solution, scores
+  from the Hessian's flat directions, eq. 9, and Bézier connecting curves.  The gRDA optimizer
+  itself is :func:`jaxprune.optim.grda`.
+"""
+
+from jaxprune.methods import directional, pl_gating
+from jaxprune.methods.directional import (
+    BezierFit,
+    bezier_point,
+    curve_losses,
+    directional_pruning_solution,
+    fit_bezier_midpoint,
+    flat_direction_scores,
+    line_losses,
+    projection_scores,
+    sign_alignment_ratio,
+    top_eigenspace_fraction,
+)
+from jaxprune.methods.pl_gating import GatingEvent, PLGatingConfig
+
+__all__ = [
+    "BezierFit",
+    "GatingEvent",
+    "PLGatingConfig",
+    "bezier_point",
+    "curve_losses",
+    "directional",
+    "directional_pruning_solution",
+    "fit_bezier_midpoint",
+    "flat_direction_scores",
+    "line_losses",
+    "pl_gating",
+    "projection_scores",
+    "sign_alignment_ratio",
+    "top_eigenspace_fraction",
+]

@@ -1,5 +1,16 @@
-"""Optax transforms for pruning: masked training (and, in later issues, gRDA and PL gating)."""
+"""Optax transforms for pruning: masked training and gRDA (paper 003)."""
 
+from jaxprune.optim.grda import GrdaState, grda, grda_threshold, soft_threshold
 from jaxprune.optim.masked import MaskedState, apply_mask, map_param_subtrees, masked, set_mask
 
-__all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
+__all__ = [
+    "GrdaState",
+    "MaskedState",
+    "apply_mask",
+    "grda",
+    "grda_threshold",
+    "map_param_subtrees",
+    "masked",
+    "set_mask",
+    "soft_threshold",
+]

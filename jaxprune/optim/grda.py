@@ -203,8 +203,8 @@ def grda(
     accumulator of newly pruned entries (it is a parameter-shaped statistic) and keeps
     ``count`` and the threshold, so a weight revived later restarts from ``v = 0`` and stays
     zero until its accumulated gradient exceeds the (by then large) threshold; with
-    ``reset=False`` its frozen accumulator is kept.  Do not wrap ``masked`` *inside* gRDA's
-    chain before it: ``masked`` must be last as well.
+    ``reset=False`` its frozen accumulator is kept.  Wrap gRDA in ``masked`` rather than
+    chaining the two: each needs to be last.
 
     Jit-able; the state is plain arrays, so it checkpoints like any optax state and works under
     ``jax.pmap``/``shard_map`` (average the gradients across devices before ``update``, as for

@@ -89,6 +89,9 @@ class TrainConfig:
       seed: seed of initialization, data order, MLM masks and dropout.
       num_devices: devices of the data-parallel mesh (``None``: all).
       compact: physically remove pruned groups after each event.
+      prefetch: host batches prepared ahead by a background thread; ``None``: 2 on
+        accelerators, 0 on CPU, where the thread competes with the computation for the same
+        cores (measured: 10% fewer steps/s for a small MLP on 2 cores, experiments/RESULTS.md).
       progress: show a progress bar.
     """
 
@@ -105,6 +108,7 @@ class TrainConfig:
     seed: int = 0
     num_devices: int | None = None
     compact: bool = False
+    prefetch: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -114,6 +118,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.prefetch is not None and (not isinstance(self.prefetch, int) or self.prefetch < 0):
+            raise ValueError(f"prefetch must be None or an int >= 0, got {self.prefetch!r}")
         for name in ("eval_every", "analysis_every", "checkpoint_every", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -307,16 +313,12 @@ class _Run:
             _, layout = model.group_ids(shapes["params"])
             num_groups = self.num_groups0 = len(layout.layer_of_group)
         self.state = init_state(
-            model, self.optimizer, self._key(_INIT), example, num_groups=num_groups
+            model, self.optimizer, self.key_for(_INIT), example, num_groups=num_groups
         )
         self._refresh_groups()
 
-    def _key(self, purpose: int) -> jax.Array:
+    def key_for(self, purpose: int) -> jax.Array:
         return jax.random.fold_in(self.key, purpose)
-
-    def step_key(self, step: int) -> jax.Array:
-        """The key of training step ``step`` (MLM masks and dropout)."""
-        return jax.random.fold_in(self._key(_STEPS), step)
 
     def wall_seconds(self) -> float:
         """Wall time of the run, earlier sessions of a resumed run included."""
@@ -338,6 +340,16 @@ class _Run:
     # -- checkpoints -------------------------------------------------------------------------
     def _checkpoint_tree(self) -> dict:
         return {"state": self.state, "method": self.method_state, "rewind": self.rewind}
+
+    def add_to_window(self, metrics: list[dict]) -> None:
+        """Add steps' ``(total, weight)`` metrics to the window of the next logged row."""
+        if not metrics:
+            return
+        sums = jax.tree_util.tree_map(lambda *xs: jnp.sum(jnp.stack(xs)), *metrics)
+        for name, (total, weight) in sums.items():
+            acc = self.window.setdefault(name, [0.0, 0.0])
+            acc[0] += total
+            acc[1] += weight
 
     def save(self, step: int) -> None:
         if self.run_dir is None or jax.process_index() != 0:
@@ -387,7 +399,7 @@ class _Run:
     def prune_event(self, step: int) -> None:
         pruner, state = self.pruner, self.state
         with self.timer.phase("events"):
-            key = jax.random.fold_in(self._key(_EVENTS), step)
+            key = jax.random.fold_in(self.key_for(_EVENTS), step)
             ratio = float(pruner.schedule.ratio(step))
             collections, gates = state.collections, state.gates
 
@@ -508,12 +520,12 @@ class _Run:
             else:
                 mask = jax.tree_util.tree_map(jnp.ones_like, state.params)
             probe = self.task.prepare(
-                {k: jnp.asarray(v) for k, v in self.probe.items()}, self._key(_PROBE)
+                {k: jnp.asarray(v) for k, v in self.probe.items()}, self.key_for(_PROBE)
             )
             kernel, trace = self.analysis_fn(
                 *_to_host((state.params, mask, state.collections, state.gates)),
                 probe,
-                jax.random.fold_in(self._key(_ANALYSIS), step),
+                jax.random.fold_in(self.key_for(_ANALYSIS), step),
             )
             features = spectrum_features(np.asarray(kernel), dtype=np.float64)
             return {
@@ -530,7 +542,7 @@ class _Run:
                 self.state,
                 self.splits.test,
                 batch_size=self.config.eval_batch_size,
-                key=self._key(_EVAL),
+                key=self.key_for(_EVAL),
                 mesh=self.mesh,
                 task=self.splits.task,
             )
@@ -603,10 +615,15 @@ def train(
                 rows.append({"step": step, **row})
             pending.clear()
 
-    batches = prefetch(
-        _training_batches(splits.train, config.batch_size, config.seed, run.position)
-    )
+    step_key = run.key_for(_STEPS)
+    batches = _training_batches(splits.train, config.batch_size, config.seed, run.position)
+    ahead = config.prefetch
+    if ahead is None:
+        ahead = 0 if jax.default_backend() == "cpu" else 2
+    if ahead:
+        batches = prefetch(batches, ahead)
     schedule = None if pruner is None else pruner.schedule
+    pending_metrics: list[dict] = []  # summed at log time: no per-step host work
     bar = tqdm(
         total=config.num_steps,
         initial=start,
@@ -633,16 +650,13 @@ def train(
                     jnp.copy, (run.state.params, run.state.opt_state)
                 )
             batch, run.position = next(batches)
-            run.state, metrics = run.train_step(
-                run.state, shard_batch(batch, run.mesh), run.step_key(step)
-            )
-            for name, (total, weight) in metrics.items():
-                acc = run.window.setdefault(name, [0.0, 0.0])
-                acc[0] += total
-                acc[1] += weight
+            run.state, metrics = run.train_step(run.state, shard_batch(batch, run.mesh), step_key)
+            pending_metrics.append(metrics)
             done = step + 1
             row = {}
             if done % config.log_every == 0 or done == config.num_steps:
+                run.add_to_window(pending_metrics)
+                pending_metrics = []
                 means = summarize_metrics(
                     _to_host({k: tuple(v) for k, v in run.window.items()}), splits.task
                 )
@@ -657,6 +671,8 @@ def train(
             if row:
                 log(done, row)
             if config.checkpoint_every and done % config.checkpoint_every == 0:
+                run.add_to_window(pending_metrics)
+                pending_metrics = []
                 run.save(done)
             bar.update(1)
         flush()

@@ -86,6 +86,8 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
       Global ``jax.Array``s sharded over ``"data"``.
     """
     sharding = _batch_sharding(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
     return {
         key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
         for key, value in batch.items()

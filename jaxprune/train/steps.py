@@ -82,14 +82,15 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
     """One update: ``train_step(state, batch, key) -> (state, metrics)``.
 
-    ``key`` drives the task's corruption (MLM masks) and dropout; pass
-    ``jax.random.fold_in(base_key, step)`` to make runs reproducible across restarts.
+    The step's randomness (the task's corruption, e.g. MLM masks, and dropout) is
+    ``fold_in(key, state.step)``: pass the same ``key`` every step, and a run restarted from a
+    checkpoint draws exactly the masks it would have drawn.
     ``metrics`` maps names to ``(total, weight)`` pairs over the batch.
     """
     loss_fn = make_loss_fn(model, task)
 
     def train_step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
-        prepare_key, dropout_key = jax.random.split(key)
+        prepare_key, dropout_key = jax.random.split(jax.random.fold_in(key, state.step))
         batch = task.prepare(batch, prepare_key)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (metrics, collections)), grads = grad_fn(
