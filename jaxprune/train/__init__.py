@@ -20,7 +20,13 @@ from jaxprune.train.checkpoint import (
 from jaxprune.train.engine import RunResult, TrainConfig, evaluate, train
 from jaxprune.train.logging import MetricsLogger, plot_curves, read_metrics, summary_table
 from jaxprune.train.parallel import compile_step, data_mesh, replicate, shard_batch
-from jaxprune.train.pruning import CRITERIA, PruneContext, Pruner, criterion_pruner
+from jaxprune.train.pruning import (
+    CRITERIA,
+    PruneContext,
+    Pruner,
+    criterion_pruner,
+    pl_gating_pruner,
+)
 from jaxprune.train.steps import (
     TrainState,
     init_state,
@@ -56,6 +62,7 @@ __all__ = [
     "make_task",
     "make_train_step",
     "mlm",
+    "pl_gating_pruner",
     "plot_curves",
     "read_metrics",
     "regression",

@@ -666,6 +666,7 @@ def train(
             last = done == config.num_steps
             if last or (config.eval_every and done % config.eval_every == 0):
                 row.update({f"test_{k}": v for k, v in run.test_metrics().items()})
+                row["weight_sparsity"] = _weight_sparsity(_to_host(run.state.params))
             if last and config.analysis_every:
                 row.update(run.analysis(done))
             if row:

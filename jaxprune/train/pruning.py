@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxprune.criteria import (
@@ -36,8 +37,9 @@ from jaxprune.criteria import (
     snip_scores,
 )
 from jaxprune.masks import GroupLayout, PruningSchedule, topk_mask
+from jaxprune.methods import pl_gating
 
-__all__ = ["CRITERIA", "PruneContext", "Pruner", "criterion_pruner"]
+__all__ = ["CRITERIA", "PruneContext", "Pruner", "criterion_pruner", "pl_gating_pruner"]
 
 PyTree = Any
 
@@ -182,3 +184,67 @@ def criterion_pruner(
 
     rewinds = criterion == "magnitude" and schedule.rewind_step is not None
     return Pruner("lth" if rewinds else criterion, schedule, select)
+
+
+def pl_gating_pruner(
+    schedule: PruningSchedule,
+    config: pl_gating.PLGatingConfig | None = None,
+    *,
+    seed: int = 0,
+) -> Pruner:
+    """PL-regularization-driven gating (paper 000, Algorithm 2) as a pruning method.
+
+    At each event: per-group NTK features of the current (gated) model on the first
+    ``config.feature_batch_size`` examples of the event's training batches, the gating
+    network ``v`` trained for ``config.gating_steps`` batches on eq. 36 (loss at the soft
+    gates plus ``α·Tr(H_f)``), then TopK of the gates with ``config.min_per_layer`` groups kept
+    per layer.  ``v`` is the method state: it starts from ``init_gating(key(seed))`` and each
+    event continues from the previous one (it is checkpointed with the run).  Groups pruned
+    earlier stay pruned; after compaction the remaining groups are the current model's.
+
+    The event record holds the gates, raw and normalized features, and the gating loss
+    history (saved as ``event_<step>.npz`` in the run directory).
+
+    References:
+      Paper 000, Section 3.2 and Appendix E.2 (Algorithm 2, eq. 36).
+    """
+    config = pl_gating.PLGatingConfig() if config is None else config
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(f"schedule must be a PruningSchedule, got {type(schedule).__name__}")
+
+    def select(context: PruneContext, v: pl_gating.GatingParams) -> tuple[np.ndarray, Any, dict]:
+        batches = context.batches(config.gating_steps)
+        inputs = jnp.concatenate([b["x"] for b in batches])
+        if len(inputs) < config.feature_batch_size:
+            raise ValueError(
+                f"feature_batch_size={config.feature_batch_size} exceeds the {len(inputs)} "
+                "examples of the event's batches; raise gating_steps or the batch size"
+            )
+        p = len(context.gates)
+        ratio = 1.0 - context.num_keep / p  # the same k out of the current model's groups
+        event = pl_gating.prune(
+            context.key,
+            context.loss_fn,
+            context.apply_fn,
+            context.params,
+            context.group_ids,
+            context.layout,
+            inputs[: config.feature_batch_size],
+            batches,
+            ratio,
+            config,
+            v=v,
+            current_mask=context.gates,
+            inputs_of=lambda batch: batch["x"],
+        )
+        record = {
+            "gates": event.gates,
+            "lambda_min": event.features.lambda_min,
+            "entropy": event.features.entropy,
+            "normalized_features": event.normalized_features,
+            **{f"history_{name}": values for name, values in event.history._asdict().items()},
+        }
+        return event.mask, event.v, record
+
+    init = pl_gating.init_gating(jax.random.key(seed), config.hidden)
+    return Pruner("pl", schedule, select, init)
