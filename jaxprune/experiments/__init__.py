@@ -24,6 +24,13 @@ PRESET_NAMES = ("smoke", "small", "paper")
 #: Experiment name -> module defining ``EXPERIMENT``.
 EXPERIMENTS = {
     "demo": "jaxprune.experiments.demo",
+    "pl_bert": "jaxprune.experiments.pl_bert",
+    "pl_switch": "jaxprune.experiments.pl_switch",
+    "pl_vgg": "jaxprune.experiments.pl_vgg",
+    "pl_ablations": "jaxprune.experiments.pl_ablations",
+    "grda_linear": "jaxprune.experiments.grda_linear",
+    "grda_sparsity": "jaxprune.experiments.grda_sparsity",
+    "grda_valley": "jaxprune.experiments.grda_valley",
 }
 
 

@@ -19,7 +19,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,17 @@ import optax
 
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
+from jaxprune.experiments.compare import (
+    comparison_table,
+    plot_comparison,
+    run_comparison,
+    test_metric_name,
+    write_results,
+)
 from jaxprune.masks import PruningSchedule, iterative_magnitude, one_shot
-from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner, train
+from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner
 
-__all__ = ["EXPERIMENT", "DemoConfig", "format_table", "run_demo"]
+__all__ = ["EXPERIMENT", "DemoConfig", "run_demo"]
 
 METHODS = ("dense", "lth", *CRITERIA)
 
@@ -109,15 +116,11 @@ def _pruner(method: str, config: DemoConfig) -> Any:
     return criterion_pruner(method, schedule, per_layer=config.per_layer)
 
 
-def _loss_at(rows: list[dict], step: int) -> float:
-    return next((r["train_loss"] for r in rows if r["step"] == step and "train_loss" in r), np.nan)
-
-
 def run_demo(config: DemoConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Run every method and seed; write ``table.md``, ``results.json`` and the plots.
+    """Run every method and seed; write ``table.md``, ``results.json`` and ``demo.png``.
 
     Returns:
-      ``{"table": str, "results": {method: {metric: [value per seed]}}, "metric": name}``.
+      ``{"table": str, "results": {method: {figure: [value per seed]}}, "metric": name}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,105 +131,35 @@ def run_demo(config: DemoConfig, out_dir: Path, progress: bool = True) -> dict:
         input_shape=splits.train["x"].shape[1:],
         preset=config.model_preset,
     )
-    log_every = int(np.gcd.reduce([*config.report_steps, config.num_steps]))
-    metric = {"classification": "test_accuracy", "mlm": "test_perplexity"}.get(
-        splits.task, "test_loss"
+    train_config = TrainConfig(
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
+        analysis_every=config.analysis_every,
+        compact=config.compact,
     )
-    results: dict[str, dict[str, list]] = {}
-    curves: dict[str, list[list[dict]]] = {}
-    for method in config.methods:
-        for seed in config.seeds:
-            if progress:
-                print(f"demo: {method}, seed {seed}", flush=True)
-            train_config = TrainConfig(
-                num_steps=config.num_steps,
-                batch_size=config.batch_size,
-                log_every=log_every,
-                analysis_every=config.analysis_every,
-                seed=seed,
-                compact=config.compact and method != "dense",
-                progress=progress,
-            )
-            result = train(
-                model,
-                splits,
-                optax.adam(config.learning_rate),
-                train_config,
-                pruner=_pruner(method, config),
-                run_dir=out_dir / "runs" / f"{method}_seed{seed}",
-                resume=False,
-            )
-            figures = {f"train_loss@{s}": _loss_at(result.rows, s) for s in config.report_steps}
-            figures[metric] = result.summary[metric]
-            for key in ("wall_seconds", "group_sparsity", "weight_sparsity", "parameters"):
-                figures[key] = result.summary[key]
-            for key, value in figures.items():
-                results.setdefault(method, {}).setdefault(key, []).append(float(value))
-            curves.setdefault(method, []).append(result.rows)
-    table = format_table(results, config, metric)
-    (out_dir / "table.md").write_text(table + "\n")
-    (out_dir / "results.json").write_text(
-        json.dumps({"config": dataclasses.asdict(config), "results": results}, indent=1)
+    metric = test_metric_name(splits.task)
+    results, curves = run_comparison(
+        model,
+        splits,
+        {method: functools.partial(_pruner, method, config) for method in config.methods},
+        optimizer=lambda: optax.adam(config.learning_rate),
+        config=train_config,
+        seeds=config.seeds,
+        report_steps=config.report_steps,
+        out_dir=out_dir,
+        progress=progress,
     )
-    _plot(curves, results, metric, out_dir)
+    table = comparison_table(results, config.report_steps, metric) + (
+        f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
+        f"Adam steps, {config.ratio:.0%} of groups pruned at step {config.prune_step} (LTH: 3 "
+        f"rounds with rewinding), {'per-layer' if config.per_layer else 'global'} TopK with one "
+        f"group per layer kept, seeds {', '.join(map(str, config.seeds))}; params = parameters "
+        "after compaction."
+    )
+    write_results(out_dir, dataclasses.asdict(config), results, table)
+    plot_comparison(curves, results, metric, out_dir / "demo.png")
     return {"table": table, "results": results, "metric": metric}
-
-
-def _cell(values: list[float], digits: int = 3) -> str:
-    values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
-def format_table(results: dict[str, dict[str, list]], config: DemoConfig, metric: str) -> str:
-    """Markdown table: one row per method (mean ± std over seeds)."""
-    losses = [f"train loss @{s}" for s in config.report_steps]
-    header = ["method", *losses, metric.replace("_", " "), "wall s", "groups pruned", "params"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, figures in results.items():
-        cells = [method, *(_cell(figures[f"train_loss@{s}"]) for s in config.report_steps)]
-        cells += [
-            _cell(figures[metric], 4),
-            _cell(figures["wall_seconds"], 1),
-            f"{np.mean(figures['group_sparsity']):.0%}",
-            f"{int(np.mean(figures['parameters'])):,}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    seeds = ", ".join(map(str, config.seeds))
-    lines.append(
-        f"\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} Adam "
-        f"steps, {config.ratio:.0%} of groups pruned at step {config.prune_step} (LTH: 3 rounds "
-        f"with rewinding), seeds {seeds}; params = parameters after compaction."
-    )
-    return "\n".join(lines)
-
-
-def _plot(curves: dict, results: dict, metric: str, out_dir: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = [("train_loss", "training loss", "log"), ("ntk_condition", "NTK λmax/λmin", "log")]
-    figure = Figure(figsize=(13, 4), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 3)
-    for ax, (key, label, scale) in zip(axes, panels):
-        for method, runs in curves.items():
-            points = [(r["step"], r[key]) for r in runs[0] if key in r and np.isfinite(r[key])]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, label=method, marker="." if key != "train_loss" else None)
-        ax.set(xlabel="step", ylabel=label, yscale=scale)
-    axes[0].legend(fontsize=8)
-    names = list(results)
-    means = [np.mean(results[m][metric]) for m in names]
-    errors = [np.std(results[m][metric]) for m in names]
-    axes[2].bar(names, means, yerr=errors, color="tab:blue")
-    axes[2].set(ylabel=metric.replace("_", " "))
-    axes[2].tick_params(axis="x", rotation=45)
-    if metric == "test_accuracy":
-        axes[2].set_ylim(max(0.0, min(means) - 0.1), 1.0)
-    figure.savefig(out_dir / "demo.png", dpi=120)
 
 
 EXPERIMENT = Experiment(
