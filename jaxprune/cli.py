@@ -254,6 +254,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=_non_negative, default=0)
     train.add_argument("--out", default="runs/train", help="run directory")
     train.add_argument("--fresh", action="store_true", help="ignore checkpoints in --out")
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard scalars to OUT/tensorboard",
+    )
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -339,6 +344,7 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         num_devices=args.devices,
         compact=args.compact,
+        tensorboard=args.tensorboard,
         progress=not args.quiet,
     )
     pruner = None

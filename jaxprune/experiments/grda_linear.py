@@ -1,4 +1,5 @@
-"""Theorem 3.1 in the one setting where everything is exact: over-parameterized least squares.
+"""``jaxprune experiment grda_linear``: Theorem 3.1 where everything is exact, over-parameterized
+least squares.
 
 With ``ℓ(w) = ‖Xw − y‖² / (2n)``, ``X`` of shape ``(n, d)`` and ``d > n``, the Hessian
 ``H = XᵀX / n`` is constant with rank ``n``: its null space (dimension ``d − n``) is exactly the
@@ -6,7 +7,8 @@ valley of minimizers, the flat directions ``P_0`` of paper 003.  :func:`run_line
 trains gRDA and SGD (full batch, so the two see the same "minibatches") from the same
 initialization, computes the directional-pruning solution of the SGD iterate with the exact
 ``Π_0`` (from an eigendecomposition of ``H``) and ``λ`` equal to gRDA's threshold, and reports
-how close gRDA lands to it.
+how close gRDA lands to it.  The experiment writes ``table.md``, ``results.json`` and
+``grda_linear.png``.
 
 The correspondence (Theorem 3.1, eq. 8): after ``N`` steps at rate ``γ`` (time ``t = Nγ``),
 ``w^gRDA ≈ argmin_w ½‖w^SGD − w‖² + λ_{γ,t} Σ_j s̄_j |w_j|`` with ``λ_{γ,t} = c√γ t^μ =
@@ -24,10 +26,10 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -35,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune.experiments import Experiment
 from jaxprune.methods.directional import (
     directional_pruning_solution,
     projection_scores,
@@ -42,12 +45,19 @@ from jaxprune.methods.directional import (
 )
 from jaxprune.optim.grda import grda
 
-__all__ = ["PRESETS", "LinearRegressionConfig", "plot_linear_regression", "run_linear_regression"]
+__all__ = [
+    "EXPERIMENT",
+    "LinearRegressionConfig",
+    "linear_regression_table",
+    "plot_linear_regression",
+    "run_grda_linear",
+    "run_linear_regression",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class LinearRegressionConfig:
-    """One over-parameterized least-squares run.
+    """One over-parameterized least-squares run (each field is ``--set field=value``).
 
     Attributes:
       n: number of examples (the rank of the Hessian).
@@ -76,7 +86,7 @@ class LinearRegressionConfig:
         for name in ("n", "d", "num_steps", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise TypeError(f"{name} must be an int, got {value!r}")
+                raise ValueError(f"{name} must be an int, got {value!r}")
         if self.n < 1 or self.num_steps < 1 or self.seed < 0:
             raise ValueError(
                 f"n and num_steps must be >= 1 and seed >= 0, got n={self.n}, "
@@ -99,21 +109,6 @@ class LinearRegressionConfig:
             if not (math.isfinite(value) and ok):
                 expected = "> 0" if name in ("mu", "learning_rate") else ">= 0"
                 raise ValueError(f"{name} must be finite and {expected}, got {value}")
-
-
-PRESETS: dict[str, LinearRegressionConfig] = {
-    # < 5 s on a CPU, compilation included.
-    "smoke": LinearRegressionConfig(
-        n=20, d=60, noise=0.1, c=0.2, mu=0.6, learning_rate=0.05, num_steps=2000
-    ),
-    "small": LinearRegressionConfig(
-        n=50, d=200, noise=0.1, c=0.3, mu=0.6, learning_rate=0.02, num_steps=5000
-    ),
-    # Theorem 3.1's regime: small γ, long time, μ in (0.5, 1).
-    "paper": LinearRegressionConfig(
-        n=200, d=1000, noise=0.1, c=0.1, mu=0.6, learning_rate=0.005, num_steps=40_000
-    ),
-}
 
 
 def _data(config: LinearRegressionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,7 +158,7 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
     final threshold ``c·γ^{1/2}(Nγ)^μ`` (see the module docstring for why).
 
     Args:
-      config: a :class:`LinearRegressionConfig` (e.g. ``PRESETS["smoke"]``).
+      config: a :class:`LinearRegressionConfig` (e.g. ``EXPERIMENT.presets["smoke"]``).
 
     Returns:
       A dict with
@@ -248,28 +243,24 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
     }
 
 
-def plot_linear_regression(results: dict[str, Any], path: str) -> None:
+def plot_linear_regression(results: dict[str, Any], path: Path) -> None:
     """Save a three-panel figure of :func:`run_linear_regression`'s results to ``path``.
 
     Left: training loss per step of SGD and gRDA.  Middle: gRDA's sparsity per step.  Right:
     each coordinate of ``w^gRDA`` and of the directional-pruning solution ``w^DP`` against
     ``w^SGD`` (gRDA performing directional pruning puts the two marks on top of each other).
 
-    Args:
-      results: the dict returned by :func:`run_linear_regression`.
-      path: output file (format from the extension, e.g. ``.png``, ``.pdf``).
-
     References:
       Paper 003, Theorem 3.1 and Figure 1 (left: the directional-pruning path).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     history, weights = results["history"], results["weights"]
     steps = np.arange(1, len(history["loss_sgd"]) + 1)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    figure = Figure(figsize=(14, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 3)
     axes[0].semilogy(steps, history["loss_sgd"], label="SGD")
     axes[0].semilogy(steps, history["loss_grda"], label="gRDA")
     axes[0].set(xlabel="step", ylabel="training loss", title="Training loss")
@@ -287,26 +278,82 @@ def plot_linear_regression(results: dict[str, Any], path: str) -> None:
         title=f"λ = {results['lam']:.3g}, ‖gRDA − DP‖/‖SGD‖ = {results['dp_distance']:.3f}",
     )
     axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    figure.savefig(path, dpi=120)
 
 
-def _summary(results: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in results.items() if k not in ("history", "weights")}
+_TABLE_ROWS = (
+    ("lam", "λ = c·γ^{1/2}(Nγ)^μ (gRDA's final threshold)"),
+    ("dp_distance", "‖w^gRDA − w^DP‖ / ‖w^SGD‖"),
+    ("sgd_dp_distance", "‖w^SGD − w^DP‖ / ‖w^SGD‖"),
+    ("dp_relative_error", "‖w^gRDA − w^DP‖ / ‖w^SGD − w^DP‖"),
+    ("null_space_fraction", "‖Π_0 Δ‖ / ‖Δ‖, Δ = w^gRDA − w^SGD"),
+    ("row_space_fraction", "‖(I − Π_0) Δ‖ / ‖Δ‖ (eq. 9)"),
+    ("support_agreement", "zero pattern of w^gRDA = that of w^DP"),
+    ("sparsity_grda", "sparsity of w^gRDA"),
+    ("sparsity_dp", "sparsity of w^DP"),
+    ("sparsity_sgd", "sparsity of w^SGD"),
+    ("loss_init", "training loss at w_0"),
+    ("loss_sgd", "training loss of w^SGD"),
+    ("loss_grda", "training loss of w^gRDA"),
+    ("loss_dp", "training loss of w^DP"),
+)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m jaxprune.methods.grda_linear --preset small [--plot out.png]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="smoke")
-    parser.add_argument("--plot", default=None, help="save the figure to this path")
-    args = parser.parse_args(argv)
-    results = run_linear_regression(PRESETS[args.preset])
-    print(json.dumps(_summary(results), indent=2))
-    if args.plot:
-        plot_linear_regression(results, args.plot)
+def linear_regression_table(results: dict[str, Any]) -> str:
+    """Markdown table of the scalar figures of :func:`run_linear_regression`, with a caption
+    line naming the configuration."""
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| {label} | {results[key]:.4g} |" for key, label in _TABLE_ROWS]
+    c = results["config"]
+    lines.append(
+        f"\nLeast squares with n = {c['n']} examples, d = {c['d']} parameters, noise "
+        f"{c['noise']}; gRDA (c = {c['c']}, μ = {c['mu']}) and SGD, γ = {c['learning_rate']}, "
+        f"{c['num_steps']} full-batch steps from one initialization (seed {c['seed']}); w^DP: "
+        "the directional-pruning solution of w^SGD with the exact Π_0."
+    )
+    return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    main()
+def run_grda_linear(
+    config: LinearRegressionConfig, out_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Run :func:`run_linear_regression`; write ``table.md``, ``results.json`` (the scalar
+    figures) and ``grda_linear.png`` to ``out_dir``.
+
+    Returns:
+      The scalar figures of :func:`run_linear_regression` plus ``"table"`` (markdown).
+    """
+    del progress  # one jitted scan per optimizer: nothing to report along the way
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = run_linear_regression(config)
+    table = linear_regression_table(results)
+    figures = {k: v for k, v in results.items() if k not in ("history", "weights")}
+    (out_dir / "table.md").write_text(table + "\n")
+    (out_dir / "results.json").write_text(json.dumps(figures, indent=1))
+    plot_linear_regression(results, out_dir / "grda_linear.png")
+    return {**figures, "table": table}
+
+
+EXPERIMENT = Experiment(
+    name="grda_linear",
+    description=(
+        "Theorem 3.1 of paper 003 on over-parameterized least squares: gRDA and SGD from one "
+        "initialization; distance of gRDA to the directional-pruning solution of SGD (exact "
+        "Hessian null space), the share of gRDA − SGD in flat directions, sparsity and losses."
+    ),
+    presets={
+        # < 5 s on a CPU, compilation included.
+        "smoke": LinearRegressionConfig(
+            n=20, d=60, noise=0.1, c=0.2, mu=0.6, learning_rate=0.05, num_steps=2000
+        ),
+        "small": LinearRegressionConfig(
+            n=50, d=200, noise=0.1, c=0.3, mu=0.6, learning_rate=0.02, num_steps=5000
+        ),
+        # Theorem 3.1's regime: small γ, long time, μ in (0.5, 1).
+        "paper": LinearRegressionConfig(
+            n=200, d=1000, noise=0.1, c=0.1, mu=0.6, learning_rate=0.005, num_steps=40_000
+        ),
+    },
+    run=run_grda_linear,
+)
