@@ -126,10 +126,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_experiment(commands)
     demo = commands.add_parser(
         "demo",
-        help="dense vs baseline pruning criteria on built-in data (about 2 minutes on 2 CPUs)",
+        help="dense vs PL gating vs baseline pruning criteria on built-in data (minutes on a CPU)",
         description=(
-            "Train a 64-256-256-10 MLP on the scikit-learn digits densely and with random, "
-            "magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH pruning at 75%% of the neurons "
+            "Train a 64-256-256-10 MLP on the scikit-learn digits densely and with PL gating "
+            "(paper 000), random, magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH pruning at "
+            "75%% of the neurons "
             "(3 seeds each), then print the comparison table (training loss at fixed steps, "
             "test accuracy, wall time, sparsity) and save plots. Same as `jaxprune experiment "
             "demo --preset small`."

@@ -6,7 +6,8 @@ comparison table of paper 000's Tables 1-3 layout (training loss at fixed steps,
 wall time, sparsity) and saves plots of the training curves, of the NTK condition number over
 training (Figures 3 and 5) and of the test metric.
 
-Methods: ``dense``; ``random``, ``magnitude``, ``snip``, ``grasp``, ``taylor`` (Att-Score),
+Methods: ``dense``; ``pl`` (paper 000's PL gating, Algorithm 2, one-shot at ``prune_step``);
+``random``, ``magnitude``, ``snip``, ``grasp``, ``taylor`` (Att-Score),
 ``fpgm`` and ``hessian_diag`` pruned one-shot at ``prune_step``; ``lth`` (iterative magnitude
 pruning with rewinding to 5% of a round, paper 000 App. E.3) with its rounds fitted into the
 same number of training steps.
@@ -36,11 +37,12 @@ from jaxprune.experiments.compare import (
     write_results,
 )
 from jaxprune.masks import PruningSchedule, iterative_magnitude, one_shot
-from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner
+from jaxprune.methods.pl_gating import PLGatingConfig
+from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner, pl_gating_pruner
 
 __all__ = ["EXPERIMENT", "DemoConfig", "run_demo"]
 
-METHODS = ("dense", "lth", *CRITERIA)
+METHODS = ("dense", "lth", "pl", *CRITERIA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +62,22 @@ class DemoConfig:
       seeds: one run per seed and method; the table shows mean ± standard deviation.
       analysis_every: steps between NTK-condition / Hessian-trace analyses (0: off).
       compact: remove pruned groups physically (pruned runs then really run faster).
+      gating_steps: batches the PL gating network trains on at the pruning event.
     """
 
     dataset: str = "digits"
     model: str = "mlp"
     model_preset: str = "256,256"
-    methods: tuple[str, ...] = ("dense", "random", "magnitude", "snip", "grasp", "taylor", "lth")
+    methods: tuple[str, ...] = (
+        "dense",
+        "random",
+        "magnitude",
+        "snip",
+        "grasp",
+        "taylor",
+        "lth",
+        "pl",
+    )
     ratio: float = 0.75
     prune_step: int = 100
     num_steps: int = 600
@@ -76,6 +88,7 @@ class DemoConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     analysis_every: int = 100
     compact: bool = True
+    gating_steps: int = 50
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -110,6 +123,9 @@ def _lth_schedule(config: DemoConfig) -> PruningSchedule:
 def _pruner(method: str, config: DemoConfig) -> Any:
     if method == "dense":
         return None
+    if method == "pl":
+        gating = PLGatingConfig(gating_steps=config.gating_steps)
+        return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
     if method == "lth":
         return criterion_pruner("magnitude", _lth_schedule(config), per_layer=config.per_layer)
     schedule = one_shot(config.prune_step, config.ratio)
@@ -165,7 +181,7 @@ def run_demo(config: DemoConfig, out_dir: Path, progress: bool = True) -> dict:
 EXPERIMENT = Experiment(
     name="demo",
     description=(
-        "Dense training vs baseline pruning criteria (random, magnitude, SNIP, GraSP, "
+        "Dense training vs PL gating vs baseline pruning criteria (random, magnitude, SNIP, GraSP, "
         "Att-Score/Taylor, LTH) at one structured sparsity on built-in data: table of training "
         "loss at fixed steps, test metric, wall time and sparsity, plus plots."
     ),
