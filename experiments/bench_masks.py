@@ -16,24 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from _timing import paired_medians
+from _timing import paired_medians, train_step
 
 from jaxprune.masks.compact import Link, compact
 from jaxprune.models import MLP
 from jaxprune.optim.masked import masked
-
-
-def train_step(apply_fn, optimizer):
-    @jax.jit
-    def step(params, state, x, y):
-        def loss(p):
-            return optax.softmax_cross_entropy_with_integer_labels(apply_fn(p, x), y).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
 
 
 class CNN(nn.Module):
