@@ -1,20 +1,24 @@
-"""Theorem 3.1 on over-parameterized least squares (the smoke preset): gRDA lands near the
-directional-pruning solution of SGD, moves off SGD along the Hessian's null space, and prunes."""
+"""``grda_linear``: Theorem 3.1 on over-parameterized least squares (the smoke preset): gRDA
+lands near the directional-pruning solution of SGD, moves off SGD along the Hessian's null space,
+and prunes; the experiment writes its table, results and plot."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 
-from jaxprune.methods.grda_linear import (
-    PRESETS,
+from jaxprune.experiments import get_experiment
+from jaxprune.experiments.grda_linear import (
+    EXPERIMENT,
     LinearRegressionConfig,
-    plot_linear_regression,
     run_linear_regression,
 )
 from jaxprune.optim.grda import grda_threshold
+
+PRESETS = EXPERIMENT.presets
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +63,15 @@ def test_c_zero_is_sgd():
     assert np.isnan(results["null_space_fraction"]) and results["sparsity_grda"] == 0.0
 
 
-def test_plot(smoke, tmp_path):
-    path = tmp_path / "linear.png"
-    plot_linear_regression(smoke, str(path))
-    assert path.stat().st_size > 1000
+def test_experiment_writes_table_results_and_plot(tmp_path):
+    experiment = get_experiment("grda_linear")
+    assert experiment is EXPERIMENT and set(experiment.presets) == {"smoke", "small", "paper"}
+    out = experiment.run(experiment.presets["smoke"], tmp_path, False)
+    assert "| ‖w^gRDA − w^DP‖ / ‖w^SGD‖ |" in out["table"]
+    assert (tmp_path / "table.md").read_text().strip() == out["table"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["sparsity_grda"] == out["sparsity_grda"] > 0
+    assert (tmp_path / "grda_linear.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
