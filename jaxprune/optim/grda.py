@@ -250,7 +250,8 @@ def grda(
         dtype = threshold_dtype(params)
         return GrdaState(
             count=jnp.zeros([], jnp.int32),
-            accumulator=jax.tree_util.tree_map(jnp.asarray, params),
+            # A copy, never an alias of the parameters: trainers donate both to the step.
+            accumulator=jax.tree_util.tree_map(jnp.array, params),
             threshold=jnp.zeros([], dtype),
             threshold_compensation=jnp.zeros([], dtype),
         )

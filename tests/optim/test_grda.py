@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -341,3 +343,19 @@ def test_update_requires_params_and_matching_mask():
         grda(0.1, 0.1, 0.6, mask={"v": True}).init(params)
     with pytest.raises(TypeError, match="schedule"):
         grda_threshold(0.1, 0.6, optax.constant_schedule(0.1), 3)
+
+
+def test_state_does_not_alias_the_parameters():
+    # Trainers donate params and optimizer state to the jitted step; an accumulator sharing
+    # the parameters' buffers would be donated twice.
+    params = {"w": jnp.arange(4.0)}
+    tx = grda(0.1, 0.01, 0.6)
+    state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, state):
+        updates, state = tx.update(jax.tree_util.tree_map(jnp.ones_like, params), state, params)
+        return optax.apply_updates(params, updates), state
+
+    params, state = step(params, state)
+    np.testing.assert_allclose(state.accumulator["w"], jnp.arange(4.0) - 0.1)

@@ -1,0 +1,353 @@
+"""``jaxprune experiment grda_sparsity``: sparsity against accuracy of gRDA and SGD.
+
+Every model (a *setup*: model, preset and dataset) is trained with plain SGD and with gRDA
+(:func:`jaxprune.optim.grda`) over a grid of ``(c, μ)``, all from the same initialization and
+with the same minibatches (one ``TrainConfig.seed`` per run fixes both), without momentum or
+weight decay and with no pruner: gRDA's soft threshold makes weights exactly zero during
+training.  For each setup the table reports the final training loss (last logging window),
+test accuracy, its difference to SGD, the final weight sparsity (exact zeros over all
+parameters, biases included) and wall time; the plot shows sparsity and training loss over
+training and test accuracy against final sparsity.
+
+Setups (:data:`SETUPS`): ``mlp-digits`` (MLP 256-256 on the 8×8 digits), ``cnn-digits`` (the
+small CNN on the digits as images), and for accelerators ``vgg16-cifar10`` (VGG-16 without
+BatchNorm, as the paper's "vanilla" VGG16), ``wrn28x10-cifar10`` and ``wrn28x10-cifar100``.
+The zoo has no wide ResNet: ``wrn28x10-*`` is the zoo's ``resnet`` with WRN-28×10's stages
+(4 basic blocks per stage at widths 160, 320, 640; 26 weight layers, 36M parameters), but with
+post-activation blocks, parameter-free option-A shortcuts instead of WRN's 1×1 projections, a
+160-channel stem instead of 16, and no dropout: a WRN-28×10-sized stand-in, not WRN itself.
+No data augmentation is applied (the paper uses Garipov et al.'s random crops and flips).
+
+The ``paper`` preset is VGG16 on CIFAR-10 (Table 4): batch 128, base rate 0.1 with Garipov et
+al.'s schedule (``lr_schedule="swa"``: constant for the first 50% of training, linear down to
+1% at 90%, then 1%; applied per step rather than per epoch), 600 epochs (234,000 steps of 390
+batches), ``c = 0.0005`` (the paper states this ``c`` for its VGG16 runs in Appendix C.2;
+Table 4 does not repeat it) and ``μ ∈ {0.4, 0.51, 0.6, 0.7}``, 10 seeds.  Table 6 (WRN28x10 on
+CIFAR-100, 200 epochs = 78,000 steps, ``c = 0.001``, ``μ ∈ {0.501, 0.55, 0.6, 0.65}``) is
+
+    jaxprune experiment grda_sparsity --preset paper --set setups=wrn28x10-cifar100 \
+        --set cs=0.001 --set mus=0.501,0.55,0.6,0.65 --set num_steps=78000 \
+        --set eval_every=3900
+
+and Table 5 the same with ``setups=wrn28x10-cifar10``.  Paper 003's headline run, ResNet-50 on
+ImageNet (Section 4.1, Appendix C.1: batch 256, SGD and gRDA without momentum or weight decay,
+``γ = 0.1`` constant until epoch 140 then 0.01, ``c = 0.005``, ``μ ∈ {0.501, 0.51, 0.55, 0.6}``,
+about 150 epochs; 92% sparsity at 73% top-1 with ``μ = 0.55``) is not available here: the zoo
+has no ResNet-50 and the registry no ImageNet.
+
+References:
+  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
+  Section 4.1 (Figure 3: accuracy and sparsity over training), Appendix C.1 (ResNet-50 on
+  ImageNet, Table 1), Appendix C.2 (CIFAR settings, Table 2, learning-rate schedule), Tables 4-6;
+  ERRATA.md (no momentum or weight decay).  Garipov et al. (2018), the schedule of their code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxprune.data import DataConfig, load_dataset
+from jaxprune.data.registry import Splits
+from jaxprune.experiments import Experiment
+from jaxprune.experiments.compare import run_comparison, write_results
+from jaxprune.optim.grda import grda
+from jaxprune.train import Bound, TrainConfig, build_model
+
+__all__ = [
+    "EXPERIMENT",
+    "LR_SCHEDULES",
+    "SETUPS",
+    "Setup",
+    "SparsityConfig",
+    "learning_rate_schedule",
+    "load_setup",
+    "method_name",
+    "run_grda_sparsity",
+    "sparsity_table",
+]
+
+
+class Setup(NamedTuple):
+    """A model on a dataset: ``build_model(model, preset=preset, overrides=overrides)`` on
+    ``load_dataset(dataset)``."""
+
+    model: str
+    preset: str
+    dataset: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+_WRN28X10 = (("blocks_per_stage", 4), ("widths", (160, 320, 640)))
+
+#: Setup name -> :class:`Setup`.
+SETUPS: dict[str, Setup] = {
+    "mlp-digits": Setup("mlp", "256,256", "digits"),
+    "cnn-digits": Setup("cnn", "small", "digits_image"),
+    "vgg16-cifar10": Setup("vgg", "vgg16", "tfds:cifar10"),
+    "wrn28x10-cifar10": Setup("resnet", "resnet20", "tfds:cifar10", _WRN28X10),
+    "wrn28x10-cifar100": Setup("resnet", "resnet20", "tfds:cifar100", _WRN28X10),
+}
+
+LR_SCHEDULES = ("constant", "swa")
+
+
+def learning_rate_schedule(
+    base: float, kind: str, num_steps: int
+) -> float | Callable[[jax.Array], jax.Array]:
+    """The learning rate of both optimizers.
+
+    Args:
+      base: base rate ``γ``.
+      kind: ``"constant"`` (``γ`` throughout) or ``"swa"`` (Garipov et al.'s schedule used by
+        paper 003 on CIFAR: ``γ`` for the first half of the steps, then linearly down to
+        ``0.01 γ`` at 90%, then ``0.01 γ``).
+      num_steps: length of training ``n`` (the schedule is a function of ``step / n``).
+
+    Returns:
+      A float, or an optax schedule ``count -> rate``.
+
+    References:
+      Paper 003, Appendix C.2 (the three phases of the schedule).
+    """
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    if kind == "constant":
+        return base
+
+    def schedule(count: jax.Array) -> jax.Array:
+        t = jnp.asarray(count, jnp.float32) / num_steps
+        decay = 1.0 - (t - 0.5) * 0.99 / 0.4
+        return base * jnp.where(t < 0.5, 1.0, jnp.where(t < 0.9, decay, 0.01))
+
+    return schedule
+
+
+def method_name(c: float, mu: float) -> str:
+    """The name of a gRDA run in tables and run directories: ``"gRDA_c0.005_mu0.6"``."""
+    return f"gRDA_c{c:g}_mu{mu:g}"
+
+
+def load_setup(name: str) -> tuple[Bound, Splits]:
+    """The model and data of setup ``name`` (see :data:`SETUPS`)."""
+    setup = SETUPS[name]
+    splits = load_dataset(DataConfig(name=setup.dataset))
+    model = build_model(
+        setup.model,
+        num_outputs=splits.num_outputs,
+        input_shape=splits.train["x"].shape[1:],
+        preset=setup.preset,
+        overrides=dict(setup.overrides),
+    )
+    return model, splits
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityConfig:
+    """Settings of the experiment (each is ``--set field=value`` on the command line).
+
+    Attributes:
+      setups: names of :data:`SETUPS`.
+      cs: gRDA's threshold scales ``c > 0``; the grid is every ``(c, μ)``.
+      mus: gRDA's threshold exponents ``μ > 0``.
+      learning_rate: base rate of SGD and gRDA.
+      lr_schedule: ``"constant"`` or ``"swa"`` (see :func:`learning_rate_schedule`).
+      num_steps, batch_size: training length and minibatch size.
+      eval_every: steps between test evaluations and sparsity measurements (a divisor of
+        ``num_steps``).
+      seeds: one run per seed and method (same seed: same initialization and minibatches for
+        every method).
+    """
+
+    setups: tuple[str, ...] = ("mlp-digits", "cnn-digits")
+    cs: tuple[float, ...] = (0.005, 0.02)
+    mus: tuple[float, ...] = (0.51, 0.7)
+    learning_rate: float = 0.1
+    lr_schedule: str = "constant"
+    num_steps: int = 2000
+    batch_size: int = 64
+    eval_every: int = 250
+    seeds: tuple[int, ...] = (0, 1)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.setups if s not in SETUPS]
+        if not self.setups or unknown:
+            raise ValueError(
+                f"setups: unknown {unknown} in {self.setups!r}; expected a non-empty subset of "
+                f"{tuple(SETUPS)}"
+            )
+        for field in ("cs", "mus"):
+            values = getattr(self, field)
+            if not values or not all(np.isfinite(v) and v > 0 for v in values):
+                raise ValueError(f"{field} must be a non-empty tuple of numbers > 0, got {values}")
+        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        for field in ("num_steps", "batch_size", "eval_every"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+        if self.num_steps % self.eval_every:
+            raise ValueError(
+                f"eval_every must divide num_steps={self.num_steps}, got {self.eval_every}"
+            )
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+
+    def optimizers(self) -> dict[str, Callable[[], optax.GradientTransformation]]:
+        """Method name -> optimizer factory: ``"SGD"`` first, then the gRDA grid."""
+        rate = learning_rate_schedule(self.learning_rate, self.lr_schedule, self.num_steps)
+        methods = {"SGD": lambda: optax.sgd(rate)}
+        for c in self.cs:
+            for mu in self.mus:
+                methods[method_name(c, mu)] = lambda c=c, mu=mu: grda(rate, c, mu)
+        return methods
+
+
+def _cell(values: list[float], digits: int, scale: float = 1.0) -> str:
+    values = scale * np.asarray(values, float)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -> str:
+    """Markdown table, one row per method: final training loss, test accuracy (%), its
+    difference to SGD, weight sparsity (%) and wall time; mean ± std over seeds."""
+    header = "| method | train loss | test acc. (%) | Δ acc. vs SGD | sparsity (%) | wall s |"
+    lines = [header, "|---|---|---|---|---|---|"]
+    sgd = np.mean(results["SGD"]["test_accuracy"])
+    for method, figures in results.items():
+        delta = 100 * (np.mean(figures["test_accuracy"]) - sgd)
+        cells = [
+            method,
+            _cell(figures[f"train_loss@{num_steps}"], 4),
+            _cell(figures["test_accuracy"], 2, 100),
+            f"{delta:+.2f}",
+            _cell(figures["weight_sparsity"], 1, 100),
+            _cell(figures["wall_seconds"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(
+    curves: dict[str, list[list[dict]]], results: dict[str, dict[str, list[float]]], path: Path
+) -> None:
+    """Weight sparsity and training loss over training (first seed) and final test accuracy
+    against final sparsity (mean over seeds, error bars: std)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(14, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 3)
+    for method, runs in curves.items():
+        for ax, key in zip(axes[:2], ("weight_sparsity", "train_loss")):
+            points = [(r["step"], r[key]) for r in runs[0] if key in r]
+            steps, values = zip(*points)
+            ax.plot(steps, values, label=method, marker="." if key == "weight_sparsity" else None)
+        figures = results[method]
+        axes[2].errorbar(
+            np.mean(figures["weight_sparsity"]),
+            100 * np.mean(figures["test_accuracy"]),
+            xerr=np.std(figures["weight_sparsity"]),
+            yerr=100 * np.std(figures["test_accuracy"]),
+            marker="o",
+            label=method,
+        )
+    axes[0].set(xlabel="step", ylabel="weight sparsity", title="sparsity over training")
+    axes[1].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
+    axes[2].set(xlabel="final weight sparsity", ylabel="test accuracy (%)", title="accuracy")
+    axes[0].legend(fontsize=7)
+    figure.savefig(path, dpi=120)
+
+
+def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train every setup with SGD and the gRDA grid; write ``table.md``, ``results.json`` and
+    ``sparsity_<setup>.png`` (runs under ``<setup>/runs/``).
+
+    Returns:
+      ``{"table": str, "results": {setup: {method: {figure: [value per seed]}}}}``; figures
+      as in :func:`jaxprune.experiments.compare.run_comparison` (``train_loss@<num_steps>``,
+      ``test_accuracy``, ``weight_sparsity``, ...).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    train_config = TrainConfig(
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        log_every=config.eval_every,
+        eval_every=config.eval_every,
+    )
+    all_results, sections = {}, []
+    for setup in config.setups:
+        model, splits = load_setup(setup)
+        results, curves = {}, {}
+        for method, optimizer in config.optimizers().items():
+            method_results, method_curves = run_comparison(
+                model,
+                splits,
+                {method: lambda: None},
+                optimizer=optimizer,
+                config=train_config,
+                seeds=config.seeds,
+                report_steps=(config.num_steps,),
+                out_dir=out_dir / setup,
+                progress=progress,
+            )
+            results.update(method_results)
+            curves.update(method_curves)
+        all_results[setup] = results
+        _plot(curves, results, out_dir / f"sparsity_{setup}.png")
+        s = SETUPS[setup]
+        sections.append(
+            f"### {setup}\n\n{sparsity_table(results, config.num_steps)}\n\n"
+            f"{s.model} ({s.preset}) on {s.dataset}, {config.num_steps} steps of batch "
+            f"{config.batch_size}, rate {config.learning_rate:g} ({config.lr_schedule}), no "
+            f"momentum or weight decay, same initialization and minibatches per seed (seeds "
+            f"{', '.join(map(str, config.seeds))}); sparsity = exact zeros over all parameters."
+        )
+    table = "\n\n".join(sections)
+    write_results(out_dir, dataclasses.asdict(config), all_results, table)
+    return {"table": table, "results": all_results}
+
+
+EXPERIMENT = Experiment(
+    name="grda_sparsity",
+    description=(
+        "Paper 003 (gRDA): sparsity vs accuracy of gRDA over a (c, μ) grid against SGD with the "
+        "same initialization and minibatches; table of training loss, test accuracy and weight "
+        "sparsity, plots of sparsity over training and accuracy vs sparsity."
+    ),
+    presets={
+        "smoke": SparsityConfig(
+            setups=("mlp-digits",),
+            cs=(0.01,),
+            mus=(0.6,),
+            num_steps=200,
+            eval_every=50,
+            seeds=(0,),
+        ),
+        "small": SparsityConfig(),
+        "paper": SparsityConfig(
+            setups=("vgg16-cifar10",),
+            cs=(0.0005,),
+            mus=(0.4, 0.51, 0.6, 0.7),
+            lr_schedule="swa",
+            num_steps=234_000,
+            batch_size=128,
+            eval_every=3_900,
+            seeds=tuple(range(10)),
+        ),
+    },
+    run=run_grda_sparsity,
+)
