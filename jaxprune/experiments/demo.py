@@ -124,7 +124,7 @@ def _pruner(method: str, config: DemoConfig) -> Any:
     if method == "dense":
         return None
     if method == "pl":
-        gating = PLGatingConfig(gating_steps=config.gating_steps)
+        gating = PLGatingConfig(gating_steps=config.gating_steps, per_layer=config.per_layer)
         return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
     if method == "lth":
         return criterion_pruner("magnitude", _lth_schedule(config), per_layer=config.per_layer)

@@ -802,6 +802,7 @@ def select(
     layout: GroupLayout | None = None,
     *,
     min_per_layer: int = 1,
+    per_layer: bool = False,
     current_mask: Any = None,
 ) -> np.ndarray:
     """Binary mask keeping the ``k`` groups with the largest gates, ``min_per_layer`` per layer.
@@ -816,6 +817,8 @@ def select(
       k: groups to keep, ``0 <= k <= p``.
       layout: the groups' :class:`GroupLayout`; required when ``min_per_layer > 0``.
       min_per_layer: groups kept in every layer (paper: 1).
+      per_layer: keep the same fraction of every layer (TopK within layers) instead of the
+        paper's global TopK; global TopK can leave a layer with only its protected group.
       current_mask: optional ``(p,)`` 0/1 mask of an earlier pruning event.
 
     Returns:
@@ -837,7 +840,7 @@ def select(
                 "stay pruned"
             )
         scores = np.where(kept, scores, -np.inf)
-    return topk_mask(scores, k, layout=layout, min_per_layer=min_per_layer)
+    return topk_mask(scores, k, layout=layout, per_layer=per_layer, min_per_layer=min_per_layer)
 
 
 def _check_binary_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -868,6 +871,8 @@ class PLGatingConfig:
       hessian: ``"outputs"`` (eq. 36) or ``"loss"``.
       trace_wrt: ``"gated"`` (eq. 36's ``H_f(g ∗ w)``) or ``"weights"``.
       min_per_layer: groups every layer keeps (Appendix E.3: 1).
+      per_layer: TopK within each layer (same fraction everywhere) instead of the paper's
+        global TopK, which on an MLP was seen to keep 127 and 1 neurons of two 128-wide layers.
 
     References:
       Paper 000, Section 3.2 and Appendix E (Algorithm 2, eq. 36, Table 4); ERRATA.
@@ -886,6 +891,7 @@ class PLGatingConfig:
     hessian: str = "outputs"
     trace_wrt: str = "gated"
     min_per_layer: int = 1
+    per_layer: bool = False
 
     def __post_init__(self):
         for name in ("hidden", "num_probes", "gating_steps"):
@@ -1058,5 +1064,12 @@ def prune(
         inputs_of=inputs_of,
     )
     gates = gate(training.v, normalized, scaling=config.scaling)
-    mask = select(gates, k, layout, min_per_layer=config.min_per_layer, current_mask=current_mask)
+    mask = select(
+        gates,
+        k,
+        layout,
+        min_per_layer=config.min_per_layer,
+        per_layer=config.per_layer,
+        current_mask=current_mask,
+    )
     return GatingEvent(mask, gates, feats, normalized, training.v, training.history)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from jaxprune.data.batches import BatchPosition, epoch_batches, iterate_batches, prefetch
 from jaxprune.data.registry import Splits
 from jaxprune.masks import apply_group_mask, param_mask, ratio_to_k
+from jaxprune.methods.pl_gating import sketch_outputs
 from jaxprune.optim import MaskedState, apply_mask, map_param_subtrees, masked, set_mask
 from jaxprune.spectra import empirical_ntk, hessian_trace, spectrum_features
 from jaxprune.train.checkpoint import latest_step, restore_checkpoint, save_checkpoint
@@ -85,6 +86,10 @@ class TrainConfig:
       analysis_every: steps between NTK/Hessian analyses (0: off).
       analysis_examples: probe-batch size of the analysis.
       analysis_probes: Hutchinson probes of the Hessian trace.
+      analysis_projections: if set, the NTK is computed on this many random projections of
+        each example's outputs (:func:`jaxprune.methods.pl_gating.sketch_outputs`, an unbiased
+        estimate of the kernel traced over all outputs) instead of all of them: needed for
+        MLM logits ``(T, V)`` per example, whose exact kernel costs ``T·V`` Jacobian rows.
       checkpoint_every: steps between checkpoints (0: no checkpoints, no resume).
       keep_checkpoints: newest checkpoints kept.
       seed: seed of initialization, data order, MLM masks and dropout.
@@ -105,6 +110,7 @@ class TrainConfig:
     analysis_every: int = 0
     analysis_examples: int = 32
     analysis_probes: int = 8
+    analysis_projections: int | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     seed: int = 0
@@ -121,6 +127,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        projections = self.analysis_projections
+        if projections is not None and (not isinstance(projections, int) or projections < 1):
+            raise ValueError(
+                f"analysis_projections must be None or an int >= 1, got {projections!r}"
+            )
         if self.prefetch is not None and (not isinstance(self.prefetch, int) or self.prefetch < 0):
             raise ValueError(f"prefetch must be None or an int >= 0, got {self.prefetch!r}")
         for name in ("eval_every", "analysis_every", "checkpoint_every", "seed"):
@@ -497,6 +508,7 @@ class _Run:
         once per model binding: the NTK of the pruned model (``f(m * w)``, so only kept weights
         contribute tangents) and the Hutchinson trace of its loss Hessian on the probe batch."""
         model, loss_fn, num_probes = self.model, self.loss_fn, self.config.analysis_probes
+        projections = self.config.analysis_projections
 
         def analysis(params, mask, collections, gates, probe, key):
             def apply_fn(p: PyTree, x: jax.Array) -> jax.Array:
@@ -506,7 +518,10 @@ class _Run:
             def loss(p: PyTree) -> jax.Array:
                 return loss_fn(apply_mask(p, mask), collections, gates, probe, key, False)[0]
 
-            kernel = empirical_ntk(apply_fn, params, probe["x"])
+            kernel_fn = apply_fn
+            if projections is not None:
+                kernel_fn = sketch_outputs(apply_fn, params, probe["x"], key, projections)
+            kernel = empirical_ntk(kernel_fn, params, probe["x"])
             return kernel, hessian_trace(loss, params, key, num_probes=num_probes).estimate
 
         return jax.jit(analysis)

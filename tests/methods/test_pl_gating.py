@@ -506,3 +506,13 @@ def test_group_kind_absent_from_the_model_is_rejected_by_the_group_builder():
 def test_config_validation(field, value, error):
     with pytest.raises(error, match=field):
         PLGatingConfig(**{field: value})
+
+
+def test_select_per_layer_keeps_the_same_fraction_of_every_layer():
+    layout = GroupLayout.from_sizes(("a", "b"), (4, 8))
+    gates = np.asarray([9.0, 8.0, 7.0, 6.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.5, 0.4, 0.3])
+    global_mask = select(gates, 6, layout)
+    assert global_mask[:4].sum() == 4 and global_mask[4:].sum() == 2  # global TopK
+    per_layer = select(gates, 6, layout, per_layer=True)
+    assert per_layer[:4].tolist() == [1, 1, 0, 0]  # 2 of 4
+    assert per_layer[4:].tolist() == [0, 1, 1, 1, 1, 0, 0, 0]  # 4 of 8

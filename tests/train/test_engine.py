@@ -257,3 +257,25 @@ def test_batch_not_divisible_by_devices_is_an_error(digits, mlp):
 class _FakeMesh:
     def __init__(self, size):
         self.devices = np.zeros(size)
+
+
+def test_mlm_analysis_with_output_projections():
+    splits = load_dataset(
+        DataConfig(name="docstrings", max_chars=20_000, seq_len=16, vocab_size=300)
+    )
+    model = build_model("bert", num_outputs=splits.num_outputs, input_shape=(16,))
+    config = _config(
+        num_steps=2,
+        batch_size=8,
+        eval_batch_size=64,
+        log_every=1,
+        analysis_every=2,
+        analysis_examples=4,
+        analysis_probes=2,
+        analysis_projections=8,
+    )
+    result = train(model, splits, optax.adam(1e-3), config)
+    final = result.rows[-1]
+    assert final["ntk_lambda_max"] > 0 and np.isfinite(final["hessian_trace"])
+    with pytest.raises(ValueError, match="analysis_projections must be None or an int >= 1"):
+        _config(analysis_projections=0)

@@ -1,0 +1,52 @@
+"""The pl_ablations experiment: config validation, variants, and the smoke preset."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxprune.experiments import get_experiment
+from jaxprune.experiments.pl_ablations import PLAblationConfig, variants
+
+
+@pytest.mark.parametrize("ratios", [(1.0,), (-0.1,), (0.5, 1.5)])
+def test_ratio_outside_unit_interval_is_rejected(ratios):
+    with pytest.raises(ValueError, match="ratios"):
+        PLAblationConfig(ratios=ratios)
+
+
+def test_schedule_beyond_training_is_rejected():
+    with pytest.raises(ValueError, match="prune_epochs"):
+        PLAblationConfig(prune_epochs=(0, 80), steps_per_epoch=10, num_steps=800)
+    with pytest.raises(ValueError, match="linear_epochs"):
+        PLAblationConfig(base_epoch=5, linear_epochs=80, steps_per_epoch=10, num_steps=800)
+
+
+def test_other_fields_are_validated():
+    with pytest.raises(ValueError, match="scalings"):
+        PLAblationConfig(scalings=("sigmoid",))
+    with pytest.raises(ValueError, match="alphas"):
+        PLAblationConfig(alphas=(-1.0,))
+    with pytest.raises(ValueError, match="report_steps"):
+        PLAblationConfig(report_steps=(900,))
+
+
+def test_variants_change_one_factor_and_skip_the_base():
+    runs = variants(PLAblationConfig())
+    assert set(runs) == {
+        "base", "epoch 0", "epoch 50", "linear 10 epochs", "ratio 50%", "ratio 90%",
+        "scaling softmax", "alpha 0", "alpha 10",
+    }  # fmt: skip
+    base = runs["base"]
+    assert (base.epoch, base.ratio, base.scaling, base.alpha) == (5, 0.75, "mean_one", 1.0)
+    assert runs["alpha 0"].alpha == 0.0 and runs["alpha 0"].epoch == 5
+
+
+def test_smoke_preset_writes_tables_and_plot(tmp_path):
+    experiment = get_experiment("pl_ablations")
+    out = experiment.run(experiment.presets["smoke"], tmp_path, False)
+    for name in ("table.md", "results.json", "pl_ablations.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    for factor in ("time", "schedule", "ratio", "scaling", "alpha"):
+        assert f"**{factor}**" in out["table"]
+    assert out["results"]["ratio 50%"]["group_sparsity"] == [0.5]
+    assert out["results"]["base"]["group_sparsity"] == [0.75]
