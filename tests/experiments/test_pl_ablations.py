@@ -41,6 +41,7 @@ def test_variants_change_one_factor_and_skip_the_base():
     assert runs["alpha 0"].alpha == 0.0 and runs["alpha 0"].epoch == 5
 
 
+@pytest.mark.slow
 def test_smoke_preset_writes_tables_and_plot(tmp_path):
     experiment = get_experiment("pl_ablations")
     out = experiment.run(experiment.presets["smoke"], tmp_path, False)

@@ -1,0 +1,434 @@
+"""``jaxprune experiment pl_switch``: PL gating on Switch-Transformer experts (Table 2, Figure 2).
+
+A Switch Transformer is trained from scratch on masked language modelling, densely and with
+each pruning method at the policy ``{t, r}`` = ``{5, 50%}`` of paper 000 (50% of the groups
+pruned, PL at ``prune_step``), in two settings: experts only and experts & heads
+(``build_model("switch", kind=...)``).  Every run of a seed shares initialization, data order
+and optimizer (AdamW with warm-up and cosine decay, Table 4).  Pruned runs are compacted, so
+their wall time is that of the smaller model.
+
+Methods (paper 000, App. E.3, and ERRATA "Baselines"):
+  * ``dense``: the vanilla Switch Transformer (trained once; its row is shared by the
+    settings, the dense model does not depend on the group kind).
+  * ``lth``: Switch-LTH, iterative magnitude pruning in 3 rounds with rewinding to 5% of a
+    round, the rounds fitted into ``num_steps`` training steps.
+  * ``taylor``: Exp-Score / Att-Score (Michel et al. 2019, ``|∂L/∂ξ|`` per expert/head),
+    pruned by the same iterative schedule as ``lth`` (rewinding included).
+  * ``snip``, ``grasp``: scores summed per expert/head, pruned once at initialization.
+  * ``pl``: PL gating (Algorithm 2), one-shot at ``prune_step``.
+Every method keeps at least one expert (or head) per layer; the TopK is global.
+
+Table 2 layout: training perplexity (``exp`` of the windowed training loss) at three step
+counts, final test perplexity, ΔPPL = test PPL − final training PPL (our reading of "the
+perplexity difference between training and test"), wall time, groups pruned and parameters
+after compaction; mean ± standard deviation over seeds.
+
+Figure 2 (``experts_<kind>.png``): per pruned method one heatmap over (Switch layer × expert)
+of the fraction of seeds that keep each expert at the end of training, composed from the
+event masks the engine saves as ``runs/<method>_seed<s>/event_<step>.npz`` (with compaction
+each mask refers to the experts left by the previous event).  The paper colours the experts by
+their condition number; we show which experts are kept, not their conditioning.
+
+The policy ``{5, 50%}`` prunes "at epoch 5", but Table 2 stops at 70k iterations of 8 rows of
+512 tokens, under 3 epochs of WikiText-103's ~103M tokens; the ``paper`` preset therefore
+prunes at step 5,000 (our assumption).  WikiText-103 is not bundled: the ``paper`` preset names the built-in ``docstrings`` corpus;
+run it on WikiText-103 with ``--set dataset=text:PATH/wiki.train.tokens``.
+
+References:
+  Paper 000, Section 5.2 (Table 2), Section 5.4 (Figure 2), Appendix E.3 (baselines, Table 4
+  hyperparameters); ERRATA.md "000" (Baselines App. E.3).  Michel et al. (2019), "Are sixteen
+  heads really better than one?" (Exp-/Att-Score).  Fedus et al. (2021), Switch Transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+
+from jaxprune.data import DataConfig, load_dataset
+from jaxprune.data.registry import Splits
+from jaxprune.experiments import Experiment
+from jaxprune.experiments.compare import plot_comparison, run_comparison, write_results
+from jaxprune.masks import PruningSchedule, iterative_magnitude, one_shot
+from jaxprune.methods.pl_gating import PLGatingConfig
+from jaxprune.models import switch
+from jaxprune.train import Bound, TrainConfig, build_model, criterion_pruner, pl_gating_pruner
+
+__all__ = [
+    "EXPERIMENT",
+    "METHODS",
+    "SwitchConfig",
+    "kept_experts",
+    "lth_schedule",
+    "perplexity_table",
+    "run_pl_switch",
+]
+
+METHODS = ("dense", "lth", "taylor", "snip", "grasp", "pl")
+LABELS = {
+    "dense": "Switch-Transformer",
+    "lth": "Switch-LTH",
+    "taylor": "Exp-Score",
+    "snip": "SNIP",
+    "grasp": "GraSP",
+    "pl": "PL (ours)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchConfig:
+    """Settings of the Switch experiment (each is ``--set field=value``).
+
+    Attributes:
+      dataset, seq_len, vocab_size, max_chars: the MLM corpus (registry name, token rows of
+        ``seq_len``, tokenizer vocabulary, characters read).
+      model_preset: Switch preset (``tiny``, ``small``, ``base``).
+      num_layers, hidden_size, intermediate_size, num_heads, num_experts, moe_every,
+        dropout_rate: overrides of the preset (``None``: the preset's value).
+      kinds: group kinds, a subset of ``("experts", "heads", "experts+heads")``.
+      methods: subset of :data:`METHODS`.
+      ratio: pruned fraction of the groups, in ``(0, 1)``.
+      prune_step: step of the PL event (the paper's epoch 5).
+      num_steps, batch_size: training length and batch size.
+      learning_rate, warmup_fraction, weight_decay, adam_eps: AdamW with linear warm-up over
+        ``warmup_fraction`` of the steps and cosine decay to 0 (Table 4).
+      report_steps: steps whose training perplexity the table reports.
+      gating_steps, feature_batch_size: PL gating network training per event.
+      seeds: one run per seed, method and kind.
+    """
+
+    dataset: str = "docstrings"
+    seq_len: int = 32
+    vocab_size: int = 1000
+    max_chars: int | None = 200_000
+    model_preset: str = "tiny"
+    num_layers: int | None = 4
+    hidden_size: int | None = 64
+    intermediate_size: int | None = 128
+    num_heads: int | None = 4
+    num_experts: int | None = 4
+    moe_every: int | None = 1
+    dropout_rate: float | None = 0.0
+    kinds: tuple[str, ...] = ("experts", "experts+heads")
+    methods: tuple[str, ...] = METHODS
+    ratio: float = 0.5
+    prune_step: int = 50
+    num_steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    warmup_fraction: float = 0.06
+    weight_decay: float = 1e-2
+    adam_eps: float = 1e-6
+    report_steps: tuple[int, ...] = (100, 200, 300)
+    gating_steps: int = 10
+    feature_batch_size: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ValueError(f"methods: unknown {unknown}; expected a subset of {METHODS}")
+        bad_kinds = [k for k in self.kinds if k not in switch.KINDS]
+        if not self.kinds or bad_kinds:
+            raise ValueError(
+                f"kinds: {self.kinds!r} holds {bad_kinds} that Switch does not have; expected "
+                f"a non-empty subset of {switch.KINDS}"
+            )
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"ratio: expected a value in (0, 1), got {self.ratio!r}")
+        if not 0 <= self.prune_step < self.num_steps:
+            raise ValueError(
+                f"prune_step: expected a step in [0, num_steps={self.num_steps}), "
+                f"got {self.prune_step}"
+            )
+        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
+        if not self.report_steps or bad:
+            raise ValueError(
+                f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
+                f"{self.report_steps!r}"
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"warmup_fraction: expected [0, 1), got {self.warmup_fraction!r}")
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed, got ()")
+
+
+def lth_schedule(num_steps: int, ratio: float, rounds: int = 3) -> PruningSchedule:
+    """Iterative magnitude pruning with rewinding to 5% of a round, fitted into ``num_steps``.
+
+    The longest round length ``L`` with ``L + rounds (L - k) <= num_steps``, ``k =
+    max(1, round(0.05 L))``: the first round trains ``L`` steps, each later round ``L - k``.
+
+    Raises:
+      ValueError: ``num_steps`` too short for ``rounds`` rounds.
+
+    References:
+      Paper 000, Appendix E.3 (LTH rewinds to 5% of the maximum training epochs).
+    """
+    length = num_steps // (1 + rounds) + 1
+    while length > 1 and length + rounds * (length - max(1, round(0.05 * length))) > num_steps:
+        length -= 1
+    if length < 2:
+        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
+    return iterative_magnitude(rounds, length, max(1, round(0.05 * length)), final_ratio=ratio)
+
+
+def _pruner(method: str, config: SwitchConfig) -> Any:
+    """A fresh pruner of ``method`` (``None`` for dense)."""
+    if method == "dense":
+        return None
+    if method == "pl":
+        gating = PLGatingConfig(
+            gating_steps=config.gating_steps, feature_batch_size=config.feature_batch_size
+        )
+        return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
+    if method in ("lth", "taylor"):
+        schedule = lth_schedule(config.num_steps, config.ratio)
+        return criterion_pruner("magnitude" if method == "lth" else "taylor", schedule)
+    return criterion_pruner(method, one_shot(0, config.ratio))
+
+
+def _optimizer(config: SwitchConfig) -> optax.GradientTransformation:
+    warmup = int(config.warmup_fraction * config.num_steps)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, warmup, config.num_steps
+    )
+    return optax.adamw(
+        schedule, b1=0.9, b2=0.999, eps=config.adam_eps, weight_decay=config.weight_decay
+    )
+
+
+def _model(config: SwitchConfig, splits: Splits, kind: str) -> Bound:
+    fields = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_experts")
+    fields += ("moe_every", "dropout_rate")
+    overrides = {f: getattr(config, f) for f in fields if getattr(config, f) is not None}
+    return build_model(
+        "switch",
+        num_outputs=splits.num_outputs,
+        input_shape=splits.train["x"].shape[1:],
+        preset=config.model_preset,
+        kind=kind,
+        overrides=overrides,
+    )
+
+
+def kept_experts(model: Bound, run_dir: Path) -> np.ndarray:
+    """Which experts a pruned run kept, from its saved event masks.
+
+    Args:
+      model: the uncompacted model of the run (``kind`` ``experts`` or ``experts+heads``).
+      run_dir: the run directory holding ``event_<step>.npz``.
+
+    Returns:
+      ``(num_switch_layers, num_experts)`` bool: expert ``e`` of the ``k``-th Switch layer
+      survived every event.  Each event's mask refers to the groups left by the previous one
+      (compaction), so the masks are composed in step order.
+    """
+    if model.kind not in ("experts", "experts+heads"):
+        raise ValueError(f"model.kind: expected 'experts' or 'experts+heads', got {model.kind!r}")
+    config = model.config
+    num_experts = len(config.moe_layers) * config.num_experts
+    num_heads = config.num_layers * config.num_heads if model.kind == "experts+heads" else 0
+    alive = np.arange(num_experts + num_heads)
+    events = sorted(run_dir.glob("event_*.npz"), key=lambda p: int(p.stem.split("_")[1]))
+    for path in events:
+        alive = alive[np.load(path)["mask"] > 0]
+    shape = (len(config.moe_layers), config.num_experts)
+    kept = np.zeros(num_experts, bool)
+    kept[alive[alive < num_experts]] = True  # experts are numbered first, layer by layer
+    return kept.reshape(shape)
+
+
+def _ppl_cell(values: list[float], digits: int = 2) -> str:
+    values = np.asarray(values, float)
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def perplexity_table(rows: dict[str, dict[str, list[float]]], report_steps: tuple[int, ...]) -> str:
+    """Table 2 layout: one row per ``label``; cells mean ± std over seeds.
+
+    Args:
+      rows: label -> results of :func:`~jaxprune.experiments.compare.run_comparison`
+        (``train_loss@<step>``, ``test_perplexity``, ``wall_seconds``, ``group_sparsity``,
+        ``parameters``, one value per seed).
+      report_steps: the steps of the training-perplexity columns (the last is the final one
+        used by ΔPPL).
+    """
+    header = [
+        "method",
+        *(f"train PPL @{s}" for s in report_steps),
+        "test PPL",
+        "Δ PPL",
+        "wall s",
+        "groups pruned",
+        "params",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, figures in rows.items():
+        train_ppl = {s: np.exp(figures[f"train_loss@{s}"]) for s in report_steps}
+        gap = np.asarray(figures["test_perplexity"]) - train_ppl[report_steps[-1]]
+        cells = [
+            label,
+            *(_ppl_cell(train_ppl[s]) for s in report_steps),
+            _ppl_cell(figures["test_perplexity"]),
+            _ppl_cell(gap),
+            _ppl_cell(figures["wall_seconds"], 1),
+            f"{np.mean(figures['group_sparsity']):.0%}",
+            f"{int(np.mean(figures['parameters'])):,}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_experts(heatmaps: dict[str, np.ndarray], kind: str, path: Path) -> None:
+    """One panel per method: fraction of seeds keeping each (Switch layer, expert)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(2.6 * len(heatmaps) + 1, 3), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = np.atleast_1d(figure.subplots(1, len(heatmaps), squeeze=False)[0])
+    image = None
+    for ax, (method, values) in zip(axes, heatmaps.items()):
+        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="Greens", aspect="auto")
+        ax.set(title=LABELS[method], xlabel="expert", ylabel="Switch layer")
+        ax.set_xticks(range(values.shape[1]))
+        ax.set_yticks(range(values.shape[0]))
+    figure.colorbar(image, ax=list(axes), label="share of seeds keeping the expert")
+    figure.suptitle(f"Experts kept ({kind} pruning)")
+    figure.savefig(path, dpi=120)
+
+
+def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Train every method, kind and seed; write ``table.md``, ``results.json``,
+    ``curves_<kind>.png`` and ``experts_<kind>.png``.
+
+    Returns:
+      ``{"table": str, "results": {kind: {method: {figure: [per seed]}}},
+      "experts": {kind: {method: (layers, experts) share of seeds keeping each expert}}}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(
+        DataConfig(
+            name=config.dataset,
+            seq_len=config.seq_len,
+            vocab_size=config.vocab_size,
+            max_chars=config.max_chars,
+        )
+    )
+    train_config = TrainConfig(
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
+        compact=True,
+    )
+    results: dict[str, dict] = {}
+    experts: dict[str, dict[str, np.ndarray]] = {}
+    sections = []
+    dense = None
+    for kind in config.kinds:
+        model = _model(config, splits, kind)
+        methods = [m for m in config.methods if not (m == "dense" and dense is not None)]
+        kind_dir = out_dir / kind.replace("+", "_")
+        found, curves = run_comparison(
+            model,
+            splits,
+            {m: functools.partial(_pruner, m, config) for m in methods},
+            optimizer=functools.partial(_optimizer, config),
+            config=train_config,
+            seeds=config.seeds,
+            report_steps=config.report_steps,
+            out_dir=kind_dir,
+            progress=progress,
+        )
+        if "dense" in found:
+            dense = found["dense"], curves["dense"]
+        if dense is not None and "dense" not in found:
+            found = {"dense": dense[0], **found}
+            curves = {"dense": dense[1], **curves}
+        results[kind] = found
+        plot_comparison(curves, found, "test_perplexity", out_dir / f"curves_{kind}.png")
+        if kind != "heads":
+            experts[kind] = {
+                m: np.mean(
+                    [kept_experts(model, kind_dir / "runs" / f"{m}_seed{s}") for s in config.seeds],
+                    axis=0,
+                )
+                for m in methods
+                if m != "dense"
+            }
+            if experts[kind]:
+                _plot_experts(experts[kind], kind, out_dir / f"experts_{kind}.png")
+        rows = {LABELS[m] + ("" if m == "dense" else f" ({kind})"): found[m] for m in found}
+        sections.append(f"**{kind}**\n\n" + perplexity_table(rows, config.report_steps))
+    table = "\n\n".join(sections) + (
+        f"\n\nSwitch ({config.model_preset}: {config.num_layers} layers, {config.num_experts} "
+        f"experts, Switch layer every {config.moe_every}) MLM on {config.dataset}, "
+        f"{config.num_steps} AdamW steps, {config.ratio:.0%} of the groups pruned (PL one-shot "
+        f"at step {config.prune_step}; SNIP/GraSP at step 0; LTH and Exp-Score in 3 rounds with "
+        f"rewinding), global TopK keeping >= 1 group per layer, compacted; seeds "
+        f"{', '.join(map(str, config.seeds))}. Δ PPL = test PPL − training PPL at step "
+        f"{config.report_steps[-1]}; params after compaction."
+    )
+    write_results(out_dir, dataclasses.asdict(config), results, table)
+    return {"table": table, "results": results, "experts": experts}
+
+
+EXPERIMENT = Experiment(
+    name="pl_switch",
+    description=(
+        "Paper 000 Table 2 and Figure 2: Switch-Transformer MLM with 50% of the experts (or "
+        "experts and heads) pruned by PL gating, LTH, Exp-Score, SNIP and GraSP against dense "
+        "training: training/test perplexity, wall time, and heatmaps of the kept experts."
+    ),
+    presets={
+        "smoke": SwitchConfig(
+            max_chars=20_000,
+            vocab_size=300,
+            seq_len=16,
+            num_layers=2,
+            hidden_size=16,
+            intermediate_size=32,
+            num_heads=2,
+            kinds=("experts",),
+            methods=("dense", "lth", "snip", "pl"),
+            prune_step=10,
+            num_steps=40,
+            batch_size=8,
+            report_steps=(20, 40),
+            gating_steps=2,
+            feature_batch_size=8,
+            seeds=(0,),
+        ),
+        "small": SwitchConfig(),
+        "paper": SwitchConfig(
+            seq_len=512,
+            vocab_size=32128,
+            max_chars=None,
+            model_preset="base",
+            num_layers=None,
+            hidden_size=None,
+            intermediate_size=None,
+            num_heads=None,
+            num_experts=4,
+            moe_every=None,
+            dropout_rate=0.1,
+            prune_step=5_000,
+            num_steps=70_000,
+            batch_size=8,
+            learning_rate=2e-4,
+            report_steps=(50_000, 60_000, 70_000),
+            gating_steps=100,
+            feature_batch_size=32,
+        ),
+    },
+    run=run_pl_switch,
+)

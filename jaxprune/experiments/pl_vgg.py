@@ -1,0 +1,318 @@
+"""``jaxprune experiment pl_vgg``: PL gating on VGG-16 filters (Tables 3, 12, 13; Figure 5).
+
+VGG-16 (with BatchNorm) is trained from scratch, densely and with each filter-pruning method,
+all pruned with the linear schedule of Section 5.3: from epoch ``prune_start_epoch`` on, the
+same number of filters is pruned at the start of every epoch until the target ``ratio`` (50%,
+Table 3; 75% and 90%, Tables 12 and 13, via ``--set ratio=...``) is reached at
+``prune_end_epoch``.  Runs of one seed share initialization, data order and optimizer (SGD
+with momentum 0.9, learning rate decayed by 10 at 1/2 and 3/4 of training, App. E.4); pruned
+runs are compacted, so their wall time and parameter count are those of the smaller network.
+
+Methods: ``dense`` (vanilla VGG-16); ``lth`` (iterative magnitude pruning, 3 rounds with
+rewinding to 5% of a round, fitted into the same number of steps); ``snip``, ``grasp``, ``fpgm``
+(filter scores summed per filter; FPGM's geometric-median criterion) and ``pl`` (PL gating,
+Algorithm 2), all on the linear schedule (global TopK, at least one filter per layer).
+``baselines_at_init=true`` prunes SNIP and GraSP once at initialization instead, as App. E.4
+describes for their original settings (E.4 also prunes LTH/SNIP/GraSP *unstructured*, which
+would not remove filters and is not compared here).  FPGM at 90% uses its distance criterion
+throughout, not E.4's 50% norm then 40% distance split.
+
+Not implemented: CHIP (Sui et al. 2021) and DPFPS (Ruan et al. 2021).  CHIP ranks the filters
+of a *pre-trained* network by the nuclear-norm independence of their feature maps and then
+fine-tunes; it needs a pre-train/prune/fine-tune pipeline and feature-map hooks that the
+sparsity core (criteria that score groups of the current parameters from gradients or weights)
+does not provide.  DPFPS trains with a group-sparsity regulariser whose per-layer sparsity
+allocation changes during training; it needs a regularised optimizer with dynamic per-layer
+ratios, not a group mask from a schedule.
+
+Table (Table 3 layout): training loss at three step counts, final test accuracy, its difference
+to dense, wall time, filters pruned and parameters after compaction; mean ± std over seeds.
+Figure 5 analogue (``condition.png``): the empirical-NTK condition number ``λ_max/λ_min`` and
+the Hutchinson trace of the Hessian on a probe batch over training, dense against PL, with the
+values just before each pruning event, so the jumps at events are visible.
+
+References:
+  Paper 000, Section 5.3 (Table 3), Appendix D (Figure 5, condition number of the empirical
+  NTK), Appendix E.4 (VGG-16 settings, baselines, schedule), Appendix F (Tables 12 and 13);
+  ERRATA.md "000" (condition number, baselines).  He et al. (2019), FPGM; Sui et al. (2021),
+  CHIP; Ruan et al. (2021), DPFPS; Lee et al. (2018), SNIP; Wang et al. (2020), GraSP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optax
+
+from jaxprune.data import DataConfig, load_dataset
+from jaxprune.experiments import Experiment
+from jaxprune.experiments.compare import (
+    comparison_table,
+    plot_comparison,
+    run_comparison,
+    write_results,
+)
+from jaxprune.experiments.pl_switch import lth_schedule
+from jaxprune.masks import PruningSchedule, one_shot, per_epoch_from
+from jaxprune.methods.pl_gating import PLGatingConfig
+from jaxprune.train import TrainConfig, build_model, criterion_pruner, pl_gating_pruner
+
+__all__ = ["EXPERIMENT", "METHODS", "VGGConfig", "linear_schedule", "run_pl_vgg"]
+
+METHODS = ("dense", "lth", "snip", "grasp", "fpgm", "pl")
+MODELS = {"vgg": ("filters",), "resnet": ("filters",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class VGGConfig:
+    """Settings of the VGG experiment (each is ``--set field=value``).
+
+    Attributes:
+      dataset: registry name (``digits32``, ``tfds:cifar10``, ``tfds:cifar100``).
+      model, model_preset, kind: the network (``vgg`` or ``resnet``, e.g. ``resnet56`` for
+        App. F.1) and its pruned group kind (``filters``).
+      methods: subset of :data:`METHODS`.
+      ratio: final pruned fraction of the filters, in ``(0, 1)``.
+      prune_start_epoch, prune_end_epoch: first epoch of the linear schedule and the epoch at
+        which ``ratio`` is reached (the same number of filters each epoch in between).
+      baselines_at_init: prune SNIP and GraSP once at step 0 instead.
+      num_steps, batch_size, learning_rate, momentum, weight_decay: SGD training, learning
+        rate divided by 10 at 1/2 and 3/4 of ``num_steps``.
+      report_steps: steps whose training loss the table reports.
+      analysis_every: steps between NTK-condition / Hessian-trace analyses (0: off).
+      analysis_examples, analysis_probes: probe-batch size and Hutchinson probes of the
+        analysis.
+      gating_steps, feature_batch_size: PL gating network training per event.
+      compact: remove pruned filters physically after each event (each new shape recompiles
+        the steps; off, pruned filters are only masked and the parameter count stays dense).
+      seeds: one run per seed and method.
+    """
+
+    dataset: str = "digits32"
+    model: str = "vgg"
+    model_preset: str = "vgg16-bn-tiny"
+    kind: str = "filters"
+    methods: tuple[str, ...] = METHODS
+    ratio: float = 0.5
+    prune_start_epoch: int = 2
+    prune_end_epoch: int = 3
+    baselines_at_init: bool = False
+    num_steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    report_steps: tuple[int, ...] = (100, 200, 300)
+    analysis_every: int = 100
+    analysis_examples: int = 8
+    analysis_probes: int = 2
+    gating_steps: int = 5
+    feature_batch_size: int = 16
+    compact: bool = True
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"model: expected one of {tuple(MODELS)}, got {self.model!r}")
+        if self.kind not in MODELS[self.model]:
+            raise ValueError(
+                f"kind: {self.model} has no group kind {self.kind!r}; expected one of "
+                f"{MODELS[self.model]}"
+            )
+        unknown = [m for m in self.methods if m not in METHODS]
+        if not self.methods or unknown:
+            raise ValueError(f"methods: unknown {unknown}; expected a subset of {METHODS}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"ratio: expected a value in (0, 1), got {self.ratio!r}")
+        if not 0 <= self.prune_start_epoch <= self.prune_end_epoch:
+            raise ValueError(
+                f"prune_end_epoch: expected 0 <= prune_start_epoch={self.prune_start_epoch} <= "
+                f"prune_end_epoch, got {self.prune_end_epoch}"
+            )
+        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
+        if not self.report_steps or bad:
+            raise ValueError(
+                f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
+                f"{self.report_steps!r}"
+            )
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed, got ()")
+
+
+def linear_schedule(config: VGGConfig, steps_per_epoch: int) -> PruningSchedule:
+    """The linear schedule of Section 5.3 in steps: events at the start of epochs
+    ``prune_start_epoch .. prune_end_epoch``, equal increments up to ``ratio``.
+
+    Raises:
+      ValueError: the last event is not before ``num_steps``.
+    """
+    last = config.prune_end_epoch * steps_per_epoch
+    if last >= config.num_steps:
+        raise ValueError(
+            f"prune_end_epoch: epoch {config.prune_end_epoch} starts at step {last} "
+            f"({steps_per_epoch} steps per epoch), beyond num_steps={config.num_steps}"
+        )
+    return per_epoch_from(
+        config.prune_start_epoch, config.prune_end_epoch, config.ratio, steps_per_epoch
+    )
+
+
+def _pruner(method: str, config: VGGConfig, steps_per_epoch: int) -> Any:
+    """A fresh pruner of ``method`` (``None`` for dense)."""
+    if method == "dense":
+        return None
+    if method == "lth":
+        return criterion_pruner("magnitude", lth_schedule(config.num_steps, config.ratio))
+    schedule = linear_schedule(config, steps_per_epoch)
+    if method == "pl":
+        gating = PLGatingConfig(
+            gating_steps=config.gating_steps, feature_batch_size=config.feature_batch_size
+        )
+        return pl_gating_pruner(schedule, gating)
+    if config.baselines_at_init and method in ("snip", "grasp"):
+        schedule = one_shot(0, config.ratio)
+    return criterion_pruner(method, schedule)
+
+
+def _optimizer(config: VGGConfig) -> optax.GradientTransformation:
+    boundaries = {config.num_steps // 2: 0.1, (3 * config.num_steps) // 4: 0.1}
+    schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
+
+
+def _plot_condition(curves: dict[str, list[list[dict]]], path: Path) -> None:
+    """NTK condition number and Hessian trace over training (first seed), dense vs PL; hollow
+    markers: the values just before each pruning event."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    panels = [("ntk_condition", "NTK λmax/λmin"), ("hessian_trace", "Hessian trace")]
+    for ax, (key, label) in zip(axes, panels):
+        for (method, runs), color in zip(curves.items(), ("tab:blue", "tab:red")):
+            rows = runs[0]
+            points = [(r["step"], r[key]) for r in rows if np.isfinite(r.get(key, np.nan))]
+            if points:
+                ax.plot(*zip(*points), marker=".", color=color, label=method)
+            before = [
+                (r["step"], r[f"{key}_before_event"])
+                for r in rows
+                if np.isfinite(r.get(f"{key}_before_event", np.nan))
+            ]
+            if before:
+                ax.plot(*zip(*before), "o", mfc="none", color=color, label=f"{method} before event")
+        ax.set(xlabel="step", ylabel=label, yscale="symlog" if key == "hessian_trace" else "log")
+    axes[0].legend(fontsize=8)
+    figure.savefig(path, dpi=120)
+
+
+def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
+    """Run every method and seed; write ``table.md``, ``results.json``, ``curves.png`` and
+    (with ``dense``, ``pl`` and analysis on) ``condition.png``.
+
+    Returns:
+      ``{"table": str, "results": {method: {figure: [value per seed]}}, "metric":
+      "test_accuracy"}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = load_dataset(DataConfig(name=config.dataset))
+    steps_per_epoch = len(splits.train["x"]) // config.batch_size
+    linear_schedule(config, steps_per_epoch)  # fail before any training
+    model = build_model(
+        config.model,
+        num_outputs=splits.num_outputs,
+        input_shape=splits.train["x"].shape[1:],
+        preset=config.model_preset,
+        kind=config.kind,
+    )
+    train_config = TrainConfig(
+        num_steps=config.num_steps,
+        batch_size=config.batch_size,
+        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
+        analysis_every=config.analysis_every,
+        analysis_examples=config.analysis_examples,
+        analysis_probes=config.analysis_probes,
+        compact=config.compact,
+    )
+    results, curves = run_comparison(
+        model,
+        splits,
+        {m: functools.partial(_pruner, m, config, steps_per_epoch) for m in config.methods},
+        optimizer=functools.partial(_optimizer, config),
+        config=train_config,
+        seeds=config.seeds,
+        report_steps=config.report_steps,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    at_init = " (SNIP/GraSP at step 0)" if config.baselines_at_init else ""
+    counted = "after compaction" if config.compact else "of the masked, uncompacted network"
+    table = comparison_table(results, config.report_steps, "test_accuracy") + (
+        f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} SGD "
+        f"steps ({steps_per_epoch} per epoch), {config.ratio:.0%} of the filters pruned by the "
+        f"linear schedule over epochs {config.prune_start_epoch}-{config.prune_end_epoch}"
+        f"{at_init}; LTH: 3 rounds with rewinding; global TopK with one filter per layer kept; "
+        f"seeds {', '.join(map(str, config.seeds))}; params {counted}. CHIP and DPFPS are "
+        "not implemented (CHIP needs a pre-trained network, feature-map independence scores and "
+        "fine-tuning; DPFPS a group-sparsity regularised optimizer with dynamic per-layer ratios)."
+    )
+    write_results(out_dir, dataclasses.asdict(config), results, table)
+    plot_comparison(curves, results, "test_accuracy", out_dir / "curves.png")
+    if config.analysis_every and {"dense", "pl"} <= set(curves):
+        _plot_condition({m: curves[m] for m in ("dense", "pl")}, out_dir / "condition.png")
+    return {"table": table, "results": results, "metric": "test_accuracy"}
+
+
+EXPERIMENT = Experiment(
+    name="pl_vgg",
+    description=(
+        "Paper 000 Table 3 (and Tables 12-13 via ratio): VGG-16 filters pruned by PL gating, "
+        "LTH, SNIP, GraSP and FPGM on a linear per-epoch schedule against dense training: "
+        "training loss, test accuracy, wall time, parameters, and the NTK condition number "
+        "over training (Figure 5 analogue)."
+    ),
+    presets={
+        "smoke": VGGConfig(
+            methods=("dense", "fpgm", "pl"),
+            prune_start_epoch=1,
+            prune_end_epoch=1,
+            num_steps=30,
+            batch_size=128,
+            report_steps=(15, 30),
+            analysis_every=15,
+            analysis_examples=2,
+            analysis_probes=1,
+            gating_steps=1,
+            feature_batch_size=8,
+            compact=False,
+            seeds=(0,),
+        ),
+        "small": VGGConfig(),
+        "paper": VGGConfig(
+            dataset="tfds:cifar10",
+            model_preset="vgg16-bn",
+            prune_start_epoch=15,
+            prune_end_epoch=30,
+            num_steps=78_000,  # 200 epochs of 390 batches of 128
+            batch_size=128,
+            learning_rate=0.1,
+            report_steps=(39_000, 58_500, 78_000),  # epochs 100, 150, 200
+            analysis_every=1_000,
+            analysis_examples=32,
+            analysis_probes=8,
+            gating_steps=100,
+            feature_batch_size=32,
+        ),
+    },
+    run=run_pl_vgg,
+)
