@@ -22,15 +22,36 @@ import numpy as np
 import optax
 
 from jaxprune.data.registry import Splits
+from jaxprune.masks import PruningSchedule, iterative_magnitude
 from jaxprune.train import Bound, Pruner, TrainConfig, train
 
 __all__ = [
     "comparison_table",
+    "lth_schedule",
     "plot_comparison",
     "run_comparison",
     "test_metric_name",
     "write_results",
 ]
+
+
+def lth_schedule(num_steps: int, ratio: float, rounds: int = 3) -> PruningSchedule:
+    """The LTH baseline fitted into a run: ``rounds`` rounds of iterative magnitude pruning to
+    ``ratio``, rewinding to ``k = max(1, round(5% of num_steps))``, with the longest round
+    length ``L`` such that ``L + rounds (L - k) <= num_steps``.
+
+    Raises:
+      ValueError: ``num_steps`` too short for ``rounds`` rounds after the rewind step.
+
+    References:
+      Paper 000, Appendix E.3 (LTH: IMP with rewinding to 5% of the maximum epochs);
+      Frankle et al. (2020).
+    """
+    rewind = max(1, round(0.05 * num_steps))
+    length = (num_steps + rounds * rewind) // (rounds + 1)
+    if length <= rewind:
+        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
+    return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)
 
 
 def test_metric_name(task: str) -> str:

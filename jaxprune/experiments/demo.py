@@ -31,12 +31,13 @@ from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
     comparison_table,
+    lth_schedule,
     plot_comparison,
     run_comparison,
     test_metric_name,
     write_results,
 )
-from jaxprune.masks import PruningSchedule, iterative_magnitude, one_shot
+from jaxprune.masks import one_shot
 from jaxprune.methods.pl_gating import PLGatingConfig
 from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner, pl_gating_pruner
 
@@ -107,19 +108,6 @@ class DemoConfig:
             raise ValueError("seeds must name at least one seed")
 
 
-def _lth_schedule(config: DemoConfig) -> PruningSchedule:
-    """Three rounds of iterative magnitude pruning, rewinding to 5% of a round, fitted into
-    ``num_steps`` training steps: ``L + 3 (L - k) = num_steps`` with ``k = ⌈0.05 L⌉``."""
-    rounds = 3
-    length = config.num_steps // (1 + rounds)
-    while length + rounds * (length - max(1, round(0.05 * length))) < config.num_steps:
-        length += 1
-    rewind = max(1, round(0.05 * length))
-    while length + rounds * (length - rewind) > config.num_steps:
-        length -= 1
-    return iterative_magnitude(rounds, length, rewind, final_ratio=config.ratio)
-
-
 def _pruner(method: str, config: DemoConfig) -> Any:
     if method == "dense":
         return None
@@ -127,7 +115,9 @@ def _pruner(method: str, config: DemoConfig) -> Any:
         gating = PLGatingConfig(gating_steps=config.gating_steps, per_layer=config.per_layer)
         return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
     if method == "lth":
-        return criterion_pruner("magnitude", _lth_schedule(config), per_layer=config.per_layer)
+        return criterion_pruner(
+            "magnitude", lth_schedule(config.num_steps, config.ratio), per_layer=config.per_layer
+        )
     schedule = one_shot(config.prune_step, config.ratio)
     return criterion_pruner(method, schedule, per_layer=config.per_layer)
 

@@ -46,8 +46,13 @@ import optax
 
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import plot_comparison, run_comparison, write_results
-from jaxprune.masks import PruningSchedule, apply_group_mask, iterative_magnitude, one_shot
+from jaxprune.experiments.compare import (
+    lth_schedule,
+    plot_comparison,
+    run_comparison,
+    write_results,
+)
+from jaxprune.masks import PruningSchedule, apply_group_mask, one_shot
 from jaxprune.methods import pl_gating
 from jaxprune.spectra import empirical_ntk, spectrum_features
 from jaxprune.train import (
@@ -63,7 +68,6 @@ __all__ = [
     "EXPERIMENT",
     "METHODS",
     "PLBertConfig",
-    "lth_schedule",
     "make_optimizer",
     "make_pruner",
     "perplexity_table",
@@ -145,14 +149,6 @@ class PLBertConfig:
     def prune_step(self) -> int:
         """The step of the policy's event: ``prune_epoch * steps_per_epoch``."""
         return self.prune_epoch * self.steps_per_epoch
-
-
-def lth_schedule(num_steps: int, ratio: float, rounds: int) -> PruningSchedule:
-    """IMP with rewinding to ``k = ⌈5%⌉`` of ``num_steps``, ``rounds`` rounds of length ``L``
-    fitted into the run: the largest ``L`` with ``L + rounds (L - k) <= num_steps``."""
-    rewind = max(1, round(0.05 * num_steps))
-    length = (num_steps + rounds * rewind) // (rounds + 1)
-    return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)
 
 
 def make_pruner(method: str, config: PLBertConfig) -> Any:

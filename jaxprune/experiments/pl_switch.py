@@ -53,8 +53,13 @@ import optax
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import plot_comparison, run_comparison, write_results
-from jaxprune.masks import PruningSchedule, iterative_magnitude, one_shot
+from jaxprune.experiments.compare import (
+    lth_schedule,
+    plot_comparison,
+    run_comparison,
+    write_results,
+)
+from jaxprune.masks import one_shot
 from jaxprune.methods.pl_gating import PLGatingConfig
 from jaxprune.models import switch
 from jaxprune.train import Bound, TrainConfig, build_model, criterion_pruner, pl_gating_pruner
@@ -64,7 +69,6 @@ __all__ = [
     "METHODS",
     "SwitchConfig",
     "kept_experts",
-    "lth_schedule",
     "perplexity_table",
     "run_pl_switch",
 ]
@@ -156,26 +160,6 @@ class SwitchConfig:
             raise ValueError(f"warmup_fraction: expected [0, 1), got {self.warmup_fraction!r}")
         if not self.seeds:
             raise ValueError("seeds: expected at least one seed, got ()")
-
-
-def lth_schedule(num_steps: int, ratio: float, rounds: int = 3) -> PruningSchedule:
-    """Iterative magnitude pruning with rewinding to 5% of a round, fitted into ``num_steps``.
-
-    The longest round length ``L`` with ``L + rounds (L - k) <= num_steps``, ``k =
-    max(1, round(0.05 L))``: the first round trains ``L`` steps, each later round ``L - k``.
-
-    Raises:
-      ValueError: ``num_steps`` too short for ``rounds`` rounds.
-
-    References:
-      Paper 000, Appendix E.3 (LTH rewinds to 5% of the maximum training epochs).
-    """
-    length = num_steps // (1 + rounds) + 1
-    while length > 1 and length + rounds * (length - max(1, round(0.05 * length))) > num_steps:
-        length -= 1
-    if length < 2:
-        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
-    return iterative_magnitude(rounds, length, max(1, round(0.05 * length)), final_ratio=ratio)
 
 
 def _pruner(method: str, config: SwitchConfig) -> Any:

@@ -52,11 +52,11 @@ from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
     comparison_table,
+    lth_schedule,
     plot_comparison,
     run_comparison,
     write_results,
 )
-from jaxprune.experiments.pl_switch import lth_schedule
 from jaxprune.masks import PruningSchedule, one_shot, per_epoch_from
 from jaxprune.methods.pl_gating import PLGatingConfig
 from jaxprune.train import TrainConfig, build_model, criterion_pruner, pl_gating_pruner

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.pl_bert import PLBertConfig, lth_schedule, perplexity_table
+from jaxprune.experiments.compare import lth_schedule
+from jaxprune.experiments.pl_bert import PLBertConfig, perplexity_table
 
 
 def test_config_rejects_bad_values():

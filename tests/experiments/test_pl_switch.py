@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from jaxprune.experiments import get_experiment
+from jaxprune.experiments.compare import lth_schedule
 from jaxprune.experiments.pl_switch import (
     EXPERIMENT,
     SwitchConfig,
     kept_experts,
-    lth_schedule,
     perplexity_table,
 )
 from jaxprune.masks import ratio_to_k
