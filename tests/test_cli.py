@@ -173,3 +173,13 @@ def test_experiment_smoke_preset_and_fields(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())["results"]
     assert results["snip"]["group_sparsity"] == [0.75]
     assert results["dense"]["group_sparsity"] == [0.0]
+
+
+def test_demo_smoke_preset_runs_every_default_kind_of_method(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["experiment", "demo", "--preset", "smoke", "--quiet", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for method in ("dense", "magnitude", "lth", "pl"):
+        assert f"| {method} |" in table
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert results["pl"]["group_sparsity"] == [0.75]

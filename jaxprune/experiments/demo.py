@@ -178,12 +178,13 @@ EXPERIMENT = Experiment(
     presets={
         "smoke": DemoConfig(
             model_preset="32",
-            methods=("dense", "magnitude", "lth"),
+            methods=("dense", "magnitude", "lth", "pl"),
             num_steps=40,
             prune_step=10,
             report_steps=(20, 40),
             seeds=(0,),
             analysis_every=20,
+            gating_steps=30,  # more than the 22 batches of an epoch: events span epochs
         ),
         "small": DemoConfig(),
         "paper": DemoConfig(

@@ -252,19 +252,24 @@ def _event_batches(
     step: int,
     key: jax.Array,
 ) -> Any:
-    """``batches(n)`` of a pruning event: the first ``n`` batches of a permutation fixed by
-    ``(seed, step)``, prepared by the task (single device)."""
+    """``batches(n)`` of a pruning event: ``n`` batches from permutations fixed by ``(seed,
+    step)``, one epoch after another when ``n`` exceeds an epoch, prepared by the task (single
+    device)."""
     n_examples = len(next(iter(data.values())))
 
     def batches(n: int) -> list[dict]:
-        order = epoch_batches(n_examples, batch_size, seed=seed, epoch=1_000_003 + step)
-        if n > len(order):
-            raise ValueError(f"a pruning method asked for {n} batches; the data has {len(order)}")
+        indices: list[np.ndarray] = []
+        epoch = 0
+        while len(indices) < n:
+            indices += epoch_batches(
+                n_examples, batch_size, seed=seed + 1, epoch=step * 1_000 + epoch
+            )
+            epoch += 1
         return [
             task.prepare(
                 {k: jnp.asarray(v[idx]) for k, v in data.items()}, jax.random.fold_in(key, i)
             )
-            for i, idx in enumerate(order[:n])
+            for i, idx in enumerate(indices[:n])
         ]
 
     return batches
