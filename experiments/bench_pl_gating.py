@@ -31,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.compare import run_comparison
+from jaxprune.experiments.compare import load_splits, run_comparison
 from jaxprune.experiments.pl_bert import make_optimizer, make_pruner
 from jaxprune.train import TrainConfig, build_model
 
@@ -47,14 +46,7 @@ def measure(preset: str, seeds: tuple[int, ...]) -> dict[str, dict[str, list[flo
     config = dataclasses.replace(
         get_experiment("pl_bert").presets[preset], methods=("dense", "pl"), analysis_every=0
     )
-    splits = load_dataset(
-        DataConfig(
-            name=config.dataset,
-            seq_len=config.seq_len,
-            vocab_size=config.vocab_size,
-            max_chars=config.max_chars,
-        )
-    )
+    splits = load_splits(config)
     model = build_model(
         "bert",
         num_outputs=splits.num_outputs,

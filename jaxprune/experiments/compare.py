@@ -17,16 +17,18 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optax
 
-from jaxprune.data.registry import Splits
+from jaxprune.data.registry import DataConfig, Splits, load_dataset
 from jaxprune.masks import PruningSchedule, iterative_magnitude
 from jaxprune.train import Bound, Pruner, TrainConfig, train
 
 __all__ = [
     "comparison_table",
+    "load_splits",
     "lth_schedule",
     "plot_comparison",
     "run_comparison",
@@ -52,6 +54,19 @@ def lth_schedule(num_steps: int, ratio: float, rounds: int = 3) -> PruningSchedu
     if length <= rewind:
         raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
     return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)
+
+
+def load_splits(config: Any) -> Splits:
+    """The dataset of an experiment config with fields ``dataset``, ``seq_len``,
+    ``vocab_size`` and ``max_chars`` (the text settings are ignored by non-text datasets)."""
+    return load_dataset(
+        DataConfig(
+            name=config.dataset,
+            seq_len=config.seq_len,
+            vocab_size=config.vocab_size,
+            max_chars=config.max_chars,
+        )
+    )
 
 
 def test_metric_name(task: str) -> str:

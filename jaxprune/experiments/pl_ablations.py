@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import optax
 
-from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
     comparison_table,
+    load_splits,
     plot_comparison,
     run_comparison,
     test_metric_name,
@@ -183,14 +183,7 @@ def run_pl_ablations(config: PLAblationConfig, out_dir: Path, progress: bool = T
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_dataset(
-        DataConfig(
-            name=config.dataset,
-            seq_len=config.seq_len,
-            vocab_size=config.vocab_size,
-            max_chars=config.max_chars,
-        )
-    )
+    splits = load_splits(config)
     model = build_model(
         config.model,
         num_outputs=splits.num_outputs,

@@ -44,9 +44,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
+    load_splits,
     lth_schedule,
     plot_comparison,
     run_comparison,
@@ -337,14 +337,7 @@ def run_pl_bert(config: PLBertConfig, out_dir: Path, progress: bool = True) -> d
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_dataset(
-        DataConfig(
-            name=config.dataset,
-            seq_len=config.seq_len,
-            vocab_size=config.vocab_size,
-            max_chars=config.max_chars,
-        )
-    )
+    splits = load_splits(config)
     model = build_model(
         "bert",
         num_outputs=splits.num_outputs,

@@ -50,10 +50,10 @@ from typing import Any
 import numpy as np
 import optax
 
-from jaxprune.data import DataConfig, load_dataset
 from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
+    load_splits,
     lth_schedule,
     plot_comparison,
     run_comparison,
@@ -300,14 +300,7 @@ def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) ->
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_dataset(
-        DataConfig(
-            name=config.dataset,
-            seq_len=config.seq_len,
-            vocab_size=config.vocab_size,
-            max_chars=config.max_chars,
-        )
-    )
+    splits = load_splits(config)
     train_config = TrainConfig(
         num_steps=config.num_steps,
         batch_size=config.batch_size,
