@@ -180,6 +180,27 @@ def _sketched(apply_fn: ApplyFn, num_axes: int) -> ApplyFn:
     return sketched
 
 
+@functools.lru_cache(maxsize=32)
+def _calling_bound(func: Callable) -> ApplyFn:
+    """``((params, (args, keywords)), x) -> func(*args, params, x, **keywords)``."""
+
+    def call(packed: tuple[PyTree, tuple[tuple, dict]], x: jax.Array) -> jax.Array:
+        params, (args, keywords) = packed
+        return func(*args, params, x, **keywords)
+
+    return call
+
+
+def _unbind(
+    apply_fn: jax.tree_util.Partial, params: PyTree, group_ids: PyTree
+) -> tuple[ApplyFn, PyTree, PyTree]:
+    """A :class:`jax.tree_util.Partial`'s bound arrays moved into the parameters, in no group
+    (id ``-1``): one compiled kernel then serves every value of them."""
+    bound = (tuple(apply_fn.args), dict(apply_fn.keywords))
+    ungrouped = jax.tree_util.tree_map(lambda a: np.full((1,) * np.ndim(a), -1, np.int32), bound)
+    return _calling_bound(apply_fn.func), (params, bound), (group_ids, ungrouped)
+
+
 def _output_shape(apply_fn: ApplyFn, params: PyTree, x: jax.Array) -> jax.ShapeDtypeStruct:
     """Shape and dtype of one example's outputs."""
     out = jax.eval_shape(apply_fn, params, x[:1])
@@ -247,6 +268,9 @@ def features(
     random sketch of :func:`sketch_outputs` (``s`` values per example, e.g. 16-64; its factors
     are an argument of one compiled kernel per model, so new keys do not recompile).  To trace a
     subset instead (masked positions, the label logits) pass an ``apply_fn`` that returns it.
+    The kernel is compiled once per ``apply_fn`` object and shapes; an ``apply_fn`` that is a
+    :class:`jax.tree_util.Partial` (e.g. binding model state) is compiled once per function,
+    its bound arrays being arguments of the compiled kernel.
 
     ``lambda_min`` (ERRATA, paper 000: per-group ``λ_min`` is zero by construction when the
     batch has more rows than the group kernel's rank):
@@ -294,6 +318,8 @@ def features(
     _check_choice(lambda_min, LAMBDA_MINS, "lambda_min")
     p = validate_group_ids(params, group_ids)
     sizes = group_sizes(params, group_ids)
+    if isinstance(apply_fn, jax.tree_util.Partial):
+        apply_fn, params, group_ids = _unbind(apply_fn, params, group_ids)
     out = _output_shape(apply_fn, params, x)
     k = int(np.prod(out.shape))
     if output_projections is not None:
@@ -529,7 +555,7 @@ def _gating_objective(
 
 
 class _StaticIds:
-    """A group-id pytree hashable by content: the cache key of compiled gating objectives."""
+    """A group-id pytree hashable by content: a static argument of the compiled objective."""
 
     def __init__(self, group_ids: PyTree):
         leaves, treedef = jax.tree_util.tree_flatten(group_ids)
@@ -544,39 +570,50 @@ class _StaticIds:
         return isinstance(other, _StaticIds) and self._key == other._key
 
 
-@functools.lru_cache(maxsize=16)
+def _as_partial(fn: Callable) -> jax.tree_util.Partial:
+    """``fn`` as a pytree: a :class:`jax.tree_util.Partial`'s bound arrays become traced
+    arguments of compiled functions, its function (compared by identity) part of the cache key."""
+    return fn if isinstance(fn, jax.tree_util.Partial) else jax.tree_util.Partial(fn)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("ids", "num_probes", "scaling", "hessian", "trace_wrt", "inputs_of")
+)
 def _objective_value_and_grad(
-    loss_fn: LossFn,
-    apply_fn: ApplyFn,
+    v: GatingParams,
+    params: PyTree,
+    normalized_features: jax.Array,
+    batch: Any,
+    key: jax.Array,
+    alpha: jax.Array,
+    loss_fn: jax.tree_util.Partial,
+    apply_fn: jax.tree_util.Partial,
+    *,
     ids: _StaticIds,
     num_probes: int,
     scaling: str,
     hessian: str,
     trace_wrt: str,
     inputs_of: Callable[[Any], jax.Array],
-) -> Callable:
-    """Jit-compiled value and ``v``-gradient of :func:`_gating_objective`, cached per model and
-    options so that successive pruning events (and calls) compile once; ``alpha`` is traced."""
-
-    def objective(v, params, normalized_features, batch, key, alpha):
-        return _gating_objective(
-            v,
-            params,
-            normalized_features,
-            batch,
-            key,
-            loss_fn=loss_fn,
-            apply_fn=apply_fn,
-            group_ids=ids.group_ids,
-            alpha=alpha,
-            num_probes=num_probes,
-            scaling=scaling,
-            hessian=hessian,
-            trace_wrt=trace_wrt,
-            inputs_of=inputs_of,
-        )
-
-    return jax.jit(jax.value_and_grad(objective, has_aux=True))
+) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array]], GatingParams]:
+    """Value and ``v``-gradient of :func:`_gating_objective`, compiled once per model and
+    options: ``alpha`` and the arrays bound in ``loss_fn``/``apply_fn`` are traced."""
+    return jax.value_and_grad(_gating_objective, has_aux=True)(
+        v,
+        params,
+        normalized_features,
+        batch,
+        key,
+        loss_fn=loss_fn,
+        apply_fn=apply_fn,
+        group_ids=ids.group_ids,
+        alpha=alpha,
+        num_probes=num_probes,
+        scaling=scaling,
+        hessian=hessian,
+        trace_wrt=trace_wrt,
+        inputs_of=inputs_of,
+    )
 
 
 def _check_objective_args(
@@ -736,7 +773,10 @@ def train_gating(
     One jit-compiled gradient of :func:`gating_loss` and one optimizer update per batch; step
     ``t`` draws its probes from ``fold_in(key, t)``.  The gradient is compiled once per
     ``(loss_fn, apply_fn, group_ids, num_probes, scaling, hessian, trace_wrt, inputs_of)`` and
-    reused by later calls (pruning events): pass the same function objects each time.
+    shapes, and reused by later calls (pruning events) with the same function objects.  To
+    reuse it when the functions depend on arrays that change between calls (model state,
+    gates), pass them as :class:`jax.tree_util.Partial` of one function: the bound arrays are
+    traced arguments, not constants of the compiled code.
 
     Args:
       v: initial :class:`GatingParams`.
@@ -765,9 +805,22 @@ def train_gating(
         num_steps = check_positive_int(num_steps, "num_steps")
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     opt_state = optimizer.init(v) if opt_state is None else opt_state
+    sharding = jax.tree_util.tree_leaves(params)[0].sharding
+    if sharding.is_fully_replicated:
+        # Place v as the updates will leave it (on the weights' devices): otherwise the second
+        # step sees committed arrays where the first saw uncommitted ones and compiles again.
+        v, opt_state = jax.device_put((v, opt_state), sharding)
 
-    value_and_grad = _objective_value_and_grad(
-        loss_fn, apply_fn, _StaticIds(group_ids), num_probes, scaling, hessian, trace_wrt, inputs_of
+    value_and_grad = functools.partial(
+        _objective_value_and_grad,
+        loss_fn=_as_partial(loss_fn),
+        apply_fn=_as_partial(apply_fn),
+        ids=_StaticIds(group_ids),
+        num_probes=num_probes,
+        scaling=scaling,
+        hessian=hessian,
+        trace_wrt=trace_wrt,
+        inputs_of=inputs_of,
     )
 
     @jax.jit

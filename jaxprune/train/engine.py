@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.tree_util import Partial
 from tqdm.auto import tqdm
 
 from jaxprune.data.batches import BatchPosition, epoch_batches, iterate_batches, prefetch
@@ -342,6 +343,8 @@ class _Run:
     def _bind(self, model: Bound) -> None:
         self.model = model
         self.loss_fn = make_loss_fn(model, self.task)
+        self.event_loss = _event_loss(self.loss_fn)
+        self.event_apply = _event_apply(model)
         self.train_step = compile_step(make_train_step(model, self.task, self.optimizer), self.mesh)
         self.analysis_fn = self._analysis_fn()
         self.eval_step = compile_step(
@@ -407,20 +410,12 @@ class _Run:
         return int(self.state.step)
 
     # -- pruning -----------------------------------------------------------------------------
-    def _gated_apply(self, params: PyTree, x: jax.Array) -> jax.Array:
-        variables = {"params": params, **self.state.collections}
-        return self.model.apply(variables, x, train=False, gates=self.state.gates)[0]
-
     def prune_event(self, step: int) -> None:
         pruner, state = self.pruner, self.state
         with self.timer.phase("events"):
             key = jax.random.fold_in(self.key_for(_EVENTS), step)
             ratio = float(pruner.schedule.ratio(step))
             collections, gates = state.collections, state.gates
-
-            def loss_fn(params: PyTree, batch: dict) -> jax.Array:
-                return self.loss_fn(params, collections, gates, batch, key, True)[0]
-
             context = PruneContext(
                 step=step,
                 ratio=ratio,
@@ -431,8 +426,8 @@ class _Run:
                 group_ids=self.group_ids,
                 layout=self.layout,
                 key=key,
-                loss_fn=loss_fn,
-                apply_fn=self._gated_apply,
+                loss_fn=Partial(self.event_loss, collections, gates, key),
+                apply_fn=Partial(self.event_apply, collections, gates),
                 batches=_event_batches(
                     self.splits.train,
                     self.task,
@@ -565,6 +560,26 @@ class _Run:
                 mesh=self.mesh,
                 task=self.splits.task,
             )
+
+
+def _event_loss(loss_fn: Callable) -> Callable:
+    """``(collections, gates, key, params, batch) -> loss``: training-mode loss of the gated model,
+    one function per model binding, so events bind their state with ``Partial`` and methods
+    that compile (PL gating) compile once per model."""
+
+    def loss(collections: PyTree, gates: Any, key: jax.Array, params: PyTree, batch: dict):
+        return loss_fn(params, collections, gates, batch, key, True)[0]
+
+    return loss
+
+
+def _event_apply(model: Bound) -> Callable:
+    """``(collections, gates, params, x) -> outputs`` of the gated model in evaluation mode."""
+
+    def apply(collections: PyTree, gates: Any, params: PyTree, x: jax.Array) -> jax.Array:
+        return model.apply({"params": params, **collections}, x, train=False, gates=gates)[0]
+
+    return apply
 
 
 def _group_sparsity(state: TrainState, num_groups0: int | None) -> float:

@@ -58,8 +58,11 @@ class PruneContext(NamedTuple):
       layout: the groups' :class:`GroupLayout`.
       key: PRNG key of this event.
       loss_fn: ``loss_fn(params, batch) -> scalar``, the task loss of the gated model in training
-        mode on a prepared batch.
-      apply_fn: ``apply_fn(params, x) -> outputs`` of the gated model in eval mode.
+        mode on a prepared batch; a :class:`jax.tree_util.Partial` binding the event's model
+        state to one function per model, so methods may pass it to compiled functions as an
+        argument and compile once for all events.
+      apply_fn: ``apply_fn(params, x) -> outputs`` of the gated model in eval mode (a
+        ``Partial`` likewise).
       batches: ``batches(n)`` draws ``n`` prepared training batches (deterministic per event).
     """
 
@@ -186,6 +189,11 @@ def criterion_pruner(
     return Pruner("lth" if rewinds else criterion, schedule, select)
 
 
+def _inputs(batch: dict) -> jax.Array:
+    """The model inputs of a prepared batch (one function object: part of compile-cache keys)."""
+    return batch["x"]
+
+
 def pl_gating_pruner(
     schedule: PruningSchedule,
     config: pl_gating.PLGatingConfig | None = None,
@@ -235,7 +243,7 @@ def pl_gating_pruner(
             config,
             v=v,
             current_mask=context.gates,
-            inputs_of=lambda batch: batch["x"],
+            inputs_of=_inputs,
         )
         record = {
             "gates": event.gates,

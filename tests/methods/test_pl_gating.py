@@ -362,6 +362,54 @@ def test_train_gating_descends_and_continues():
         run(v, [])
 
 
+def _scaled_apply(scale, params, x):
+    return scale * MODEL.apply(params, x)
+
+
+def _scaled_loss(scale, params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean(jnp.sum((_scaled_apply(scale, params, x) - y) ** 2, axis=-1))
+
+
+def test_bound_state_is_traced_not_baked_into_compiled_code():
+    # The engine binds model state (BatchNorm statistics, gates) with jax.tree_util.Partial so
+    # that one compilation serves every event.  A second call with other bound values must
+    # compute with those values (not reuse the first call's as constants) and not recompile;
+    # reference: plain closures over each value, compiled afresh.
+    from jax.tree_util import Partial
+
+    from jaxprune.methods import pl_gating
+    from jaxprune.spectra import ntk
+
+    params, ids, _, x, y = _problem()
+    key = jax.random.PRNGKey(1)
+    v = _random_v(hidden=4)
+    objective_before = pl_gating._objective_value_and_grad._cache_size()
+    kernels_before = ntk._build_block.cache_info().currsize
+    for scale in (1.0, 3.0):
+        bound = jnp.float32(scale)
+        got = features(Partial(_scaled_apply, bound), params, x, ids)
+        want = features(lambda p, x, s=bound: _scaled_apply(s, p, x), params, x, ids)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+        normalized = normalize_features(got)
+        trained = train_gating(
+            v, Partial(_scaled_loss, bound), Partial(_scaled_apply, bound),
+            params, ids, normalized, [(x, y)] * 3, key, num_probes=2,
+        )  # fmt: skip
+        reference = train_gating(
+            v, lambda p, b, s=bound: _scaled_loss(s, p, b),
+            lambda p, x, s=bound: _scaled_apply(s, p, x),
+            params, ids, normalized, [(x, y)] * 3, key, num_probes=2,
+        )  # fmt: skip
+        np.testing.assert_allclose(trained.history.total, reference.history.total, rtol=1e-5)
+        for a, b in zip(trained.v, reference.v):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # One compilation each for the Partial (both scales) and one per closure.
+    assert pl_gating._objective_value_and_grad._cache_size() == objective_before + 3
+    assert ntk._build_block.cache_info().currsize == kernels_before + 3
+
+
 # ---------------------------------------------------------------------------------------------
 # Selection
 

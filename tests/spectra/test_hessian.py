@@ -24,6 +24,7 @@ from jaxprune.spectra.hessian import (
     gauss_newton_diagonal,
     group_hessian_traces,
     hessian_diagonal,
+    hessian_quadratic_form,
     hessian_trace,
     hvp,
     output_hessian_trace,
@@ -93,6 +94,24 @@ def test_hvp_matches_explicit_hessian():
     got = ravel_pytree(hvp(mlp_loss, params, tangent))[0]
     want = explicit_hessian(mlp_loss, params) @ ravel_pytree(tangent)[0]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_quadratic_form_matches_explicit_hessian_and_its_gradient():
+    params = mlp_params()
+    tangent = random_tangent(params, jax.random.key(14))
+    v = ravel_pytree(tangent)[0]
+    got = hessian_quadratic_form(mlp_loss, params, tangent)
+    np.testing.assert_allclose(got, v @ explicit_hessian(mlp_loss, params) @ v, rtol=1e-10)
+
+    # Differentiated again (as the PL gating objective does): the gradient of vᵀ H(w) v in w
+    # is the third derivative contracted twice; reference: jax.jacobian of the explicit form.
+    flat, unravel = ravel_pytree(params)
+
+    def explicit_form(w):
+        return v @ jax.hessian(lambda u: mlp_loss(unravel(u)))(w) @ v
+
+    grad = ravel_pytree(jax.grad(lambda p: hessian_quadratic_form(mlp_loss, p, tangent))(params))
+    np.testing.assert_allclose(grad[0], jax.grad(explicit_form)(flat), rtol=1e-9, atol=1e-12)
 
 
 def test_output_hvp_matches_hessian_of_summed_outputs():
