@@ -9,7 +9,9 @@ the same initialization and data order:
   consecutive epochs from ``base_epoch`` (Table 9);
 * ratio: each of ``ratios`` (Tables 10-11: 50% and 90%);
 * gate scaling: ``"mean_one"`` (``p·softmax``) vs the literal softmax of eq. 8 (ERRATA);
-* ``α`` of eq. 36: each of ``alphas`` (0: gating trained on the loss alone).
+* ``α`` of eq. 36: each of ``alphas`` (0: gating trained on the loss alone);
+* TopK: over all groups (``"global"``, the paper's, one group per layer protected) vs within
+  every layer (``"per_layer"``: the same fraction of each layer kept).
 
 Tables: training loss (or PPL for MLM) at ``report_steps``, the test metric and its difference
 to dense, wall time; one table per factor, each with the dense and base rows.
@@ -44,6 +46,8 @@ from jaxprune.train import Pruner, TrainConfig, build_model, pl_gating_pruner
 __all__ = ["EXPERIMENT", "PLAblationConfig", "Variant", "run_pl_ablations", "variants"]
 
 BASE = "base"
+FACTORS = ("time", "schedule", "ratio", "scaling", "alpha", "topk")
+TOPKS = ("global", "per_layer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Variant:
     schedule: str = "one-shot"
     scaling: str = "mean_one"
     alpha: float = 1.0
+    topk: str = "global"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +76,7 @@ class PLAblationConfig:
       ratios: pruned fractions compared, each in ``(0, 1)`` (Tables 10-11).
       scalings: gate scalings compared (``"mean_one"``, ``"softmax"``).
       alphas: ``α`` values compared, each ``>= 0``.
+      topks: TopK scopes compared (``"global"``, ``"per_layer"``).
       steps_per_epoch: training steps per "epoch".
       num_steps, batch_size, learning_rate: Adam training.
       report_steps: steps of the training-loss columns.
@@ -91,6 +97,7 @@ class PLAblationConfig:
     ratios: tuple[float, ...] = (0.5, 0.75, 0.9)
     scalings: tuple[str, ...] = ("mean_one", "softmax")
     alphas: tuple[float, ...] = (0.0, 1.0, 10.0)
+    topks: tuple[str, ...] = TOPKS
     steps_per_epoch: int = 10
     num_steps: int = 800
     batch_size: int = 64
@@ -125,6 +132,9 @@ class PLAblationConfig:
         unknown = [s for s in self.scalings if s not in pl_gating.SCALINGS]
         if unknown:
             raise ValueError(f"scalings: got {unknown}, expected a subset of {pl_gating.SCALINGS}")
+        unknown = [t for t in self.topks if t not in TOPKS]
+        if unknown:
+            raise ValueError(f"topks: got {unknown}, expected a subset of {TOPKS}")
         if any(not np.isfinite(a) or a < 0 for a in self.alphas):
             raise ValueError(f"alphas: expected finite values >= 0, got {self.alphas}")
         wrong = [s for s in self.report_steps if not 0 < s <= self.num_steps]
@@ -150,6 +160,8 @@ def variants(config: PLAblationConfig) -> dict[str, Variant]:
         runs[f"scaling {scaling}"] = dataclasses.replace(base, factor="scaling", scaling=scaling)
     for alpha in config.alphas:
         runs[f"alpha {alpha:g}"] = dataclasses.replace(base, factor="alpha", alpha=alpha)
+    for topk in config.topks:
+        runs[f"topk {topk}"] = dataclasses.replace(base, factor="topk", topk=topk)
     return {
         n: v for n, v in runs.items() if n == BASE or dataclasses.replace(v, factor=BASE) != base
     }
@@ -170,6 +182,7 @@ def _pruner(variant: Variant, config: PLAblationConfig) -> Pruner:
         gating_steps=config.gating_steps,
         feature_batch_size=config.feature_batch_size,
         output_projections=config.output_projections,
+        per_layer=variant.topk == "per_layer",
     )
     return pl_gating_pruner(_schedule(variant, config), gating, seed=0)
 
@@ -211,7 +224,7 @@ def run_pl_ablations(config: PLAblationConfig, out_dir: Path, progress: bool = T
     )
     metric = test_metric_name(splits.task)
     sections = []
-    for factor in ("time", "schedule", "ratio", "scaling", "alpha"):
+    for factor in FACTORS:
         names = [n for n, v in runs.items() if v.factor == factor]
         if names:
             rows = {n: results[n] for n in ("dense", BASE, *names)}
@@ -240,18 +253,19 @@ EXPERIMENT = Experiment(
     name="pl_ablations",
     description=(
         "Paper 000 Tables 8-11 and the ERRATA's choices: PL-gating pruning time (epochs 0/5/50), "
-        "one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs softmax, and "
-        "alpha, each against dense training and the base run."
+        "one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs softmax, "
+        "alpha, and global vs per-layer TopK, each against dense training and the base run."
     ),
     presets={
         "smoke": PLAblationConfig(
-            model_preset="32",
+            model_preset="16,16",
             base_epoch=1,
             prune_epochs=(0, 1),
             linear_epochs=2,
             ratios=(0.5,),
             scalings=("softmax",),
             alphas=(0.0,),
+            topks=("per_layer",),
             steps_per_epoch=5,
             num_steps=20,
             report_steps=(10, 20),

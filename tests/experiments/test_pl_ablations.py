@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from jaxprune.experiments import get_experiment
@@ -26,6 +28,8 @@ def test_other_fields_are_validated():
         PLAblationConfig(scalings=("sigmoid",))
     with pytest.raises(ValueError, match="alphas"):
         PLAblationConfig(alphas=(-1.0,))
+    with pytest.raises(ValueError, match="topks: got \\['layer'\\]"):
+        PLAblationConfig(topks=("layer",))
     with pytest.raises(ValueError, match="report_steps"):
         PLAblationConfig(report_steps=(900,))
 
@@ -34,20 +38,21 @@ def test_variants_change_one_factor_and_skip_the_base():
     runs = variants(PLAblationConfig())
     assert set(runs) == {
         "base", "epoch 0", "epoch 50", "linear 10 epochs", "ratio 50%", "ratio 90%",
-        "scaling softmax", "alpha 0", "alpha 10",
+        "scaling softmax", "alpha 0", "alpha 10", "topk per_layer",
     }  # fmt: skip
     base = runs["base"]
     assert (base.epoch, base.ratio, base.scaling, base.alpha) == (5, 0.75, "mean_one", 1.0)
     assert runs["alpha 0"].alpha == 0.0 and runs["alpha 0"].epoch == 5
+    assert runs["topk per_layer"] == dataclasses.replace(base, factor="topk", topk="per_layer")
 
 
-@pytest.mark.slow
 def test_smoke_preset_writes_tables_and_plot(tmp_path):
     experiment = get_experiment("pl_ablations")
     out = experiment.run(experiment.presets["smoke"], tmp_path, False)
     for name in ("table.md", "results.json", "pl_ablations.png"):
         assert (tmp_path / name).stat().st_size > 0
-    for factor in ("time", "schedule", "ratio", "scaling", "alpha"):
+    for factor in ("time", "schedule", "ratio", "scaling", "alpha", "topk"):
         assert f"**{factor}**" in out["table"]
     assert out["results"]["ratio 50%"]["group_sparsity"] == [0.5]
     assert out["results"]["base"]["group_sparsity"] == [0.75]
+    assert out["results"]["topk per_layer"]["group_sparsity"] == [0.75]

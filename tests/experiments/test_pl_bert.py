@@ -52,7 +52,6 @@ def test_perplexity_table_is_exp_of_losses():
     assert rows["pl"][6] == "+0%"
 
 
-@pytest.mark.slow
 def test_smoke_preset_writes_table_and_figures(tmp_path):
     experiment = get_experiment("pl_bert")
     config = experiment.presets["smoke"]

@@ -30,7 +30,6 @@ def smoke(tmp_path_factory):
     return out, get_experiment("pl_switch").run(SMOKE, out, False)
 
 
-@pytest.mark.slow
 def test_smoke_writes_table_results_and_plots(smoke):
     out, result = smoke
     assert (out / "table.md").read_text().strip() == result["table"]
@@ -46,7 +45,6 @@ def test_smoke_writes_table_results_and_plots(smoke):
     assert np.isfinite(ppl) and ppl > 1.0
 
 
-@pytest.mark.slow
 def test_heatmaps_keep_the_target_count_with_one_expert_per_layer(smoke):
     _, result = smoke
     heatmaps = result["experts"]["experts"]

@@ -21,7 +21,6 @@ def smoke(tmp_path_factory):
     return out, get_experiment("pl_vgg").run(SMOKE, out, False)
 
 
-@pytest.mark.slow
 def test_smoke_writes_table_results_and_plots(smoke):
     out, result = smoke
     assert (out / "table.md").read_text().strip() == result["table"]
