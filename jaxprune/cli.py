@@ -290,7 +290,13 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
     experiment.add_argument(
         "--list-fields", action="store_true", help="print the preset's settings and exit"
     )
-    experiment.add_argument("--out", default=None, help="output directory (runs/NAME-PRESET)")
+    experiment.add_argument(
+        "--out",
+        default=None,
+        help="output directory (runs/NAME-PRESET); runs finished there earlier with the same "
+        "settings and jaxprune source are reused, so re-running an interrupted experiment "
+        "resumes it (delete the directory to retrain)",
+    )
     experiment.add_argument("--quiet", action="store_true", help="no progress output")
 
 

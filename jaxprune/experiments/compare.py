@@ -3,7 +3,10 @@
 :func:`run_comparison` trains one model on one dataset with each method and seed (same
 initialization, data order and optimizer per seed) through :func:`jaxprune.train.train`, and
 collects per run: the training loss at fixed steps, the final test metrics, wall time, group and
-weight sparsity and the parameter count (after compaction).  :func:`comparison_table` prints
+weight sparsity and the parameter count (after compaction).  Given the experiment's settings,
+it reuses runs that an earlier, interrupted invocation finished in the same directory with the
+same settings and the same jaxprune source, so a long comparison resumes where it stopped.
+:func:`comparison_table` prints
 means ± standard deviations over seeds, :func:`plot_comparison` draws training curves, the NTK
 condition number over training (Figures 3 and 5) and the test metric.
 
@@ -14,7 +17,10 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,6 +80,43 @@ def test_metric_name(task: str) -> str:
     return {"classification": "test_accuracy", "mlm": "test_perplexity"}.get(task, "test_loss")
 
 
+@functools.cache
+def _source_digest() -> str:
+    """SHA-256 of jaxprune's Python source: a finished run is reused only by the same code."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _run_key(settings: Any, name: str, seed: int, config: TrainConfig, steps: Sequence[int]) -> str:
+    """Identity of one run of a comparison (everything that determines its figures)."""
+    described = {
+        "settings": settings,
+        "method": name,
+        "seed": seed,
+        "train": dataclasses.asdict(dataclasses.replace(config, progress=False)),
+        "report_steps": list(steps),
+        "source": _source_digest(),
+    }
+    text = json.dumps(described, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_finished(path: Path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved if saved.get("key") == key else None
+
+
+def _save_finished(path: Path, key: str, figures: dict, rows: list[dict]) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"key": key, "figures": figures, "rows": rows}))
+    os.replace(temporary, path)
+
+
 def _loss_at(rows: list[dict], step: int) -> float:
     return next((r["train_loss"] for r in rows if r["step"] == step and "train_loss" in r), np.nan)
 
@@ -89,8 +132,15 @@ def run_comparison(
     report_steps: Sequence[int],
     out_dir: Path,
     progress: bool = True,
+    settings: Any = None,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[list[dict]]]]:
     """Train ``model`` with every method and seed.
+
+    With ``settings`` (the experiment's configuration, e.g. ``dataclasses.asdict(config)``),
+    each finished run leaves ``finished.json`` in its directory, and a run whose file matches
+    ``settings``, method, seed, ``config``, ``report_steps`` and the jaxprune source is read back
+    instead of trained again (a line says so when ``progress``): re-running an interrupted
+    experiment into the same ``out_dir`` resumes it.  Delete ``out_dir`` to retrain.
 
     Args:
       model, splits: what is trained.
@@ -103,6 +153,8 @@ def run_comparison(
         of ``config.log_every``.
       out_dir: each run writes to ``out_dir/runs/<method>_seed<seed>``.
       progress: print one line per run and show progress bars.
+      settings: JSON-serializable settings that, with the arguments above, determine the runs
+        (``None``: nothing is reused); values JSON cannot hold are compared by ``repr``.
 
     Returns:
       ``(results, curves)``: ``results[method][figure]`` lists one value per seed (figures:
@@ -114,35 +166,49 @@ def run_comparison(
     curves: dict[str, list[list[dict]]] = {}
     for name, make_pruner in methods.items():
         for seed in seeds:
-            if progress:
-                print(f"{name}, seed {seed}", flush=True)
             pruner = make_pruner()
             run_config = dataclasses.replace(
                 config, seed=seed, progress=progress, compact=config.compact and pruner is not None
             )
-            result = train(
-                model,
-                splits,
-                optimizer(),
-                run_config,
-                pruner=pruner,
-                run_dir=Path(out_dir) / "runs" / f"{name}_seed{seed}",
-                resume=False,
-            )
-            figures = {f"train_loss@{s}": _loss_at(result.rows, s) for s in report_steps}
-            keys = (
-                "wall_seconds",
-                "event_seconds",
-                "group_sparsity",
-                "weight_sparsity",
-                "parameters",
-            )
-            figures.update({k: result.summary[k] for k in keys})
-            figures.update({k: v for k, v in result.summary.items() if k.startswith("test_")})
-            for key, value in figures.items():
-                results.setdefault(name, {}).setdefault(key, []).append(float(value))
-            curves.setdefault(name, []).append(result.rows)
+            run_dir = Path(out_dir) / "runs" / f"{name}_seed{seed}"
+            finished = run_dir / "finished.json"
+            key = None if settings is None else _run_key(settings, name, seed, config, report_steps)
+            saved = None if key is None else _load_finished(finished, key)
+            if progress:
+                print(
+                    f"{name}, seed {seed}" + (" (finished earlier: reused)" if saved else ""),
+                    flush=True,
+                )
+            if saved is None:
+                figures, rows = _train_one(
+                    model, splits, optimizer(), run_config, pruner, run_dir, report_steps
+                )
+                if key is not None:
+                    _save_finished(finished, key, figures, rows)
+            else:
+                figures, rows = saved["figures"], saved["rows"]
+            for figure, value in figures.items():
+                results.setdefault(name, {}).setdefault(figure, []).append(float(value))
+            curves.setdefault(name, []).append(rows)
     return results, curves
+
+
+def _train_one(
+    model: Bound,
+    splits: Splits,
+    optimizer: optax.GradientTransformation,
+    config: TrainConfig,
+    pruner: Pruner | None,
+    run_dir: Path,
+    report_steps: Sequence[int],
+) -> tuple[dict[str, float], list[dict]]:
+    """One run from scratch: its figures (see :func:`run_comparison`) and logged rows."""
+    result = train(model, splits, optimizer, config, pruner=pruner, run_dir=run_dir, resume=False)
+    figures = {f"train_loss@{s}": _loss_at(result.rows, s) for s in report_steps}
+    keys = ("wall_seconds", "event_seconds", "group_sparsity", "weight_sparsity", "parameters")
+    figures.update({k: result.summary[k] for k in keys})
+    figures.update({k: v for k, v in result.summary.items() if k.startswith("test_")})
+    return {k: float(v) for k, v in figures.items()}, result.rows
 
 
 def _cell(values: list[float], digits: int) -> str:

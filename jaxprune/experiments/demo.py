@@ -155,6 +155,7 @@ def run_demo(config: DemoConfig, out_dir: Path, progress: bool = True) -> dict:
         report_steps=config.report_steps,
         out_dir=out_dir,
         progress=progress,
+        settings=dataclasses.asdict(config),
     )
     table = comparison_table(results, config.report_steps, metric) + (
         f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "

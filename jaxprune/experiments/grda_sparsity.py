@@ -303,6 +303,7 @@ def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = Tr
                 report_steps=(config.num_steps,),
                 out_dir=out_dir / setup,
                 progress=progress,
+                settings={**dataclasses.asdict(config), "setup": setup},
             )
             results.update(method_results)
             curves.update(method_curves)

@@ -221,6 +221,7 @@ def run_pl_ablations(config: PLAblationConfig, out_dir: Path, progress: bool = T
         report_steps=config.report_steps,
         out_dir=out_dir,
         progress=progress,
+        settings=dataclasses.asdict(config),
     )
     metric = test_metric_name(splits.task)
     sections = []

@@ -362,6 +362,7 @@ def run_pl_bert(config: PLBertConfig, out_dir: Path, progress: bool = True) -> d
         report_steps=config.report_steps,
         out_dir=out_dir,
         progress=progress,
+        settings=dataclasses.asdict(config),
     )
     table = perplexity_table(results, config.report_steps) + (
         f"\n\nBERT {config.model_preset} on {config.dataset} (seq_len {config.seq_len}, "

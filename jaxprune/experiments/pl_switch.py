@@ -325,6 +325,7 @@ def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) ->
             report_steps=config.report_steps,
             out_dir=kind_dir,
             progress=progress,
+            settings={**dataclasses.asdict(config), "kind": kind},
         )
         if "dense" in found:
             dense = found["dense"], curves["dense"]

@@ -254,6 +254,7 @@ def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
         report_steps=config.report_steps,
         out_dir=out_dir,
         progress=progress,
+        settings=dataclasses.asdict(config),
     )
     at_init = " (SNIP/GraSP at step 0)" if config.baselines_at_init else ""
     counted = "after compaction" if config.compact else "of the masked, uncompacted network"
