@@ -103,6 +103,9 @@ class SwitchConfig:
         ``warmup_fraction`` of the steps and cosine decay to 0 (Table 4).
       report_steps: steps whose training perplexity the table reports.
       gating_steps, feature_batch_size: PL gating network training per event.
+      output_projections: random output projections of the feature kernels (``None``: all
+        ``seq_len × vocab_size`` logits, whose per-example Jacobians need tens of GB at the
+        ``small`` sizes; see :func:`jaxprune.methods.pl_gating.sketch_outputs`).
       seeds: one run per seed, method and kind.
     """
 
@@ -131,6 +134,7 @@ class SwitchConfig:
     report_steps: tuple[int, ...] = (100, 200, 300)
     gating_steps: int = 10
     feature_batch_size: int = 16
+    output_projections: int | None = 16
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -168,7 +172,9 @@ def _pruner(method: str, config: SwitchConfig) -> Any:
         return None
     if method == "pl":
         gating = PLGatingConfig(
-            gating_steps=config.gating_steps, feature_batch_size=config.feature_batch_size
+            gating_steps=config.gating_steps,
+            feature_batch_size=config.feature_batch_size,
+            output_projections=config.output_projections,
         )
         return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
     if method in ("lth", "taylor"):
@@ -406,6 +412,7 @@ EXPERIMENT = Experiment(
             report_steps=(50_000, 60_000, 70_000),
             gating_steps=100,
             feature_batch_size=32,
+            output_projections=64,
         ),
     },
     run=run_pl_switch,
