@@ -2,6 +2,7 @@
 
     scripts/with-env python experiments/bench_pl_gating.py                  # small pl_bert
     scripts/with-env python experiments/bench_pl_gating.py --preset smoke   # quick check
+    scripts/with-env python experiments/bench_pl_gating.py --num-steps 3000 # a longer run
     scripts/with-env python experiments/bench_pl_gating.py --from DIR       # a pl_bert output
 
 Trains the ``pl_bert`` preset's BERT densely and with PL gating (dense and PL alternate per
@@ -60,11 +61,20 @@ def _selecting_twice(pruner: Pruner, warm_seconds: list[float]) -> Pruner:
     return dataclasses.replace(pruner, select=select)
 
 
-def measure(preset: str, seeds: tuple[int, ...]) -> dict[str, dict[str, list[float]]]:
+def measure(
+    preset: str, seeds: tuple[int, ...], num_steps: int | None = None
+) -> dict[str, dict[str, list[float]]]:
     """``results`` of :func:`run_comparison` for dense and PL, seeds interleaved; PL's
-    ``warm_event_seconds`` is its events' time with compiled functions."""
+    ``warm_event_seconds`` is its events' time with compiled functions.  ``num_steps``
+    lengthens (or shortens) the preset's run; the event stays at the preset's step."""
+    config = get_experiment("pl_bert").presets[preset]
+    steps = config.num_steps if num_steps is None else num_steps
     config = dataclasses.replace(
-        get_experiment("pl_bert").presets[preset], methods=("dense", "pl"), analysis_every=0
+        config,
+        methods=("dense", "pl"),
+        analysis_every=0,
+        num_steps=steps,
+        report_steps=tuple(s for s in config.report_steps if s <= steps) or (steps,),
     )
     splits = load_splits(config)
     model = build_model(
@@ -139,12 +149,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("smoke", "small"), default="small")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--num-steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--from", dest="source", type=Path, help="a pl_bert output directory")
     args = parser.parse_args()
     if args.source is not None:
         results = json.loads((args.source / "results.json").read_text())["results"]
     else:
-        results = measure(args.preset, tuple(int(s) for s in args.seeds.split(",")))
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        results = measure(args.preset, seeds, args.num_steps)
     print(report(results))
 
 
