@@ -97,6 +97,8 @@ class PLBertConfig:
       seeds: one run per seed and method.
       analysis_every: steps between the engine's NTK analyses (0: off; slow for MLM).
       gating_steps, feature_batch_size, output_projections, alpha: PL gating (Algorithm 2).
+      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
+        paper's global TopK; the baselines keep global TopK.
     """
 
     dataset: str = "docstrings"
@@ -120,6 +122,7 @@ class PLBertConfig:
     feature_batch_size: int = 16
     output_projections: int | None = 16
     alpha: float = 1.0
+    pl_per_layer: bool = False
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -174,6 +177,7 @@ def _gating_config(config: PLBertConfig) -> pl_gating.PLGatingConfig:
         feature_batch_size=config.feature_batch_size,
         output_projections=config.output_projections,
         alpha=config.alpha,
+        per_layer=config.pl_per_layer,
     )
 
 
@@ -369,7 +373,8 @@ def run_pl_bert(config: PLBertConfig, out_dir: Path, progress: bool = True) -> d
         f"{len(splits.train['x'])} training rows), {config.num_steps} Adam steps of batch "
         f"{config.batch_size}, policy {{{config.prune_epoch}, {config.ratio:.0%}}} = step "
         f"{config.prune_step} ({config.steps_per_epoch} steps/epoch), baselines: "
-        f"{config.baselines}, seeds {', '.join(map(str, config.seeds))}; PPL = exp(loss)."
+        f"{config.baselines}{'; PL: per-layer TopK' if config.pl_per_layer else ''}, seeds "
+        f"{', '.join(map(str, config.seeds))}; PPL = exp(loss)."
     )
     figures = _event_figures(config, model, splits, out_dir, progress) if "pl" in results else {}
     write_results(out_dir, dataclasses.asdict(config), results, table)

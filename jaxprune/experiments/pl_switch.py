@@ -106,6 +106,8 @@ class SwitchConfig:
       output_projections: random output projections of the feature kernels (``None``: all
         ``seq_len × vocab_size`` logits, whose per-example Jacobians need tens of GB at the
         ``small`` sizes; see :func:`jaxprune.methods.pl_gating.sketch_outputs`).
+      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
+        paper's global TopK; the baselines keep global TopK.
       seeds: one run per seed, method and kind.
     """
 
@@ -135,6 +137,7 @@ class SwitchConfig:
     gating_steps: int = 10
     feature_batch_size: int = 16
     output_projections: int | None = 16
+    pl_per_layer: bool = False
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
@@ -175,6 +178,7 @@ def _pruner(method: str, config: SwitchConfig) -> Any:
             gating_steps=config.gating_steps,
             feature_batch_size=config.feature_batch_size,
             output_projections=config.output_projections,
+            per_layer=config.pl_per_layer,
         )
         return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
     if method in ("lth", "taylor"):
@@ -358,7 +362,8 @@ def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) ->
         f"experts, Switch layer every {config.moe_every}) MLM on {config.dataset}, "
         f"{config.num_steps} AdamW steps, {config.ratio:.0%} of the groups pruned (PL one-shot "
         f"at step {config.prune_step}; SNIP/GraSP at step 0; LTH and Exp-Score in 3 rounds with "
-        f"rewinding), global TopK keeping >= 1 group per layer, compacted; seeds "
+        f"rewinding), global TopK keeping >= 1 group per layer"
+        f"{' (PL: per-layer TopK)' if config.pl_per_layer else ''}, compacted; seeds "
         f"{', '.join(map(str, config.seeds))}. Δ PPL = test PPL − training PPL at step "
         f"{config.report_steps[-1]}; params after compaction."
     )

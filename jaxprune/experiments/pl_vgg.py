@@ -87,6 +87,8 @@ class VGGConfig:
       analysis_examples, analysis_probes: probe-batch size and Hutchinson probes of the
         analysis.
       gating_steps, feature_batch_size: PL gating network training per event.
+      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
+        paper's global TopK; the baselines keep global TopK.
       compact: remove pruned filters physically after each event (each new shape recompiles
         the steps; off, pruned filters are only masked and the parameter count stays dense).
       seeds: one run per seed and method.
@@ -112,6 +114,7 @@ class VGGConfig:
     analysis_probes: int = 2
     gating_steps: int = 5
     feature_batch_size: int = 16
+    pl_per_layer: bool = False
     compact: bool = True
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -170,7 +173,9 @@ def _pruner(method: str, config: VGGConfig, steps_per_epoch: int) -> Any:
     schedule = linear_schedule(config, steps_per_epoch)
     if method == "pl":
         gating = PLGatingConfig(
-            gating_steps=config.gating_steps, feature_batch_size=config.feature_batch_size
+            gating_steps=config.gating_steps,
+            feature_batch_size=config.feature_batch_size,
+            per_layer=config.pl_per_layer,
         )
         return pl_gating_pruner(schedule, gating)
     if config.baselines_at_init and method in ("snip", "grasp"):
@@ -262,7 +267,8 @@ def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
         f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} SGD "
         f"steps ({steps_per_epoch} per epoch), {config.ratio:.0%} of the filters pruned by the "
         f"linear schedule over epochs {config.prune_start_epoch}-{config.prune_end_epoch}"
-        f"{at_init}; LTH: 3 rounds with rewinding; global TopK with one filter per layer kept; "
+        f"{at_init}; LTH: 3 rounds with rewinding; global TopK with one filter per layer kept"
+        f"{' (PL: per-layer TopK)' if config.pl_per_layer else ''}; "
         f"seeds {', '.join(map(str, config.seeds))}; params {counted}. CHIP and DPFPS are "
         "not implemented (CHIP needs a pre-trained network, feature-map independence scores and "
         "fine-tuning; DPFPS a group-sparsity regularised optimizer with dynamic per-layer ratios)."
