@@ -20,6 +20,8 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -39,7 +41,19 @@ from jaxprune.criteria import (
 from jaxprune.masks import GroupLayout, PruningSchedule, topk_mask
 from jaxprune.methods import pl_gating
 
-__all__ = ["CRITERIA", "PruneContext", "Pruner", "criterion_pruner", "pl_gating_pruner"]
+__all__ = [
+    "CRITERIA",
+    "PruneContext",
+    "Pruner",
+    "PrunerEntry",
+    "criterion_pruner",
+    "lth_pruner",
+    "make_pruner",
+    "pl_gating_pruner",
+    "pruner_entry",
+    "pruner_names",
+    "register_pruner",
+]
 
 PyTree = Any
 
@@ -256,3 +270,176 @@ def pl_gating_pruner(
 
     init = pl_gating.init_gating(jax.random.key(seed), config.hidden)
     return Pruner("pl", schedule, select, init)
+
+
+def lth_pruner(
+    schedule: PruningSchedule, *, per_layer: bool = False, min_per_layer: int = 1
+) -> Pruner:
+    """The lottery-ticket baseline: iterative magnitude pruning with rewinding.
+
+    Args:
+      schedule: a rewinding schedule (``schedule.rewind_step`` set), e.g.
+        :func:`~jaxprune.masks.iterative_magnitude` or :func:`~jaxprune.masks.lth_schedule`.
+      per_layer, min_per_layer: as in :func:`criterion_pruner`.
+
+    Raises:
+      ValueError: the schedule does not rewind.
+
+    References:
+      Frankle & Carbin (2019); Frankle et al. (2020) (rewinding); Chen et al. (2023), App. E.3.
+    """
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
+    if schedule.rewind_step is None:
+        raise ValueError(
+            "schedule: expected a rewinding schedule (rewind_step set) for 'lth', got "
+            "rewind_step=None; build it with jaxprune.masks.lth_schedule or iterative_magnitude"
+        )
+    return criterion_pruner("magnitude", schedule, per_layer=per_layer, min_per_layer=min_per_layer)
+
+
+class PrunerEntry(NamedTuple):
+    """One registered pruning method.
+
+    Attributes:
+      name: registry name (``jaxprune train --method NAME``).
+      factory: ``factory(schedule, **options) -> Pruner``.
+      description: one line for listings and ``--help``.
+      options: the keyword options ``factory`` accepts.
+    """
+
+    name: str
+    factory: Callable[..., Pruner]
+    description: str
+    options: tuple[str, ...]
+
+
+_PRUNERS: dict[str, PrunerEntry] = {}
+
+
+def _keyword_options(factory: Callable[..., Pruner]) -> tuple[str, ...]:
+    parameters = list(inspect.signature(factory).parameters.values())[1:]
+    return tuple(p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+
+
+def register_pruner(
+    name: str,
+    factory: Callable[..., Pruner] | None = None,
+    *,
+    description: str = "",
+    options: tuple[str, ...] | None = None,
+    replace: bool = False,
+) -> Any:
+    """Register a pruning method under ``name`` (usable directly or as a decorator).
+
+    Args:
+      name: the method's name in :func:`make_pruner`, the CLI and the experiments.
+      factory: ``factory(schedule, **options) -> Pruner``.
+      description: one line shown in listings.
+      options: the option names ``factory`` accepts (default: its keyword parameters after
+        the schedule); :func:`make_pruner` refuses any other.
+      replace: allow replacing an existing entry.
+
+    Returns:
+      ``factory`` (so that ``@register_pruner("name")`` leaves the function as it is).
+
+    Raises:
+      ValueError: ``name`` is taken and ``replace`` is false.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, got {name!r}")
+
+    def register(function: Callable[..., Pruner]) -> Callable[..., Pruner]:
+        if not callable(function):
+            raise TypeError(f"factory: expected a callable, got {type(function).__name__}")
+        if name in _PRUNERS and not replace:
+            raise ValueError(f"name: {name!r} is already registered; pass replace=True")
+        known = _keyword_options(function) if options is None else tuple(options)
+        _PRUNERS[name] = PrunerEntry(name, function, description, known)
+        return function
+
+    return register if factory is None else register(factory)
+
+
+def pruner_names() -> tuple[str, ...]:
+    """Names of the registered pruning methods, in registration order."""
+    return tuple(_PRUNERS)
+
+
+def pruner_entry(name: str) -> PrunerEntry:
+    """The registry entry ``name`` (``ValueError`` lists the registered names)."""
+    if name not in _PRUNERS:
+        raise ValueError(f"method: expected one of {pruner_names()}, got {name!r}")
+    return _PRUNERS[name]
+
+
+def make_pruner(name: str, schedule: PruningSchedule, **options: Any) -> Pruner:
+    """The registered pruning method ``name`` on ``schedule``.
+
+    Args:
+      name: one of :func:`pruner_names` (the criteria of :data:`CRITERIA`, ``"lth"``,
+        ``"pl"``, and whatever else was registered).
+      schedule: when and how much to prune.
+      **options: the method's options (see ``pruner_entry(name).options``).
+
+    Raises:
+      ValueError: unknown name, or an option the method does not take.
+    """
+    entry = pruner_entry(name)
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        raise ValueError(
+            f"options: {name!r} takes {entry.options or 'no options'}, got unknown {unknown}"
+        )
+    return entry.factory(schedule, **options)
+
+
+_CRITERION_DESCRIPTIONS = {
+    "magnitude": "group norm of the weights (Han et al. 2015; Li et al. 2017)",
+    "random": "uniformly random scores",
+    "snip": "connection sensitivity |g * w| summed per group (Lee et al. 2019)",
+    "grasp": "gradient-flow preservation -w * Hg summed per group (Wang et al. 2020)",
+    "taylor": "gate-gradient importance |dL/dxi|, Att-Score/Exp-Score (Michel et al. 2019)",
+    "hessian_diag": "Optimal Brain Damage 1/2 H_ii w_i^2 per group (LeCun et al. 1990)",
+    "fpgm": "distance to the layer's geometric median (He et al. 2019)",
+}
+
+for _criterion in CRITERIA:
+    register_pruner(
+        _criterion,
+        functools.partial(criterion_pruner, _criterion),
+        description=_CRITERION_DESCRIPTIONS[_criterion],
+        options=("num_batches", "num_probes", "per_layer", "min_per_layer"),
+    )
+
+register_pruner(
+    "lth",
+    lth_pruner,
+    description="iterative magnitude pruning with rewinding (Frankle et al. 2020)",
+)
+
+
+def _pl_from_options(
+    schedule: PruningSchedule,
+    *,
+    config: pl_gating.PLGatingConfig | None = None,
+    seed: int = 0,
+    **fields: Any,
+) -> Pruner:
+    if config is not None and fields:
+        raise ValueError(f"options: pass either config or PLGatingConfig fields, got both {fields}")
+    if config is None:
+        config = pl_gating.PLGatingConfig(**fields)
+    return pl_gating_pruner(schedule, config, seed=seed)
+
+
+register_pruner(
+    "pl",
+    _pl_from_options,
+    description="PL-regularization-driven gating on per-group NTK features (Chen et al. 2023)",
+    options=(
+        "config",
+        "seed",
+        *(f.name for f in dataclasses.fields(pl_gating.PLGatingConfig)),
+    ),
+)

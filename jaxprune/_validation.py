@@ -1,0 +1,122 @@
+"""Argument checks shared by every public function of jaxprune.
+
+One convention everywhere: each helper takes ``(value, name)``, returns the value converted to
+its canonical type, and raises ``TypeError`` when the value has the wrong type and
+``ValueError`` when it has the right type but an invalid value. Every message reads
+``"<name>: expected <what>, got <value>"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "check_batch",
+    "check_choice",
+    "check_finite_tree",
+    "check_int",
+    "check_positive_int",
+    "check_ratio",
+    "check_real",
+]
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None) -> int:
+    """``value`` as an ``int`` (bools refused), at least ``minimum`` when given."""
+    expected = {None: "an int", 1: "a positive int"}.get(minimum, f"an int >= {minimum}")
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name}: expected {expected}, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected {expected}, got {value}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` as an ``int >= 1``."""
+    return check_int(value, name, minimum=1)
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    strict: bool = False,
+) -> float:
+    """``value`` as a finite ``float`` in ``[minimum, maximum]`` (open ends when ``strict``).
+
+    Ints and NumPy/JAX scalars are accepted; bools, NaN and infinities are refused.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        if not (isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 0):
+            raise TypeError(
+                f"{name}: expected a real number, got {value!r} ({type(value).__name__})"
+            )
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: expected a finite number, got {number}")
+    low_bad = minimum is not None and (number <= minimum if strict else number < minimum)
+    high_bad = maximum is not None and (number >= maximum if strict else number > maximum)
+    if low_bad or high_bad:
+        left, right = ("(", ")") if strict else ("[", "]")
+        low = "-inf" if minimum is None else f"{minimum:g}"
+        high = "inf" if maximum is None else f"{maximum:g}"
+        raise ValueError(f"{name}: expected a number in {left}{low}, {high}{right}, got {number:g}")
+    return number
+
+
+def check_ratio(value: Any, name: str, *, allow_zero: bool = False) -> float:
+    """A pruned fraction: a float in ``(0, 1)``, or ``[0, 1)`` with ``allow_zero``."""
+    number = check_real(value, name)
+    if not (0.0 <= number < 1.0 if allow_zero else 0.0 < number < 1.0):
+        interval = "[0, 1)" if allow_zero else "(0, 1)"
+        raise ValueError(f"{name}: expected a fraction in {interval}, got {number:g}")
+    return number
+
+
+def check_choice(value: Any, choices: Iterable[str], name: str) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{name}: expected one of {choices}, got {value!r} ({type(value).__name__})"
+        )
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def check_finite_tree(tree: Any, name: str = "params") -> None:
+    """Raise ``ValueError`` naming the first leaf of ``tree`` holding NaN or inf.
+
+    Traced leaves (inside ``jit``) are not inspected: the check runs on concrete values only.
+    """
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if isinstance(leaf, jax.core.Tracer):
+            return
+        values = np.asarray(leaf)
+        if np.issubdtype(values.dtype, np.inexact) and not np.all(np.isfinite(values)):
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: {bad} non-finite value(s) (NaN or inf); "
+                "expected finite values"
+            )
+
+
+def check_batch(x: Any, name: str) -> None:
+    """Raise unless ``x`` is an array with a leading batch axis of length >= 1."""
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise TypeError(
+            f"{name}: expected an array with a leading batch axis, got {type(x).__name__}"
+        )
+    if len(shape) < 1 or shape[0] < 1:
+        raise ValueError(
+            f"{name}: expected a leading batch axis of length >= 1, got shape {tuple(shape)}"
+        )
