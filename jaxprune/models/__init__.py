@@ -1,13 +1,18 @@
-"""Flax models with prunable structure.
+"""Flax models with prunable structure, each declared once as a :class:`ModelSpec`.
 
-Each architecture module (``bert``, ``switch``, ``vgg``, ``resnet``, ``two_layer``) provides a
-config with named ``PRESETS`` and ``from_preset``, the Flax module (accepting per-group gates at
-apply time), its group ids per structure kind (built with :mod:`jaxprune.masks.groups`), a FLOP
-count and compaction.  ``MLP`` and ``SmallCNN`` are small analysis models.
+Each architecture module (``mlp``, ``two_layer``, ``cnn``, ``vgg``, ``resnet``, ``bert``,
+``switch``) provides a config with named ``PRESETS``, the Flax module (accepting per-group
+gates at apply time), and the functions of the model protocol with the same names and argument
+order everywhere: ``make_config(preset, *, num_outputs, input_shape, **overrides)``,
+``group_ids(variables, config, kind)`` (built with :mod:`jaxprune.masks.groups`),
+``compact(variables, config, keep, kind)`` and ``flops(config, input_shape)``.  Its ``SPEC``
+gathers them; the specs below are registered in this order (:func:`model_names`), and adding a
+model is one more module with a ``SPEC`` and one :func:`register_model` call.
 """
 
-from jaxprune.models import bert, mlp, moe, resnet, switch, two_layer, vgg
+from jaxprune.models import base, bert, cnn, mlp, moe, resnet, switch, two_layer, vgg
 from jaxprune.models.attention import SelfAttention
+from jaxprune.models.base import ModelSpec, model_names, model_spec, register_model
 from jaxprune.models.bert import Bert, BertConfig
 from jaxprune.models.cnn import SmallCNN
 from jaxprune.models.mlp import MLP
@@ -17,11 +22,16 @@ from jaxprune.models.switch import Switch, SwitchConfig
 from jaxprune.models.two_layer import TwoLayer, TwoLayerConfig
 from jaxprune.models.vgg import VGG, VGGConfig
 
+for _module in (mlp, two_layer, cnn, vgg, resnet, bert, switch):
+    register_model(_module.SPEC)
+del _module
+
 __all__ = [
     "MLP",
     "VGG",
     "Bert",
     "BertConfig",
+    "ModelSpec",
     "ResNet",
     "ResNetConfig",
     "SelfAttention",
@@ -32,9 +42,14 @@ __all__ = [
     "TwoLayer",
     "TwoLayerConfig",
     "VGGConfig",
+    "base",
     "bert",
+    "cnn",
     "mlp",
+    "model_names",
+    "model_spec",
     "moe",
+    "register_model",
     "resnet",
     "switch",
     "two_layer",

@@ -27,6 +27,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,28 +37,39 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.masks.compact import keep_along
 from jaxprune.masks.groups import build_group_ids, heads
-from jaxprune.models._config import check_positive_int
+from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.attention import SelfAttention, head_keep_targets
-
-PyTree = Any
+from jaxprune.models.base import (
+    ModelSpec,
+    check_float_dtype,
+    deprecated_alias,
+    sequence_length,
+    sequence_sizes,
+    warn_renamed,
+)
+from jaxprune.typing import PyTree
 
 __all__ = [
-    "GROUP_KINDS",
+    "KINDS",
     "PRESETS",
+    "SPEC",
     "Bert",
     "BertConfig",
     "attention_flops",
+    "compact",
     "compact_heads",
     "flops",
     "from_preset",
     "group_ids",
+    "make_config",
     "mlm_loss",
     "parameter_count",
 ]
 
-GROUP_KINDS = ("heads",)
+KINDS = ("heads",)
 _LAYER_NORM_EPSILON = 1e-12  # BERT's value (Devlin et al. 2019, reference implementation).
 _EMBED_INIT = nn.initializers.truncated_normal(stddev=0.02)  # Devlin et al. 2019, App. A.2.
 
@@ -101,19 +113,14 @@ class BertConfig:
             "max_length",
             "type_vocab_size",
         ):
-            check_positive_int(name, getattr(self, name))
+            check_positive_int(getattr(self, name), name)
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"num_heads: {self.num_heads} must divide hidden_size {self.hidden_size}"
             )
         if isinstance(self.dropout_rate, bool) or not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate: expected a float in [0, 1), got {self.dropout_rate!r}")
-        try:
-            floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)
-        except TypeError:
-            floating = False
-        if not floating:
-            raise ValueError(f"dtype: expected a floating dtype, got {self.dtype!r}")
+        check_float_dtype(self.dtype)
         if self.heads_per_layer is not None:
             counts = self.heads_per_layer
             if (
@@ -125,7 +132,7 @@ class BertConfig:
                     f"heads_per_layer: expected {self.num_layers} head counts, got {counts!r}"
                 )
             for count in counts:
-                check_positive_int("heads_per_layer", count)
+                check_positive_int(count, "heads_per_layer")
                 if count > self.num_heads:
                     raise ValueError(
                         f"heads_per_layer: {counts!r} has a count above num_heads {self.num_heads}"
@@ -179,6 +186,14 @@ def from_preset(name: str, **overrides: Any) -> BertConfig:
     if name not in PRESETS:
         raise ValueError(f"name: unknown BERT preset {name!r}; expected one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> BertConfig:
+    """The preset ``preset`` for token sequences of shape ``input_shape = (T,)``: vocabulary
+    ``num_outputs`` and ``max(T, 2)`` positions (``overrides`` win over both)."""
+    return from_preset(preset, **{**sequence_sizes(num_outputs, input_shape), **overrides})
 
 
 class EncoderLayer(nn.Module):
@@ -327,7 +342,9 @@ def _params_root(params: PyTree) -> PyTree:
     return params["params"] if "params" in params else params
 
 
-def group_ids(params: PyTree, kind: str = "heads") -> tuple[PyTree, Any]:
+def group_ids(
+    variables: PyTree, config: BertConfig | None = None, kind: str = "heads"
+) -> tuple[PyTree, GroupLayout]:
     """Group ids of a :class:`Bert` parameter tree for a structure kind.
 
     ``kind="heads"``: one group per attention head, numbered layer by layer (layer 0's heads
@@ -336,19 +353,24 @@ def group_ids(params: PyTree, kind: str = "heads") -> tuple[PyTree, Any]:
     models work too.
 
     Args:
-      params: ``variables`` or ``variables["params"]`` of a :class:`Bert` (shapes suffice).
-      kind: one of ``GROUP_KINDS``.
+      variables: ``variables`` or ``variables["params"]`` of a :class:`Bert` (shapes suffice).
+      config: the model's config; not needed (the head counts are read from the shapes), so
+        ``None`` is accepted.  The former call ``group_ids(params, kind)`` still works for one
+        release, with a ``DeprecationWarning``.
+      kind: one of :data:`KINDS`.
 
     Returns:
       ``(group_ids, layout)`` from :func:`jaxprune.masks.groups.build_group_ids`; one layout
       layer per encoder layer.
 
     References:
-      Michel et al. 2019, Section 2 (head masks); Paper 000, Appendix E.3.
+      Michel et al. 2019, Section 2 (head masks); Chen et al. (2023), App. E.3.
     """
-    if kind not in GROUP_KINDS:
-        raise ValueError(f"kind: expected one of {GROUP_KINDS}, got {kind!r}")
-    root = _params_root(params)
+    if isinstance(config, str):
+        warn_renamed("bert.group_ids(params, kind)", group_ids)
+        config, kind = None, config
+    check_choice(kind, KINDS, "kind")
+    root = _params_root(variables)
     num_layers = sum(1 for name in root if name.startswith("layer_"))
     specs = [
         heads(
@@ -358,10 +380,12 @@ def group_ids(params: PyTree, kind: str = "heads") -> tuple[PyTree, Any]:
         )
         for layer in range(num_layers)
     ]
-    return build_group_ids(params, specs)
+    return build_group_ids(variables, specs)
 
 
-def compact_heads(variables: PyTree, config: BertConfig, keep: Any) -> tuple[PyTree, BertConfig]:
+def compact(
+    variables: PyTree, config: BertConfig, keep: Any, kind: str = "heads"
+) -> tuple[PyTree, BertConfig]:
     """Physically remove the heads not kept.
 
     The result computes exactly what the original model computes with the removed heads' gates
@@ -372,6 +396,7 @@ def compact_heads(variables: PyTree, config: BertConfig, keep: Any) -> tuple[PyT
       config: its config.
       keep: boolean keep mask, ``(L, H)`` when every layer has ``H`` heads or ``(Σ_l H_l,)`` in
         group order; at least one head per layer.
+      kind: ``"heads"`` (:data:`KINDS`).
 
     Returns:
       ``(variables, config)`` of the smaller model (``heads_per_layer`` set).
@@ -379,6 +404,7 @@ def compact_heads(variables: PyTree, config: BertConfig, keep: Any) -> tuple[PyT
     References:
       Michel et al. 2019, Section 4 (pruning heads).
     """
+    check_choice(kind, KINDS, "kind")
     keep = np.asarray(keep)
     if keep.dtype != np.bool_:
         raise ValueError(f"keep: expected a boolean mask, got dtype {keep.dtype}")
@@ -402,21 +428,26 @@ def attention_flops(config: BertConfig, seq_len: int) -> int:
     References:
       Vaswani et al. 2017, Section 3.2; Kaplan et al. 2020, Section 2.1 (FLOP accounting).
     """
-    check_positive_int("seq_len", seq_len)
+    check_positive_int(seq_len, "seq_len")
     d, t, dh = config.hidden_size, seq_len, config.head_dim
     return sum(8 * t * d * h * dh + 4 * t * t * h * dh for h in config.layer_heads)
 
 
-def flops(config: BertConfig, seq_len: int) -> int:
+def flops(config: BertConfig, input_shape: tuple[int] | int) -> int:
     """Forward FLOPs of the MLM model for one sequence of length ``T``: 2 per multiply-add.
 
     ``attention_flops + L·(2·2·T·d·I) + 2·T·d² + 2·T·d·V``: the attention blocks, the
     feed-forward layers, the MLM transform and the tied output projection.  Only matrix
     products are counted (embedding lookups, biases, LayerNorm, GELU and softmax are not).
 
+    Args:
+      config: the model's config (per-layer heads after compaction are used).
+      input_shape: ``(T,)``, the shape of one token sequence (the int ``T`` works too).
+
     References:
       Kaplan et al. 2020, "Scaling laws for neural language models", Section 2.1, Table 1.
     """
+    seq_len = sequence_length(input_shape)
     d, t = config.hidden_size, seq_len
     feed_forward = config.num_layers * 4 * t * d * config.intermediate_size
     return (
@@ -433,3 +464,34 @@ def parameter_count(config: BertConfig) -> int:
         Bert(config).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 1), jnp.int32)
     )
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes))
+
+
+compact_heads = deprecated_alias(compact, "compact_heads")
+
+SPEC = ModelSpec(
+    name="bert",
+    module=Bert,
+    presets=PRESETS,
+    default_preset="tiny",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(16,),
+    gate_keyword="head_gates",
+    mlm=True,
+)
+"""The ``"bert"`` model spec."""
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GROUP_KINDS":  # The former name of KINDS, for one release.
+        warnings.warn(
+            "bert.GROUP_KINDS is deprecated and will be removed in the next release; use "
+            "bert.KINDS",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return KINDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""Multi-layer perceptron whose hidden units are the prunable neuron groups."""
+"""Multi-layer perceptron whose hidden units are the prunable neuron groups.
+
+Its model spec (:data:`SPEC`, :class:`~jaxprune.models.base.ModelSpec`) is registered as
+``"mlp"``; the config is the :class:`MLP` module itself.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,36 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from jaxprune.masks.compact import Link, compact
+from jaxprune._validation import check_choice
+from jaxprune.masks.compact import Link
+from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
+from jaxprune.models.base import (
+    ModelSpec,
+    config_module,
+    deprecated_alias,
+    flat_size,
+    warn_renamed,
+)
+from jaxprune.typing import PyTree
 
-__all__ = ["MLP", "PRESETS", "compact_mlp", "from_preset", "mlp_flops", "mlp_group_ids"]
+__all__ = [
+    "KINDS",
+    "MLP",
+    "PRESETS",
+    "SPEC",
+    "compact",
+    "compact_mlp",
+    "flops",
+    "from_preset",
+    "group_ids",
+    "make_config",
+    "mlp_flops",
+    "mlp_group_ids",
+]
 
-PyTree = Any
+KINDS = ("neurons",)
 
 
 class MLP(nn.Module):
@@ -44,7 +71,7 @@ class MLP(nn.Module):
         """``(n, ...)`` inputs to ``(n, num_outputs)`` outputs.
 
         ``neuron_gates``: optional ``(sum(hidden),)`` multipliers of the hidden units' outputs,
-        layer by layer (the group order of :func:`mlp_group_ids`); a gate of 0 removes exactly
+        layer by layer (the group order of :func:`group_ids`); a gate of 0 removes exactly
         that neuron's contribution, and gates are differentiable.
         """
         if any(w < 1 for w in self.hidden) or self.num_outputs < 1:
@@ -83,38 +110,87 @@ def from_preset(name: str, **overrides: Any) -> MLP:
     return MLP(**{**PRESETS[name], **overrides})
 
 
-def mlp_group_ids(variables: PyTree, model: MLP) -> tuple[PyTree, GroupLayout]:
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> MLP:
+    """The :class:`MLP` of ``preset`` with ``num_outputs`` outputs (inputs are flattened, so
+    ``input_shape`` is not needed); ``preset`` is a name of :data:`PRESETS` or comma-separated
+    hidden widths such as ``"128,64"``."""
+    if preset[:1].isdigit():
+        hidden = tuple(int(w) for w in preset.split(","))
+        return MLP(hidden=hidden, num_outputs=num_outputs, **overrides)
+    return from_preset(preset, num_outputs=num_outputs, **overrides)
+
+
+def group_ids(variables: PyTree, config: MLP, kind: str = "neurons") -> tuple[PyTree, GroupLayout]:
     """One group per hidden neuron (its kernel column and bias), one layout layer per hidden
     layer, numbered layer by layer.
 
-    References: paper 000, Section 3.2.1 (structured groups w_[i]).
+    Args:
+      variables: ``model.init(...)`` output or its ``"params"`` entry (shapes only).
+      config: the :class:`MLP`.
+      kind: ``"neurons"`` (:data:`KINDS`).
+
+    Returns:
+      ``(group_ids, layout)``: ``sum(config.hidden)`` groups.
+
+    References: Chen et al. (2023), Sec. 3.2.1 (structured groups w_[i]).
     """
-    specs = [neurons(rf"(^|params/)Dense_{i}$") for i in range(len(model.hidden))]
+    check_choice(kind, KINDS, "kind")
+    specs = [neurons(rf"(^|params/)Dense_{i}$") for i in range(len(config.hidden))]
     return build_group_ids(variables, specs)
 
 
-def mlp_flops(model: MLP, input_dim: int) -> int:
-    """Forward FLOPs per example: 2 × the multiply-accumulates of the Dense layers."""
-    widths = [input_dim, *model.hidden, model.num_outputs]
+def flops(config: MLP, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs per example of ``input_shape`` (flattened): 2 × the multiply-accumulates
+    of the Dense layers."""
+    widths = [flat_size(input_shape), *config.hidden, config.num_outputs]
     return 2 * sum(a * b for a, b in itertools.pairwise(widths))
 
 
-def compact_mlp(variables: PyTree, model: MLP, keep: Any) -> tuple[PyTree, MLP]:
+def compact(variables: PyTree, config: MLP, keep: Any, kind: str = "neurons") -> tuple[PyTree, MLP]:
     """Remove the hidden neurons not kept: ``keep`` is a boolean ``(sum(hidden),)`` vector in
     group order.  Returns smaller variables and the matching :class:`MLP`; its outputs equal
     those of the model with gate (or group mask) 0 on the removed neurons.
 
-    References: Li et al. (2017), "Pruning filters for efficient ConvNets" (removing units and
-    the next layer's matching weights).
+    References: Li et al. (2017), Sec. 3.1 (removing units and the next layer's matching
+    weights).
     """
+    check_choice(kind, KINDS, "kind")
     keep = np.asarray(keep, bool)
-    total = sum(model.hidden)
+    total = sum(config.hidden)
     if keep.shape != (total,):
         raise ValueError(f"keep: expected shape ({total},), one entry per neuron, got {keep.shape}")
-    bounds = np.cumsum([0, *model.hidden])
-    layers = [f"params/Dense_{i}" for i in range(len(model.hidden) + 1)]
-    links = [Link(layers[i], layers[i + 1]) for i in range(len(model.hidden))]
-    per_layer = {layers[i]: keep[bounds[i] : bounds[i + 1]] for i in range(len(model.hidden))}
-    small = compact(variables, links, per_layer)
+    bounds = np.cumsum([0, *config.hidden])
+    layers = [f"params/Dense_{i}" for i in range(len(config.hidden) + 1)]
+    links = [Link(layers[i], layers[i + 1]) for i in range(len(config.hidden))]
+    per_layer = {layers[i]: keep[bounds[i] : bounds[i + 1]] for i in range(len(config.hidden))}
+    small = compact_links(variables, links, per_layer)
     widths = tuple(int(k.sum()) for k in per_layer.values())
-    return small, dataclasses.replace(model, hidden=widths)
+    return small, dataclasses.replace(config, hidden=widths)
+
+
+mlp_group_ids = deprecated_alias(group_ids, "mlp_group_ids")
+compact_mlp = deprecated_alias(compact, "compact_mlp")
+
+
+def mlp_flops(model: MLP, input_dim: int) -> int:
+    """Deprecated: ``flops(model, (input_dim,))`` (:func:`flops`)."""
+    warn_renamed("mlp_flops", flops)
+    return flops(model, (input_dim,))
+
+
+SPEC = ModelSpec(
+    name="mlp",
+    module=config_module,
+    presets=PRESETS,
+    default_preset="digits",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(8,),
+    gate_keyword="neuron_gates",
+)
+"""The ``"mlp"`` model spec."""

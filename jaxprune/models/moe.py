@@ -60,10 +60,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_positive_int
 from jaxprune.masks.compact import keep_along
-from jaxprune.models._config import check_positive_int
-
-PyTree = Any
+from jaxprune.typing import PyTree
 
 __all__ = [
     "Experts",
@@ -105,7 +104,7 @@ def expert_capacity(num_tokens: int, capacity_factor: float, num_experts: int) -
 def check_moe_fields(num_experts: Any, capacity_factor: Any, capacity_experts: Any = None) -> None:
     """Raise ValueError unless ``num_experts >= 1``, ``capacity_factor > 0`` (finite) and
     ``capacity_experts`` is None or ``>= num_experts``."""
-    check_positive_int("num_experts", num_experts)
+    check_positive_int(num_experts, "num_experts")
     if (
         isinstance(capacity_factor, bool)
         or not isinstance(capacity_factor, (int, float, np.integer, np.floating))
@@ -114,7 +113,7 @@ def check_moe_fields(num_experts: Any, capacity_factor: Any, capacity_experts: A
     ):
         raise ValueError(f"capacity_factor: expected a finite number > 0, got {capacity_factor!r}")
     if capacity_experts is not None:
-        check_positive_int("capacity_experts", capacity_experts)
+        check_positive_int(capacity_experts, "capacity_experts")
         if capacity_experts < num_experts:
             raise ValueError(
                 f"capacity_experts: expected >= num_experts ({num_experts}), got {capacity_experts}"
@@ -219,8 +218,8 @@ class SwitchFFN(nn.Module):
           Switch Transformers, Section 2.1 (eqs. 1–2), Section 2.2 (eqs. 3–4).
         """
         check_moe_fields(self.num_experts, self.capacity_factor, self.capacity_experts)
-        check_positive_int("hidden_size", self.hidden_size)
-        check_positive_int("intermediate_size", self.intermediate_size)
+        check_positive_int(self.hidden_size, "hidden_size")
+        check_positive_int(self.intermediate_size, "intermediate_size")
         e, d = self.num_experts, self.hidden_size
         if x.shape[-1] != d or x.ndim < 2:
             raise ValueError(f"x: expected shape (..., T, {d}), got {x.shape}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -40,31 +41,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks.compact import Link, compact
+from jaxprune._validation import check_choice, check_positive_int
+from jaxprune.masks.compact import Link
+from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models._config import check_positive_int
-
-PyTree = Any
+from jaxprune.models.base import (
+    ModelSpec,
+    check_float_dtype,
+    deprecated_alias,
+    image_shape,
+    warn_renamed,
+)
+from jaxprune.typing import PyTree
 
 __all__ = [
+    "KINDS",
     "PRESETS",
+    "SPEC",
     "ResNet",
     "ResNetConfig",
+    "compact",
     "compact_resnet",
+    "flops",
     "from_preset",
+    "group_ids",
+    "make_config",
     "resnet_flops",
     "resnet_group_ids",
 ]
 
-_KINDS = ("filters",)
+KINDS = ("filters",)
 
 
 def _check_ints(name: str, value: Any) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not value:
         raise ValueError(f"{name}: expected a non-empty tuple of positive ints, got {value!r}")
     for i, v in enumerate(value):
-        check_positive_int(f"{name}[{i}]", v)
+        check_positive_int(v, f"{name}[{i}]")
     return tuple(int(v) for v in value)
 
 
@@ -88,7 +102,7 @@ class ResNetConfig:
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        check_positive_int("blocks_per_stage", self.blocks_per_stage)
+        check_positive_int(self.blocks_per_stage, "blocks_per_stage")
         widths = _check_ints("widths", self.widths)
         if list(widths) != sorted(widths):
             raise ValueError(
@@ -104,15 +118,8 @@ class ResNetConfig:
                     f"stages), got {len(inner)}"
                 )
             object.__setattr__(self, "inner_channels", inner)
-        check_positive_int("num_classes", self.num_classes)
-        try:
-            floating = jnp.issubdtype(jnp.dtype(self.dtype), jnp.floating)
-        except TypeError:
-            floating = False
-        if not floating:
-            raise ValueError(
-                f"dtype: expected a floating compute dtype (e.g. jnp.bfloat16), got {self.dtype!r}"
-            )
+        check_positive_int(self.num_classes, "num_classes")
+        check_float_dtype(self.dtype)
 
     @property
     def depth(self) -> int:
@@ -167,6 +174,14 @@ def from_preset(name: str, **overrides: Any) -> ResNetConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> ResNetConfig:
+    """The preset ``preset`` with ``num_classes = num_outputs`` (any image size: the classifier
+    follows global average pooling)."""
+    return from_preset(preset, num_classes=num_outputs, **overrides)
+
+
 def _shortcut(x: jax.Array, width: int, stride: int) -> jax.Array:
     """Option A: subsample by ``stride`` and zero-pad the channels to ``width``."""
     if stride > 1:
@@ -197,7 +212,7 @@ class ResNet(nn.Module):
           train: BatchNorm uses batch statistics and updates ``batch_stats`` (apply with
             ``mutable=["batch_stats"]``); otherwise it uses the running statistics.
           filter_gates: optional ``(p,)`` gates, ``p = config.num_filters``, in group order
-            (block 0's inner filters first, as :func:`resnet_group_ids`).  Inner filter ``o`` of
+            (block 0's inner filters first, as :func:`group_ids`).  Inner filter ``o`` of
             block ``j`` is multiplied by its gate after ``bn1``, before ReLU; a gate of 0
             removes exactly that filter's contribution.  Differentiable.
 
@@ -243,7 +258,7 @@ class ResNet(nn.Module):
         return nn.Dense(cfg.num_classes, dtype=cfg.dtype, name="classifier")(x)
 
 
-def resnet_group_ids(
+def group_ids(
     variables: PyTree, config: ResNetConfig, kind: str = "filters"
 ) -> tuple[PyTree, GroupLayout]:
     """Group ids of the prunable structure of a :class:`ResNet`.
@@ -262,8 +277,7 @@ def resnet_group_ids(
     References:
       Li et al. 2017, Section 4.2 (only the first layer of a residual block is pruned).
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
+    check_choice(kind, KINDS, "kind")
     specs = [
         filters(rf"(^|params/)block_{j}_conv1$", batchnorm=rf"(^|params/)block_{j}_bn1$")
         for j in range(config.num_blocks)
@@ -271,18 +285,17 @@ def resnet_group_ids(
     return build_group_ids(variables, specs)
 
 
-def resnet_flops(config: ResNetConfig, *, image_size: int = 32, in_channels: int = 3) -> int:
+def flops(config: ResNetConfig, input_shape: tuple[int, ...] = (32, 32, 3)) -> int:
     """FLOPs of one forward pass of one image: 2 × multiply-accumulates.
 
     Counts the multiply-accumulates of every 3×3 convolution (``H_out·W_out·9·C_in·C_out``,
     ``H_out = ceil(H / stride)``) and of the classifier, times 2.  BatchNorm, ReLU, the
     shortcut additions and the global average pooling are not counted.  Halve it to compare
-    with Li et al. 2017 (ResNet-56: ``resnet_flops / 2 ≈ 1.25e8``).
+    with Li et al. 2017 (ResNet-56: ``flops / 2 ≈ 1.25e8``).
 
     Args:
       config: the model's :class:`ResNetConfig`.
-      image_size: side of the square input image.
-      in_channels: input channels.
+      input_shape: ``(H, W, C)`` of one image (CIFAR's ``(32, 32, 3)`` by default).
 
     Returns:
       The FLOP count as an int.
@@ -290,19 +303,17 @@ def resnet_flops(config: ResNetConfig, *, image_size: int = 32, in_channels: int
     References:
       Li et al. 2017, Table 1 (FLOPs of ResNet-56 on CIFAR-10).
     """
-    check_positive_int("image_size", image_size)
-    check_positive_int("in_channels", in_channels)
-    side = image_size
-    macs = side * side * 9 * in_channels * config.widths[0]
+    height, width, in_channels = image_shape(input_shape)
+    macs = height * width * 9 * in_channels * config.widths[0]
     for c_in, inner, c_out, stride in config.block_plan():
-        side = -(-side // stride)
-        macs += side * side * 9 * (c_in * inner + inner * c_out)
+        height, width = math.ceil(height / stride), math.ceil(width / stride)
+        macs += height * width * 9 * (c_in * inner + inner * c_out)
     macs += config.widths[-1] * config.num_classes
     return 2 * macs
 
 
-def compact_resnet(
-    variables: PyTree, config: ResNetConfig, keep: Any
+def compact(
+    variables: PyTree, config: ResNetConfig, keep: Any, kind: str = "filters"
 ) -> tuple[PyTree, ResNetConfig]:
     """Remove the inner filters not kept; the smaller model computes what the masked one does.
 
@@ -316,6 +327,7 @@ def compact_resnet(
       config: its :class:`ResNetConfig`.
       keep: boolean ``(p,)`` in group order (as ``filter_gates``); every block must keep at
         least one filter.
+      kind: ``"filters"`` (:data:`KINDS`).
 
     Returns:
       ``(variables, config)`` of the compacted model (``config.inner_channels`` = filters kept).
@@ -323,6 +335,7 @@ def compact_resnet(
     References:
       Li et al. 2017, Section 3.1 and 4.2.
     """
+    check_choice(kind, KINDS, "kind")
     keep = np.asarray(keep)
     if keep.shape != (config.num_filters,):
         raise ValueError(
@@ -334,6 +347,33 @@ def compact_resnet(
         Link(f"params/block_{j}_conv1", f"params/block_{j}_conv2", f"block_{j}_bn1")
         for j in range(config.num_blocks)
     ]
-    kept = compact(variables, links, {link.layer: m for link, m in zip(links, per_block)})
+    kept = compact_links(variables, links, {link.layer: m for link, m in zip(links, per_block)})
     inner = tuple(int(m.sum()) for m in per_block)
     return kept, dataclasses.replace(config, inner_channels=inner)
+
+
+resnet_group_ids = deprecated_alias(group_ids, "resnet_group_ids")
+compact_resnet = deprecated_alias(compact, "compact_resnet")
+
+
+def resnet_flops(config: ResNetConfig, *, image_size: int = 32, in_channels: int = 3) -> int:
+    """Deprecated: ``flops(config, (image_size, image_size, in_channels))`` (:func:`flops`)."""
+    warn_renamed("resnet_flops", flops)
+    return flops(config, (image_size, image_size, in_channels))
+
+
+SPEC = ModelSpec(
+    name="resnet",
+    module=ResNet,
+    presets=PRESETS,
+    default_preset="resnet-tiny",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(8, 8, 3),
+    gate_keyword="filter_gates",
+    stateful=True,
+)
+"""The ``"resnet"`` model spec."""

@@ -15,7 +15,8 @@ Groups (:func:`group_ids`): kind ``"heads"`` numbers the heads layer by layer, `
 the experts MoE layer by MoE layer, and ``"experts+heads"`` is all expert groups followed by
 all head groups (one numbering, so a mask over it is ``concatenate([experts, heads])``).
 :func:`split_gates` turns such a mask into the ``head_gates`` / ``expert_gates`` arguments and
-:func:`compact` removes what it zeroes.
+:func:`compact` removes what it zeroes (:func:`compact_per_layer` takes per-layer masks).
+The model spec :data:`SPEC` is registered as ``"switch"``.
 
 Pruning equalities (see :mod:`jaxprune.models.moe` for why): a head gate 0 ≡ zeroing the head's
 weights (``apply_group_mask``) ≡ the compacted model; an expert gate 0 ≡ the compacted model
@@ -41,24 +42,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.masks.compact import keep_along
 from jaxprune.masks.groups import build_group_ids, experts, heads
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models._config import check_positive_int
 from jaxprune.models.attention import SelfAttention, head_keep_targets
+from jaxprune.models.base import ModelSpec, sequence_length, sequence_sizes, warn_renamed
 from jaxprune.models.moe import SwitchFFN, check_moe_fields, compact_experts
-
-PyTree = Any
+from jaxprune.typing import PyTree
 
 __all__ = [
     "KINDS",
     "PRESETS",
+    "SPEC",
     "Switch",
     "SwitchConfig",
     "compact",
+    "compact_per_layer",
     "flops",
     "from_preset",
     "group_ids",
+    "make_config",
     "split_gates",
 ]
 
@@ -117,7 +121,7 @@ class SwitchConfig:
             "max_length",
             "moe_every",
         ):
-            check_positive_int(name, getattr(self, name))
+            check_positive_int(getattr(self, name), name)
         check_moe_fields(self.num_experts, self.capacity_factor)
         if self.hidden_size % self.num_heads:
             raise ValueError(
@@ -211,6 +215,14 @@ def from_preset(name: str, **overrides: Any) -> SwitchConfig:
     if name not in PRESETS:
         raise ValueError(f"name: unknown Switch preset {name!r}; expected one of {list(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> SwitchConfig:
+    """The preset ``preset`` for token sequences of shape ``input_shape = (T,)``: vocabulary
+    ``num_outputs`` and ``max(T, 2)`` positions (``overrides`` win over both)."""
+    return from_preset(preset, **{**sequence_sizes(num_outputs, input_shape), **overrides})
 
 
 class _DenseFFN(nn.Module):
@@ -336,8 +348,7 @@ class Switch(nn.Module):
 
 
 def _specs(config: SwitchConfig, kind: str) -> list:
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    check_choice(kind, KINDS, "kind")
     specs = []
     if "experts" in kind:
         specs += [
@@ -352,7 +363,9 @@ def _specs(config: SwitchConfig, kind: str) -> list:
     return specs
 
 
-def group_ids(params: PyTree, config: SwitchConfig, kind: str) -> tuple[PyTree, GroupLayout]:
+def group_ids(
+    variables: PyTree, config: SwitchConfig, kind: str = "experts"
+) -> tuple[PyTree, GroupLayout]:
     """Group ids and layout of a :class:`Switch` model's experts and/or heads.
 
     Groups are numbered in layer order: ``"experts"`` — expert ``e`` of the ``k``-th Switch
@@ -361,7 +374,7 @@ def group_ids(params: PyTree, config: SwitchConfig, kind: str) -> tuple[PyTree, 
     out-kernel rows); ``"experts+heads"`` — all expert groups, then all head groups.
 
     Args:
-      params: variables or params of the model (shapes only are read).
+      variables: variables or params of the model (shapes only are read).
       config: the model's config.
       kind: one of :data:`KINDS`.
 
@@ -372,7 +385,7 @@ def group_ids(params: PyTree, config: SwitchConfig, kind: str) -> tuple[PyTree, 
     References:
       Michel et al. 2019, Section 2 (heads); Switch Transformers, Section 2.1 (experts).
     """
-    return build_group_ids(params, _specs(config, kind))
+    return build_group_ids(variables, _specs(config, kind))
 
 
 def split_gates(config: SwitchConfig, mask: Any, kind: str) -> dict[str, list[jax.Array] | None]:
@@ -380,7 +393,8 @@ def split_gates(config: SwitchConfig, mask: Any, kind: str) -> dict[str, list[ja
 
     Args:
       config: the model's config.
-      mask: ``(p,)`` mask or gates in the numbering of ``group_ids(params, config, kind)``.
+      mask: ``(p,)`` mask or gates in the numbering of ``group_ids(variables, config, kind)``
+        (a NumPy array gives NumPy pieces).
       kind: one of :data:`KINDS`.
 
     Returns:
@@ -391,11 +405,10 @@ def split_gates(config: SwitchConfig, mask: Any, kind: str) -> dict[str, list[ja
         "experts": [config.experts_in(k) for k in range(len(config.moe_layers))],
         "heads": [config.heads_in(i) for i in range(config.num_layers)],
     }
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
+    check_choice(kind, KINDS, "kind")
     parts = kind.split("+")
     total = sum(sum(sizes[part]) for part in parts)
-    mask = jnp.asarray(mask)
+    mask = mask if isinstance(mask, np.ndarray) else jnp.asarray(mask)
     if mask.shape != (total,):
         raise ValueError(f"mask: expected shape ({total},) for kind {kind!r}, got {mask.shape}")
     out: dict[str, list[jax.Array] | None] = {"head_gates": None, "expert_gates": None}
@@ -412,11 +425,51 @@ def split_gates(config: SwitchConfig, mask: Any, kind: str) -> dict[str, list[ja
 def compact(
     variables: PyTree,
     config: SwitchConfig,
+    keep: Any = None,
+    kind: str = "experts",
     *,
     head_keep: Sequence[Any] | None = None,
     expert_keep: Sequence[Any] | None = None,
 ) -> tuple[PyTree, SwitchConfig]:
-    """Remove the heads and experts not kept.
+    """Remove the groups of ``kind`` (heads and/or experts) where ``keep`` is False.
+
+    The result equals the original model applied with the gates ``split_gates(config, keep,
+    kind)`` (see :func:`compact_per_layer`).
+
+    Args:
+      variables: the model's variables (``{"params": ...}``).
+      config: its config.
+      keep: boolean ``(p,)`` in the numbering of ``group_ids(variables, config, kind)``; every
+        layer keeps at least one head and every Switch layer at least one expert.
+      kind: one of :data:`KINDS`.
+      head_keep, expert_keep: the former per-layer call ``compact(variables, config,
+        head_keep=..., expert_keep=...)``, deprecated (``DeprecationWarning``; it forwards to
+        :func:`compact_per_layer`) and not combined with ``keep``.
+
+    Returns:
+      ``(variables, config)`` of the smaller model.
+    """
+    if head_keep is not None or expert_keep is not None:
+        if keep is not None:
+            raise TypeError("keep: expected keep or head_keep/expert_keep, not both")
+        warn_renamed("switch.compact(..., head_keep=, expert_keep=)", compact_per_layer)
+        return compact_per_layer(variables, config, head_keep=head_keep, expert_keep=expert_keep)
+    if keep is None:
+        raise TypeError("keep: expected a boolean (p,) keep mask, got None")
+    parts = split_gates(config, np.asarray(keep, bool), kind)
+    return compact_per_layer(
+        variables, config, head_keep=parts["head_gates"], expert_keep=parts["expert_gates"]
+    )
+
+
+def compact_per_layer(
+    variables: PyTree,
+    config: SwitchConfig,
+    *,
+    head_keep: Sequence[Any] | None = None,
+    expert_keep: Sequence[Any] | None = None,
+) -> tuple[PyTree, SwitchConfig]:
+    """Remove the heads and experts not kept, given per-layer keep masks.
 
     The result, applied with the returned config, equals the original model applied with
     ``head_gates = head_keep`` and ``expert_gates = expert_keep`` (as 0/1 floats): per-expert
@@ -460,7 +513,7 @@ def compact(
     )
 
 
-def flops(config: SwitchConfig, seq_len: int) -> int:
+def flops(config: SwitchConfig, input_shape: tuple[int] | int) -> int:
     """FLOPs of one forward pass of one sequence: 2 × multiply-accumulates.
 
     Counted: q/k/v/out projections ``4 T d (H_l Dh)``, scores and context ``2 T² H_l Dh``, dense
@@ -471,7 +524,7 @@ def flops(config: SwitchConfig, seq_len: int) -> int:
 
     Args:
       config: the model's config (per-layer heads/experts after compaction are used).
-      seq_len: tokens per sequence ``T``.
+      input_shape: ``(T,)``, the shape of one token sequence (the int ``T`` works too).
 
     Returns:
       FLOPs per example (int).
@@ -480,7 +533,7 @@ def flops(config: SwitchConfig, seq_len: int) -> int:
       Switch Transformers, Section 2 and Table 9 ("FLOPs per sequence": a Switch layer costs
       one expert per token, like the dense FFN it replaces, plus the router).
     """
-    check_positive_int("seq_len", seq_len)
+    seq_len = sequence_length(input_shape)
     t, d, i, dh = seq_len, config.hidden_size, config.intermediate_size, config.head_dim
     macs = t * d * config.vocab_size
     for layer in range(config.num_layers):
@@ -489,3 +542,20 @@ def flops(config: SwitchConfig, seq_len: int) -> int:
         if layer in config.moe_layers:
             macs += t * d * config.experts_in(config.moe_layers.index(layer))
     return 2 * macs
+
+
+SPEC = ModelSpec(
+    name="switch",
+    module=Switch,
+    presets=PRESETS,
+    default_preset="tiny",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(16,),
+    split_gates=split_gates,
+    mlm=True,
+)
+"""The ``"switch"`` model spec (default kind ``"experts"``)."""

@@ -1,26 +1,28 @@
-"""Two-layer networks of papers 002 and 004, whose hidden neurons are the prunable groups.
+"""Two-layer networks of Li et al. (2020) and Wolfe et al. (2023), whose hidden neurons are the
+prunable groups.
 
 One model covers both papers.  With input ``x ∈ R^d``, hidden kernel ``A`` of shape ``(d, N)``
 (column ``a_i``) and output kernel ``B`` of shape ``(N, K)`` (row ``b_i``), both without bias:
 
-* Paper 004, eqs. 1–2: ``f(x) = (1/N) Σ_i N·b_i·σ(a_iᵀx)`` (σ = tanh or ReLU, ``K = 1`` in the
+* Wolfe et al. (2023), Sec. 2, eqs. 1–2: ``f(x) = (1/N) Σ_i N·b_i·σ(a_iᵀx)`` (σ = tanh or ReLU, ``K = 1`` in the
   paper).  The factors ``1/N`` and ``N`` cancel, so ``f(x) = Σ_i b_i σ(a_iᵀx) = σ(xA) B``, which
   is what is computed.  The pruned network of eq. 3 takes integer **counts** ``c`` (a multiset
   ``S`` of neurons, ``c_i`` = multiplicity of ``i``, ``k = |S| = Σ c_i``; greedy forward
-  selection may pick a neuron more than once, ERRATA 004):
+  selection may pick a neuron more than once, reading GS-2 of docs/readings.md):
   ``f_S(x) = (1/k) Σ_{i∈S} N·b_i·σ(a_iᵀx) = Σ_i (N c_i / k) b_i σ(a_iᵀx)``, i.e. output weights
   ``N·c_i·b_i/k``.
-* Paper 002, Section 4: ``f(x) = V·ReLU(Wx)`` with ``W = Aᵀ`` (``m × d``) and ``V = Bᵀ``
+* Li et al. (2020), Sec. 4: ``f(x) = V·ReLU(Wx)`` with ``W = Aᵀ`` (``m × d``) and ``V = Bᵀ``
   (``K × m``).  :func:`rescale` maps ``(W, V)`` to ``(λW, V/λ)``, which leaves a ReLU network's
   function unchanged (positive homogeneity) — the family ``θ^λ`` of Lemma 4.1.
 
-Pruning structure: neuron ``i`` is ``θ_i = (a_i, b_i)`` (paper 004, below eq. 1): hidden
+Pruning structure: neuron ``i`` is ``θ_i = (a_i, b_i)`` (Wolfe et al. (2023), below eq. 1): hidden
 kernel column ``i`` and output kernel row ``i``.  Layers are named ``hidden`` and ``output``.
 
 References:
-  Paper 004, Section 2, eqs. (1)–(3) (network, pruned subnetwork), eqs. (9)–(11) and ERRATA 004
-  (neurons chosen with repetition, output weights ``N c_i b_i / k``).
-  Paper 002, Section 4 (``f = V ReLU(Wx)``, the λ-rescaled family ``(λW, λ⁻¹V)``, Lemma 4.1).
+  Wolfe et al. (2023), Sec. 2, eqs. (1)–(3) (network, pruned subnetwork), eqs. (9)–(11) and
+  reading GS-2 of docs/readings.md (neurons chosen with repetition, output weights
+  ``N c_i b_i / k``).
+  Li et al. (2020), Sec. 4 (``f = V ReLU(Wx)``, the λ-rescaled family ``(λW, λ⁻¹V)``, Lemma 4.1).
 """
 
 from __future__ import annotations
@@ -33,22 +35,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks.compact import Link, compact
+from jaxprune._validation import check_choice, check_positive_int
+from jaxprune.masks.compact import Link
+from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models._config import check_positive_int
-
-PyTree = Any
+from jaxprune.models.base import ModelSpec, deprecated_alias, flat_size
+from jaxprune.typing import PyTree
 
 __all__ = [
     "ACTIVATIONS",
+    "KINDS",
     "PRESETS",
+    "SPEC",
     "TwoLayer",
     "TwoLayerConfig",
+    "compact",
     "compact_counts",
     "compact_two_layer",
     "counts_to_gates",
+    "flops",
     "from_preset",
+    "group_ids",
+    "make_config",
     "rescale",
     "two_layer_flops",
     "two_layer_group_ids",
@@ -57,7 +66,7 @@ __all__ = [
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 """Hidden activations σ (both map 0 to 0, so a zeroed neuron contributes nothing)."""
 
-_KINDS = ("neurons",)
+KINDS = ("neurons",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +75,8 @@ class TwoLayerConfig:
 
     Attributes:
       input_dim: ``d``, the flattened input size.
-      width: ``N`` (paper 004) or ``m`` (paper 002), the number of hidden neurons.
-      num_outputs: ``K`` (1 in paper 004).
+      width: ``N`` (Wolfe et al. 2023) or ``m`` (Li et al. 2020), the number of hidden neurons.
+      num_outputs: ``K`` (1 in Wolfe et al. 2023).
       activation: ``"relu"`` or ``"tanh"``.
       dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters are always float32.
     """
@@ -79,9 +88,9 @@ class TwoLayerConfig:
     dtype: Any = jnp.float32
 
     def __post_init__(self):
-        check_positive_int("input_dim", self.input_dim)
-        check_positive_int("width", self.width)
-        check_positive_int("num_outputs", self.num_outputs)
+        check_positive_int(self.input_dim, "input_dim")
+        check_positive_int(self.width, "width")
+        check_positive_int(self.num_outputs, "num_outputs")
         if self.activation not in ACTIVATIONS:
             raise ValueError(
                 f"activation: expected one of {sorted(ACTIVATIONS)}, got {self.activation!r}"
@@ -102,8 +111,9 @@ PRESETS: dict[str, TwoLayerConfig] = {
     "tiny": TwoLayerConfig(input_dim=4, width=8, num_outputs=2),
     "tiny-tanh": TwoLayerConfig(input_dim=4, width=8, num_outputs=1, activation="tanh"),
 }
-"""Named configurations: paper 002's MNIST net (m = 1024, K = 10), paper 004's smallest MNIST
-net (N = 5000, one output; Section 6.1), and CPU-sized ones."""
+"""Named configurations: Li et al. (2020)'s MNIST net (m = 1024, K = 10; Sec. 4), Wolfe et al.
+(2023)'s smallest MNIST net (N = 5000, one output; Sec. 6.1), and CPU-sized ones.  The preset
+names ``paper002-mnist`` and ``paper004-mnist`` are kept for compatibility."""
 
 
 def from_preset(name: str, **overrides: Any) -> TwoLayerConfig:
@@ -126,7 +136,8 @@ def counts_to_gates(counts: Any) -> jax.Array:
       ``(N,)`` float array ``N c / k``; all ones when every neuron is counted once.
 
     References:
-      Paper 004, eq. (3) with repeated neurons (ERRATA 004: output weights ``N c_i b_i / k``).
+      Wolfe et al. (2023), eq. (3) with repeated neurons (reading GS-2 of docs/readings.md:
+      output weights ``N c_i b_i / k``).
     """
     counts = jnp.asarray(counts)
     if counts.ndim != 1:
@@ -168,7 +179,7 @@ class TwoLayer(nn.Module):
 
         Args:
           x: inputs.
-          counts: optional ``(N,)`` multiplicities: the output is paper 004's ``f_S`` of the
+          counts: optional ``(N,)`` multiplicities: the output is Wolfe et al. (2023)'s ``f_S`` of the
             multiset with these counts (:func:`counts_to_gates`); all ones give ``f``.
           neuron_gates: optional ``(N,)`` gates multiplying each neuron's activation
             ``σ(a_iᵀx)``; a gate of 0 removes exactly that neuron.  Differentiable.
@@ -211,7 +222,16 @@ class TwoLayer(nn.Module):
         )(h)
 
 
-def two_layer_group_ids(
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> TwoLayerConfig:
+    """The preset ``preset`` with ``input_dim = prod(input_shape)`` and ``num_outputs``."""
+    return from_preset(
+        preset, input_dim=flat_size(input_shape), num_outputs=num_outputs, **overrides
+    )
+
+
+def group_ids(
     variables: PyTree, config: TwoLayerConfig, kind: str = "neurons"
 ) -> tuple[PyTree, GroupLayout]:
     """Group ids of the hidden neurons of a :class:`TwoLayer`.
@@ -226,11 +246,10 @@ def two_layer_group_ids(
       ``(group_ids, layout)``: ``N`` groups in one layout layer.
 
     References:
-      Paper 004, eq. (1) (``θ_i = [b_i, a_i]``).
+      Wolfe et al. (2023), eq. (1) (``θ_i = [b_i, a_i]``).
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
-    group_ids, layout = build_group_ids(
+    check_choice(kind, KINDS, "kind")
+    ids, layout = build_group_ids(
         variables, neurons(r"(^|params/)hidden$", next_layer=r"(^|params/)output$")
     )
     if layout.num_groups != config.width:
@@ -238,15 +257,21 @@ def two_layer_group_ids(
             f"config: width {config.width} does not match the {layout.num_groups} hidden units "
             "of variables"
         )
-    return group_ids, layout
+    return ids, layout
 
 
-def two_layer_flops(config: TwoLayerConfig) -> int:
+def flops(config: TwoLayerConfig, input_shape: tuple[int, ...] | None = None) -> int:
     """FLOPs of one forward pass of one example: ``2 (d N + N K)`` (2 × multiply-accumulates).
 
     Activations and the count/gate scaling are not counted.  For a subnetwork, count the
-    compacted config (``width`` = neurons kept).
+    compacted config (``width`` = neurons kept).  ``input_shape`` (optional: ``d`` is
+    ``config.input_dim``) must flatten to ``d`` features when given.
     """
+    if input_shape is not None and flat_size(input_shape) != config.input_dim:
+        raise ValueError(
+            f"input_shape: expected {config.input_dim} features (config.input_dim), got "
+            f"{tuple(input_shape)}"
+        )
     return 2 * config.width * (config.input_dim + config.num_outputs)
 
 
@@ -256,7 +281,7 @@ def _check_variables(variables: PyTree) -> None:
 
 
 def rescale(variables: PyTree, lam: Any) -> PyTree:
-    """Paper 002's λ-rescaled network ``θ^λ = (λW, V/λ)``.
+    """Li et al. (2020)'s λ-rescaled network ``θ^λ = (λW, V/λ)``.
 
     The hidden kernel is multiplied by ``λ`` and the output kernel divided by it.  For ReLU,
     ``ReLU(λ z) = λ ReLU(z)`` (λ > 0), so the function is unchanged; for tanh it is not.
@@ -269,7 +294,7 @@ def rescale(variables: PyTree, lam: Any) -> PyTree:
       Variables of ``θ^λ``.
 
     References:
-      Paper 002, Section 4, "Equivalent networks" and Lemma 4.1.
+      Li et al. (2020), Sec. 4, "Equivalent networks" and Lemma 4.1.
     """
     _check_variables(variables)
     if not isinstance(lam, jax.core.Tracer):
@@ -287,8 +312,8 @@ def rescale(variables: PyTree, lam: Any) -> PyTree:
     }
 
 
-def compact_two_layer(
-    variables: PyTree, config: TwoLayerConfig, keep: Any
+def compact(
+    variables: PyTree, config: TwoLayerConfig, keep: Any, kind: str = "neurons"
 ) -> tuple[PyTree, TwoLayerConfig]:
     """Remove the neurons not kept (hidden columns and output rows).
 
@@ -299,17 +324,19 @@ def compact_two_layer(
       variables: the model's variables.
       config: its :class:`TwoLayerConfig`.
       keep: boolean ``(N,)``; at least one neuron must be kept.
+      kind: ``"neurons"`` (:data:`KINDS`).
 
     Returns:
       ``(variables, config)`` with ``config.width`` = neurons kept.
     """
+    check_choice(kind, KINDS, "kind")
     _check_variables(variables)
     keep = np.asarray(keep)
     if keep.shape != (config.width,):
         raise ValueError(
             f"keep: expected shape ({config.width},), one entry per neuron, got {keep.shape}"
         )
-    kept = compact(
+    kept = compact_links(
         variables, [Link("params/hidden", "params/output")], {"params/hidden": keep.astype(bool)}
     )
     return kept, dataclasses.replace(config, width=int(keep.astype(bool).sum()))
@@ -318,7 +345,7 @@ def compact_two_layer(
 def compact_counts(
     variables: PyTree, config: TwoLayerConfig, counts: Any
 ) -> tuple[PyTree, TwoLayerConfig]:
-    """Paper 004's pruned network as a dense one of the chosen neurons.
+    """Wolfe et al. (2023)'s pruned network as a dense one of the chosen neurons.
 
     Keeps the neurons with ``c_i > 0`` and sets their output weights to ``N c_i b_i / k``, so
     the plain model of width ``|{i : c_i > 0}|`` computes ``f_S`` (eq. 3) of the multiset.
@@ -332,7 +359,8 @@ def compact_counts(
       ``(variables, config)`` of the subnetwork.
 
     References:
-      Paper 004, eq. (3); ERRATA 004 (output weights ``N c_i b_i / k``).
+      Wolfe et al. (2023), eq. (3); reading GS-2 of docs/readings.md (output weights
+      ``N c_i b_i / k``).
     """
     scales = np.asarray(counts_to_gates(counts))
     if scales.shape != (config.width,):
@@ -340,8 +368,28 @@ def compact_counts(
             f"counts: expected shape ({config.width},), one entry per neuron, got {scales.shape}"
         )
     keep = scales > 0
-    kept, small = compact_two_layer(variables, config, keep)
+    kept, small = compact(variables, config, keep)
     output = kept["params"]["output"]
     scaled = output["kernel"] * jnp.asarray(scales[keep], output["kernel"].dtype)[:, None]
     params = {**kept["params"], "output": {**output, "kernel": scaled}}
     return {**kept, "params": params}, small
+
+
+two_layer_group_ids = deprecated_alias(group_ids, "two_layer_group_ids")
+compact_two_layer = deprecated_alias(compact, "compact_two_layer")
+two_layer_flops = deprecated_alias(flops, "two_layer_flops")
+
+SPEC = ModelSpec(
+    name="two_layer",
+    module=TwoLayer,
+    presets=PRESETS,
+    default_preset="tiny",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(4,),
+    gate_keyword="neuron_gates",
+)
+"""The ``"two_layer"`` model spec."""

@@ -33,21 +33,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.masks.compact import Link, compact
+from jaxprune._validation import check_choice, check_positive_int
+from jaxprune.masks.compact import Link
+from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models._config import check_positive_int
-
-PyTree = Any
+from jaxprune.models.base import (
+    ModelSpec,
+    check_float_dtype,
+    deprecated_alias,
+    image_shape,
+    warn_renamed,
+)
+from jaxprune.typing import PyTree
 
 __all__ = [
+    "KINDS",
     "POOL_AFTER",
     "PRESETS",
+    "SPEC",
     "VGG",
     "VGG16_CHANNELS",
     "VGGConfig",
+    "compact",
     "compact_vgg",
+    "flops",
     "from_preset",
+    "group_ids",
+    "make_config",
     "vgg16_channels",
     "vgg_flops",
     "vgg_group_ids",
@@ -59,7 +72,7 @@ VGG16_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 POOL_AFTER = (1, 3, 6, 9, 12)
 """Indices of the convolutions followed by 2×2 max pooling (the ``M`` of the channel plan)."""
 
-_KINDS = ("filters",)
+KINDS = ("filters",)
 
 
 def vgg16_channels(width_multiplier: float = 1.0) -> tuple[int, ...]:
@@ -84,17 +97,6 @@ def vgg16_channels(width_multiplier: float = 1.0) -> tuple[int, ...]:
             f"width_multiplier: expected a finite number > 0, got {width_multiplier!r}"
         )
     return tuple(max(1, round(c * float(width_multiplier))) for c in VGG16_CHANNELS)
-
-
-def _check_float_dtype(value: Any) -> None:
-    try:
-        floating = jnp.issubdtype(jnp.dtype(value), jnp.floating)
-    except TypeError:
-        floating = False
-    if not floating:
-        raise ValueError(
-            f"dtype: expected a floating compute dtype (e.g. jnp.bfloat16), got {value!r}"
-        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +128,12 @@ class VGGConfig:
                 f"got {channels!r}"
             )
         for i, c in enumerate(channels):
-            check_positive_int(f"channels[{i}]", c)
+            check_positive_int(c, f"channels[{i}]")
         object.__setattr__(self, "channels", tuple(int(c) for c in channels))
-        check_positive_int("num_classes", self.num_classes)
+        check_positive_int(self.num_classes, "num_classes")
         if not isinstance(self.batch_norm, bool):
             raise ValueError(f"batch_norm: expected a bool, got {self.batch_norm!r}")
-        _check_float_dtype(self.dtype)
+        check_float_dtype(self.dtype)
 
     @property
     def num_filters(self) -> int:
@@ -156,6 +158,13 @@ def from_preset(name: str, **overrides: Any) -> VGGConfig:
     if name not in PRESETS:
         raise ValueError(f"name: unknown VGG preset {name!r}; valid presets are {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def make_config(
+    preset: str, *, num_outputs: int, input_shape: tuple[int, ...], **overrides: Any
+) -> VGGConfig:
+    """The preset ``preset`` with ``num_classes = num_outputs`` (any image of at least 32×32)."""
+    return from_preset(preset, num_classes=num_outputs, **overrides)
 
 
 def _split_gates(gates: Any, widths: tuple[int, ...], dtype: Any) -> list[jax.Array] | None:
@@ -194,7 +203,7 @@ class VGG(nn.Module):
           train: BatchNorm uses batch statistics and updates ``batch_stats`` (apply with
             ``mutable=["batch_stats"]``); otherwise it uses the running statistics.
           filter_gates: optional ``(p,)`` gates, ``p = config.num_filters``, in group order
-            (the order of :func:`vgg_group_ids`: all filters of ``conv_0``, then ``conv_1``,
+            (the order of :func:`group_ids`: all filters of ``conv_0``, then ``conv_1``,
             ...).  Filter ``o`` of convolution ``i`` is multiplied by its gate after BatchNorm,
             before ReLU; a gate of 0 removes exactly that filter's contribution.  Differentiable
             (Michel et al. 2019's importance ``|∂L/∂gate|``).
@@ -232,7 +241,7 @@ class VGG(nn.Module):
         return nn.Dense(cfg.num_classes, dtype=cfg.dtype, name="classifier")(x)
 
 
-def vgg_group_ids(
+def group_ids(
     variables: PyTree, config: VGGConfig, kind: str = "filters"
 ) -> tuple[PyTree, GroupLayout]:
     """Group ids of the prunable structure of a :class:`VGG`.
@@ -252,8 +261,7 @@ def vgg_group_ids(
     References:
       Li et al. 2017, Section 3.1 (a filter and its BatchNorm entries as one unit).
     """
-    if kind not in _KINDS:
-        raise ValueError(f"kind: expected one of {_KINDS}, got {kind!r}")
+    check_choice(kind, KINDS, "kind")
     specs = [
         filters(
             rf"(^|params/)conv_{i}$",
@@ -264,18 +272,17 @@ def vgg_group_ids(
     return build_group_ids(variables, specs)
 
 
-def vgg_flops(config: VGGConfig, *, image_size: int = 32, in_channels: int = 3) -> int:
+def flops(config: VGGConfig, input_shape: tuple[int, ...] = (32, 32, 3)) -> int:
     """FLOPs of one forward pass of one image: 2 × multiply-accumulates.
 
     Counts the multiply-accumulates of the 13 convolutions (``H·W·9·C_in·C_out`` at each
     layer's resolution) and of the classifier (``inputs · num_classes``), times 2.  BatchNorm,
     biases, ReLU and pooling are not counted.  Halve it to compare with Li et al. 2017, who count
-    multiply-accumulates (VGG-16 on 32×32: ``vgg_flops / 2 ≈ 3.13e8``).
+    multiply-accumulates (VGG-16 on 32×32: ``flops / 2 ≈ 3.13e8``).
 
     Args:
       config: the model's :class:`VGGConfig`.
-      image_size: side of the square input image.
-      in_channels: input channels.
+      input_shape: ``(H, W, C)`` of one image (CIFAR's ``(32, 32, 3)`` by default).
 
     Returns:
       The FLOP count as an int.
@@ -283,21 +290,24 @@ def vgg_flops(config: VGGConfig, *, image_size: int = 32, in_channels: int = 3) 
     References:
       Li et al. 2017, Table 1 (FLOPs of VGG-16 on CIFAR-10).
     """
-    check_positive_int("image_size", image_size)
-    check_positive_int("in_channels", in_channels)
-    side, c_in, macs = image_size, in_channels, 0
+    height, width, c_in = image_shape(input_shape)
+    macs = 0
     for i, c_out in enumerate(config.channels):
-        macs += side * side * 9 * c_in * c_out
+        macs += height * width * 9 * c_in * c_out
         c_in = c_out
         if i in POOL_AFTER:
-            side //= 2
-    if side < 1:
-        raise ValueError(f"image_size: {image_size} is too small for 5 poolings; expected >= 32")
-    macs += side * side * c_in * config.num_classes
+            height, width = height // 2, width // 2
+    if min(height, width) < 1:
+        raise ValueError(
+            f"input_shape: {tuple(input_shape)} is too small for 5 poolings; expected sides >= 32"
+        )
+    macs += height * width * c_in * config.num_classes
     return 2 * macs
 
 
-def compact_vgg(variables: PyTree, config: VGGConfig, keep: Any) -> tuple[PyTree, VGGConfig]:
+def compact(
+    variables: PyTree, config: VGGConfig, keep: Any, kind: str = "filters"
+) -> tuple[PyTree, VGGConfig]:
     """Remove the filters not kept; the smaller model computes what the masked one does.
 
     Filter ``o`` of ``conv_i`` goes with its BatchNorm entries (scale, bias, running mean and
@@ -312,6 +322,7 @@ def compact_vgg(variables: PyTree, config: VGGConfig, keep: Any) -> tuple[PyTree
       config: its :class:`VGGConfig`.
       keep: boolean ``(p,)`` in group order (as ``filter_gates``); every convolution must keep
         at least one filter.
+      kind: ``"filters"`` (:data:`KINDS`).
 
     Returns:
       ``(variables, config)`` of the compacted model (``config.channels`` = filters kept).
@@ -319,6 +330,7 @@ def compact_vgg(variables: PyTree, config: VGGConfig, keep: Any) -> tuple[PyTree
     References:
       Li et al. 2017, Section 3.1 (removing filters and the next layer's kernels).
     """
+    check_choice(kind, KINDS, "kind")
     keep = np.asarray(keep)
     if keep.shape != (config.num_filters,):
         raise ValueError(
@@ -336,6 +348,33 @@ def compact_vgg(variables: PyTree, config: VGGConfig, keep: Any) -> tuple[PyTree
         )
         for i in range(len(config.channels))
     ]
-    kept = compact(variables, links, {link.layer: m for link, m in zip(links, per_layer)})
+    kept = compact_links(variables, links, {link.layer: m for link, m in zip(links, per_layer)})
     channels = tuple(int(m.sum()) for m in per_layer)
     return kept, dataclasses.replace(config, channels=channels)
+
+
+vgg_group_ids = deprecated_alias(group_ids, "vgg_group_ids")
+compact_vgg = deprecated_alias(compact, "compact_vgg")
+
+
+def vgg_flops(config: VGGConfig, *, image_size: int = 32, in_channels: int = 3) -> int:
+    """Deprecated: ``flops(config, (image_size, image_size, in_channels))`` (:func:`flops`)."""
+    warn_renamed("vgg_flops", flops)
+    return flops(config, (image_size, image_size, in_channels))
+
+
+SPEC = ModelSpec(
+    name="vgg",
+    module=VGG,
+    presets=PRESETS,
+    default_preset="vgg16-bn-tiny",
+    group_kinds=KINDS,
+    make_config=make_config,
+    group_ids=group_ids,
+    compact=compact,
+    flops=flops,
+    example_input_shape=(32, 32, 3),
+    gate_keyword="filter_gates",
+    stateful=True,
+)
+"""The ``"vgg"`` model spec."""

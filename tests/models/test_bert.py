@@ -17,7 +17,7 @@ from jaxprune.models.bert import (
     Bert,
     BertConfig,
     attention_flops,
-    compact_heads,
+    compact,
     flops,
     from_preset,
     group_ids,
@@ -174,7 +174,7 @@ def test_gate_zero_equals_masked_weights_equals_compacted_model():
     variables = _init()
     tokens, token_types, mask = _inputs()
     keep = np.array([[True, False, True, True], [False, False, True, False]])
-    ids, layout = group_ids(variables, "heads")
+    ids, layout = group_ids(variables, CONFIG, "heads")
     assert layout.layer_names == ("params/layer_0/attention", "params/layer_1/attention")
     np.testing.assert_array_equal(layout.layer_of_group, [0, 0, 0, 0, 1, 1, 1, 1])
 
@@ -182,7 +182,7 @@ def test_gate_zero_equals_masked_weights_equals_compacted_model():
     gated = Bert(CONFIG).apply(variables, tokens, head_gates=keep.astype(np.float32), **kwargs)
     masked_params = apply_group_mask(variables, ids, keep.reshape(-1).astype(np.float32))
     masked = Bert(CONFIG).apply(masked_params, tokens, **kwargs)
-    small, small_config = compact_heads(variables, CONFIG, keep)
+    small, small_config = compact(variables, CONFIG, keep)
     compacted = Bert(small_config).apply(small, tokens, **kwargs)
 
     assert small_config.heads_per_layer == (3, 1)
@@ -194,10 +194,10 @@ def test_gate_zero_equals_masked_weights_equals_compacted_model():
     np.testing.assert_allclose(compacted, gated, rtol=1e-5, atol=1e-5)
 
     # The compacted model keeps working with heads: its groups and flat gates.
-    _, small_layout = group_ids(small["params"])
+    _, small_layout = group_ids(small["params"], small_config)
     np.testing.assert_array_equal(small_layout.layer_of_group, [0, 0, 0, 1])
     flat = np.array([1.0, 0.0, 1.0, 1.0])
-    again, _ = compact_heads(small, small_config, flat.astype(bool))
+    again, _ = compact(small, small_config, flat.astype(bool))
     np.testing.assert_allclose(
         Bert(small_config).apply(small, tokens, head_gates=flat, **kwargs),
         Bert(dataclasses.replace(small_config, heads_per_layer=(2, 1))).apply(
@@ -316,7 +316,7 @@ def test_flops_of_tiny_match_a_hand_count():
     )
     hand = 2 * per_layer + 2 * t * d * d + 2 * t * d * v
     assert hand == 4_407_296
-    assert flops(PRESETS["tiny"], t) == hand
+    assert flops(PRESETS["tiny"], (t,)) == hand
     assert attention_flops(PRESETS["tiny"], t) == 2 * (per_layer - 4 * t * d * inter)
 
 
@@ -327,7 +327,7 @@ def test_flops_match_the_matrix_products_of_the_traced_model(heads_per_layer):
     tokens = jnp.zeros((1, 9), jnp.int32)
     variables = jax.eval_shape(model.init, jax.random.key(0), tokens)
     jaxpr = jax.make_jaxpr(model.apply)(variables, tokens).jaxpr
-    assert _dot_flops(jaxpr) == flops(config, 9)
+    assert _dot_flops(jaxpr) == flops(config, (9,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +370,6 @@ def test_bfloat16_compute_stays_close_to_float32():
         ("hidden_size", -4),
         ("num_layers", 0),
         ("num_heads", 3),  # does not divide 16
-        ("intermediate_size", 2.5),
         ("max_length", 0),
         ("type_vocab_size", 0),
         ("dropout_rate", 1.0),
@@ -385,6 +384,11 @@ def test_bad_configs_raise(field, value):
         dataclasses.replace(CONFIG, **{field: value})
 
 
+def test_a_float_size_is_a_type_error():
+    with pytest.raises(TypeError, match="intermediate_size"):
+        dataclasses.replace(CONFIG, intermediate_size=2.5)
+
+
 def test_presets_and_argument_errors():
     assert from_preset("small", dropout_rate=0.0).hidden_size == 256
     with pytest.raises(ValueError, match=r"'base', 'small', 'tiny'"):
@@ -396,6 +400,6 @@ def test_presets_and_argument_errors():
     with pytest.raises(ValueError, match="max_length"):
         Bert(CONFIG).apply(variables, np.zeros((1, 13), np.int32))
     with pytest.raises(ValueError, match="keep"):
-        compact_heads(variables, CONFIG, np.array([[True] * 4, [False] * 4]))
+        compact(variables, CONFIG, np.array([[True] * 4, [False] * 4]))
     with pytest.raises(ValueError, match="kind"):
-        group_ids(variables, "neurons")
+        group_ids(variables, CONFIG, "neurons")

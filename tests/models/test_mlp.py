@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxprune.masks.mask import apply_group_mask
-from jaxprune.models.mlp import MLP, compact_mlp, from_preset, mlp_flops, mlp_group_ids
+from jaxprune.models.mlp import MLP, compact, flops, from_preset, group_ids
 
 
 @pytest.fixture
@@ -21,14 +21,14 @@ def setup():
 
 def test_gate_zero_equals_group_mask_equals_compaction(setup):
     model, variables, x = setup
-    ids, layout = mlp_group_ids(variables, model)
+    ids, layout = group_ids(variables, model)
     assert layout.num_groups == 15 and layout.num_layers == 3
     keep = np.ones(15, bool)
     keep[[0, 3, 7, 8, 14]] = False
     gates = jnp.asarray(keep, jnp.float32)
     gated = model.apply(variables, x, neuron_gates=gates)
     masked = model.apply(apply_group_mask(variables, ids, gates), x)
-    small, small_model = compact_mlp(variables, model, keep)
+    small, small_model = compact(variables, model, keep)
     assert small_model.hidden == (4, 3, 3)
     np.testing.assert_allclose(gated, masked, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(small_model.apply(small, x), gated, rtol=1e-5, atol=1e-6)
@@ -50,7 +50,7 @@ def test_gates_are_differentiable(setup):
 
 
 def test_flops_and_presets():
-    assert mlp_flops(MLP(hidden=(300, 100), num_outputs=10), 784) == 2 * (
+    assert flops(MLP(hidden=(300, 100), num_outputs=10), (784,)) == 2 * (
         784 * 300 + 300 * 100 + 100 * 10
     )
     assert from_preset("lenet-300-100").hidden == (300, 100)
@@ -63,7 +63,7 @@ def test_bad_arguments(setup):
     with pytest.raises(ValueError, match="neuron_gates"):
         model.apply(variables, x, neuron_gates=jnp.ones(3))
     with pytest.raises(ValueError, match="keep"):
-        compact_mlp(variables, model, np.ones(4, bool))
+        compact(variables, model, np.ones(4, bool))
     with pytest.raises(ValueError, match="widths must be >= 1"):
         MLP(hidden=(0,), num_outputs=2).init(jax.random.PRNGKey(0), x)
 

@@ -23,7 +23,7 @@ from jaxprune.models.moe import (
 from jaxprune.models.switch import (
     Switch,
     SwitchConfig,
-    compact,
+    compact_per_layer,
     flops,
     from_preset,
     group_ids,
@@ -327,7 +327,7 @@ def test_heads_gate_zero_equals_masked_and_compacted():
     gated = _apply(model, variables, tokens, **split_gates(CONFIG, mask, "heads"))
     masked = _apply(model, apply_group_mask(variables, ids, mask), tokens)
     keep = [np.asarray(mask[:4], bool), np.asarray(mask[4:], bool)]
-    small, config = compact(variables, CONFIG, head_keep=keep)
+    small, config = compact_per_layer(variables, CONFIG, head_keep=keep)
     assert config.layer_heads == (3, 2)
     assert small["params"]["layer_1"]["attention"]["query"]["kernel"].shape == (64, 2, 16)
     compacted = _apply(Switch(config), small, tokens)
@@ -350,7 +350,7 @@ def test_switch_expert_gate_zero_equals_compacted():
     gated = _apply(model, variables, tokens, **gates)
     gated_heads = gates["head_gates"]
     keep = np.asarray(mask, bool)
-    small, small_config = compact(
+    small, small_config = compact_per_layer(
         variables, config, expert_keep=[keep[:4]], head_keep=[keep[4:8], keep[8:]]
     )
     assert small_config.layer_experts == (3,) and small_config.layer_heads == (2, 4)
@@ -407,10 +407,10 @@ def test_flops_hand_count():
     t, d, v, i, e = 9, 64, 50, 128, 4
     attention = 3 * t * d * d + 2 * t * t * d + t * d * d
     expected = 2 * (2 * attention + 2 * (2 * t * d * i) + t * d * e + t * d * v)
-    assert flops(CONFIG, t) == expected
+    assert flops(CONFIG, (t,)) == expected
     small = dataclasses.replace(CONFIG, layer_heads=(2, 4), layer_experts=(2,))
     attention0 = 3 * t * d * 32 + 2 * t * t * 32 + t * 32 * d
-    assert flops(small, t) == expected - 2 * (attention - attention0) - 2 * t * d * 2
+    assert flops(small, (t,)) == expected - 2 * (attention - attention0) - 2 * t * d * 2
 
 
 def test_jit_dropout_and_bfloat16():

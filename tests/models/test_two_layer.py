@@ -1,5 +1,5 @@
-"""Two-layer networks of papers 002 and 004: NumPy references of eqs. 1–3 (counts, multisets),
-λ-rescaling (Lemma 4.1), neuron gates ≡ group masks ≡ compaction, FLOPs and validation."""
+"""Two-layer networks of Li et al. (2020) and Wolfe et al. (2023): NumPy references of Wolfe et
+al. (2023), eqs. 1–3 (counts, multisets), λ-rescaling (Li et al. (2020), Lemma 4.1), neuron gates ≡ group masks ≡ compaction, FLOPs and validation."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from jaxprune.models import two_layer
 from jaxprune.models.two_layer import (
     TwoLayer,
     TwoLayerConfig,
+    compact,
     compact_counts,
-    compact_two_layer,
     counts_to_gates,
+    flops,
+    group_ids,
     rescale,
-    two_layer_flops,
-    two_layer_group_ids,
 )
 
 SIGMA = {"relu": lambda z: np.maximum(z, 0.0), "tanh": np.tanh}
@@ -43,13 +43,13 @@ def _neurons(variables):
     )
 
 
-def _paper004_f(a, b, x, sigma):
+def _wolfe_f(a, b, x, sigma):
     """Eq. (2): f(x) = (1/N) Σ_{i=1}^N σ(x, θ_i) with σ(x, θ_i) = N b_i σ_+(a_iᵀx), eq. (1)."""
     n_neurons = a.shape[0]
     return sum(n_neurons * b[i] * sigma(x @ a[i])[:, None] for i in range(n_neurons)) / n_neurons
 
 
-def _paper004_f_s(a, b, x, sigma, multiset):
+def _wolfe_f_s(a, b, x, sigma, multiset):
     """Eq. (3) over a multiset S (repeated indices count repeatedly):
     f_S(x) = (1/|S|) Σ_{i∈S} N b_i σ_+(a_iᵀx)."""
     n_neurons = a.shape[0]
@@ -57,10 +57,10 @@ def _paper004_f_s(a, b, x, sigma, multiset):
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-tanh"])
-def test_dense_net_is_paper004_eq2_and_counts_of_one(preset):
+def test_dense_net_is_wolfe_eq2_and_counts_of_one(preset):
     config, model, variables, x = _setup(preset)
     a, b = _neurons(variables)
-    reference = _paper004_f(a, b, x.astype(np.float64), SIGMA[config.activation])
+    reference = _wolfe_f(a, b, x.astype(np.float64), SIGMA[config.activation])
     out = model.apply(variables, x)
     assert out.shape == (5, config.num_outputs)
     np.testing.assert_allclose(out, reference, rtol=1e-5, atol=1e-6)
@@ -76,13 +76,13 @@ def test_multiset_counts_match_eq3_and_compacted_subnetwork(preset):
     multiset = [0, 2, 2, 5, 5, 5, 7]  # neurons chosen with repetition by greedy selection
     counts = np.bincount(multiset, minlength=config.width)
     a, b = _neurons(variables)
-    reference = _paper004_f_s(a, b, x.astype(np.float64), SIGMA[config.activation], multiset)
+    reference = _wolfe_f_s(a, b, x.astype(np.float64), SIGMA[config.activation], multiset)
     np.testing.assert_allclose(
         model.apply(variables, x, counts=counts), reference, rtol=1e-5, atol=1e-6
     )
     small_variables, small_config = compact_counts(variables, config, counts)
     assert small_config.width == 4  # neurons 0, 2, 5, 7
-    # ERRATA 004: the pruned net's output weights are N c_i b_i / k (N = 8, k = 7).
+    # Reading GS-2 (docs/readings.md): the pruned net's output weights are N c_i b_i / k (N = 8, k = 7).
     expected_b = np.stack([8 * c * b[i] / 7 for i, c in [(0, 1), (2, 2), (5, 3), (7, 1)]])
     np.testing.assert_allclose(small_variables["params"]["output"]["kernel"], expected_b, rtol=1e-6)
     np.testing.assert_allclose(
@@ -110,13 +110,13 @@ def test_counts_and_gates_are_traceable():
 def test_neuron_gate_zero_equals_group_mask_and_compaction():
     config, model, variables, x = _setup("tiny", seed=3)
     keep = np.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
-    ids, layout = two_layer_group_ids(variables, config)
+    ids, layout = group_ids(variables, config)
     assert layout.num_groups == config.width == 8
     # θ_i = (a_i, b_i): d hidden weights and K output weights per neuron.
     np.testing.assert_array_equal(group_sizes(variables, ids), np.full(8, 4 + 2))
     masked = model.apply(apply_group_mask(variables, ids, keep.astype(np.float32)), x)
     gated = model.apply(variables, x, neuron_gates=keep.astype(np.float32))
-    small_variables, small_config = compact_two_layer(variables, config, keep)
+    small_variables, small_config = compact(variables, config, keep)
     assert small_config.width == 4
     compacted = TwoLayer(small_config).apply(small_variables, x)
     a, b = _neurons(variables)
@@ -171,9 +171,9 @@ def test_lambda_rescaling_scales_layer_hessians_as_lemma_4_1(lam):
 
 
 def test_flops_and_presets():
-    assert two_layer_flops(two_layer.from_preset("tiny")) == 2 * (4 * 8 + 8 * 2)
-    assert two_layer_flops(two_layer.from_preset("paper002-mnist")) == 2 * (784 * 1024 + 1024 * 10)
-    assert two_layer_flops(TwoLayerConfig(input_dim=784, width=200)) == 2 * (784 * 200 + 200)
+    assert flops(two_layer.from_preset("tiny")) == 2 * (4 * 8 + 8 * 2)
+    assert flops(two_layer.from_preset("paper002-mnist")) == 2 * (784 * 1024 + 1024 * 10)
+    assert flops(TwoLayerConfig(input_dim=784, width=200)) == 2 * (784 * 200 + 200)
     assert two_layer.from_preset("paper004-mnist").width == 5000
     with pytest.raises(ValueError, match=r"'mlp'.*'paper002-mnist', 'paper004-mnist', 'tiny'"):
         two_layer.from_preset("mlp")
@@ -201,10 +201,6 @@ def test_bfloat16_compute_with_float32_params():
             r"input_dim: expected a positive int, got 0",
         ),
         (
-            lambda: TwoLayerConfig(input_dim=3, width=2.5),
-            r"width: expected a positive int, got 2.5",
-        ),
-        (
             lambda: TwoLayerConfig(input_dim=3, width=4, num_outputs=0),
             r"num_outputs: expected a positive int",
         ),
@@ -227,6 +223,11 @@ def test_bad_configs_and_counts_raise(make, match):
         make()
 
 
+def test_a_float_width_is_a_type_error():
+    with pytest.raises(TypeError, match=r"width: expected a positive int, got 2.5"):
+        TwoLayerConfig(input_dim=3, width=2.5)
+
+
 def test_bad_arguments_raise():
     config, model, variables, x = _setup("tiny", seed=8)
     with pytest.raises(ValueError, match=r"lam: expected a finite scalar > 0, got -1.0"):
@@ -238,8 +239,8 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match=r"x: expected 4 input features"):
         model.apply(variables, x[:, :3])
     with pytest.raises(ValueError, match=r"keep: expected shape \(8,\)"):
-        compact_two_layer(variables, config, np.ones(3, bool))
+        compact(variables, config, np.ones(3, bool))
     with pytest.raises(ValueError, match=r"keeps no unit"):
-        compact_two_layer(variables, config, np.zeros(8, bool))
+        compact(variables, config, np.zeros(8, bool))
     with pytest.raises(ValueError, match=r"config: width 16 does not match the 8 hidden units"):
-        two_layer_group_ids(variables, two_layer.from_preset("tiny", width=16))
+        group_ids(variables, two_layer.from_preset("tiny", width=16))

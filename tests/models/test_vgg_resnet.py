@@ -13,14 +13,8 @@ import pytest
 from jaxprune.group_ids import group_sizes
 from jaxprune.masks.mask import apply_group_mask
 from jaxprune.models import resnet, vgg
-from jaxprune.models.resnet import (
-    ResNet,
-    ResNetConfig,
-    compact_resnet,
-    resnet_flops,
-    resnet_group_ids,
-)
-from jaxprune.models.vgg import VGG, VGGConfig, compact_vgg, vgg_flops, vgg_group_ids
+from jaxprune.models.resnet import ResNet, ResNetConfig
+from jaxprune.models.vgg import VGG, VGGConfig
 
 EPS = 1e-5  # BatchNorm epsilon of both models
 
@@ -149,11 +143,11 @@ def test_vgg_gates_group_mask_and_compaction_agree(tiny_vgg):
     config, model, variables, x = tiny_vgg
     keep = _keep(config.channels, seed=2)
     mask = keep.astype(np.float32)
-    ids, layout = vgg_group_ids(variables, config)
+    ids, layout = vgg.group_ids(variables, config)
     assert layout.num_groups == config.num_filters == sum(config.channels)
     masked = model.apply(apply_group_mask(variables, ids, mask), x)
     gated = model.apply(variables, x, filter_gates=mask)
-    small_variables, small_config = compact_vgg(variables, config, keep)
+    small_variables, small_config = vgg.compact(variables, config, keep)
     compacted = VGG(small_config).apply(small_variables, x)
     widths = [int(part.sum()) for part in np.split(keep, np.cumsum(config.channels)[:-1])]
     assert small_config.channels == tuple(widths)
@@ -175,7 +169,7 @@ def test_vgg_gates_group_mask_and_compaction_agree(tiny_vgg):
 
 def test_vgg_filter_groups_by_hand(tiny_vgg):
     config, _, variables, _ = tiny_vgg
-    ids, layout = vgg_group_ids(variables, config)
+    ids, layout = vgg.group_ids(variables, config)
     inputs = (3, *config.channels[:-1])
     # A filter of conv_i: a 3×3×C_in kernel slice plus its bias, or BatchNorm scale and bias.
     per_filter = [9 * c_in + (2 if config.batch_norm else 1) for c_in in inputs]
@@ -190,7 +184,7 @@ def test_vgg_gate_gradient_equals_group_mask_gradient():
     model = VGG(config)
     x = _images(2, 32, seed=3)
     variables = _random_variables(model, x, seed=4)
-    ids, _ = vgg_group_ids(variables, config)
+    ids, _ = vgg.group_ids(variables, config)
     weights = jnp.asarray(np.random.default_rng(5).normal(size=(2, 10)), jnp.float32)
     ones = jnp.ones(config.num_filters)
 
@@ -243,7 +237,7 @@ def test_vgg_flops_by_hand():
         + 2 * 2 * 9 * (3 * 64 * 64)
         + 64 * 10
     )
-    assert vgg_flops(tiny) == 2 * macs
+    assert vgg.flops(tiny) == 2 * macs
     # Full VGG-16: Li et al. 2017 report 3.13e8 multiply-accumulates.
     full_macs = (
         1024 * 9 * (3 * 64 + 64 * 64)
@@ -253,7 +247,7 @@ def test_vgg_flops_by_hand():
         + 4 * 9 * (3 * 512 * 512)
         + 512 * 10
     )
-    assert vgg_flops(vgg.from_preset("vgg16-bn")) == 2 * full_macs == 2 * 313_201_664
+    assert vgg.flops(vgg.from_preset("vgg16-bn")) == 2 * full_macs == 2 * 313_201_664
     assert round(full_macs / 1e8, 2) == 3.13
 
 
@@ -314,7 +308,7 @@ def test_resnet_gates_group_mask_and_compaction_agree(tiny_resnet):
     config, model, variables, x = tiny_resnet
     keep = _keep(config.inner, seed=8)
     mask = keep.astype(np.float32)
-    ids, layout = resnet_group_ids(variables, config)
+    ids, layout = resnet.group_ids(variables, config)
     assert layout.layer_names == (
         "params/block_0_conv1",
         "params/block_1_conv1",
@@ -325,7 +319,7 @@ def test_resnet_gates_group_mask_and_compaction_agree(tiny_resnet):
     np.testing.assert_array_equal(group_sizes(variables, ids), expected_sizes)
     masked = model.apply(apply_group_mask(variables, ids, mask), x)
     gated = model.apply(variables, x, filter_gates=mask)
-    small_variables, small_config = compact_resnet(variables, config, keep)
+    small_variables, small_config = resnet.compact(variables, config, keep)
     compacted = ResNet(small_config).apply(small_variables, x)
     widths = [int(part.sum()) for part in np.split(keep, np.cumsum(config.inner)[:-1])]
     assert small_config.inner_channels == tuple(widths)
@@ -350,7 +344,7 @@ def test_resnet56_parameter_count_by_hand():
     assert config.depth == 56
     shapes = jax.eval_shape(ResNet(config).init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
     assert sum(np.prod(s.shape) for s in jax.tree_util.tree_leaves(shapes["params"])) == expected
-    _, layout = resnet_group_ids(shapes, config)
+    _, layout = resnet.group_ids(shapes, config)
     assert layout.num_groups == 9 * (16 + 32 + 64)
 
 
@@ -363,7 +357,7 @@ def test_resnet_flops_by_hand():
         + 2 * 2 * 9 * (8 * 16 + 16 * 16)  # block 2, stride 2
         + 16 * 10
     )
-    assert resnet_flops(tiny, image_size=8) == 2 * macs
+    assert resnet.flops(tiny, (8, 8, 3)) == 2 * macs
     pruned = dataclasses.replace(tiny, inner_channels=(2, 3, 5))
     pruned_macs = (
         8 * 8 * 9 * 3 * 4
@@ -372,12 +366,12 @@ def test_resnet_flops_by_hand():
         + 2 * 2 * 9 * (8 * 5 + 5 * 16)
         + 160
     )
-    assert resnet_flops(pruned, image_size=8) == 2 * pruned_macs
+    assert resnet.flops(pruned, (8, 8, 3)) == 2 * pruned_macs
     # ResNet-56: Li et al. 2017 report 1.25e8 multiply-accumulates.
     full = 1024 * 9 * 3 * 16 + 18 * 1024 * 9 * 16 * 16
     full += 256 * 9 * 16 * 32 + 17 * 256 * 9 * 32 * 32
     full += 64 * 9 * 32 * 64 + 17 * 64 * 9 * 64 * 64 + 64 * 10
-    assert resnet_flops(resnet.from_preset("resnet56")) == 2 * full == 2 * 125_485_696
+    assert resnet.flops(resnet.from_preset("resnet56")) == 2 * full == 2 * 125_485_696
     assert round(full / 1e8, 2) == 1.25
 
 
@@ -443,8 +437,8 @@ def test_vgg_width_multiplier_and_presets():
         ),
         (lambda: ResNetConfig(num_classes=-1), r"num_classes: expected a positive int, got -1"),
         (
-            lambda: vgg_flops(vgg.from_preset("vgg16"), image_size=16),
-            r"image_size: 16 is too small",
+            lambda: vgg.flops(vgg.from_preset("vgg16"), (16, 16, 3)),
+            r"input_shape: \(16, 16, 3\) is too small",
         ),
     ],
 )
@@ -458,10 +452,10 @@ def test_bad_gates_keep_and_kind_raise(tiny_resnet):
     with pytest.raises(ValueError, match=r"filter_gates: expected shape \(28,\)"):
         model.apply(variables, x, filter_gates=jnp.ones(27))
     with pytest.raises(ValueError, match=r"keep: expected shape \(28,\)"):
-        compact_resnet(variables, config, np.ones(5, bool))
+        resnet.compact(variables, config, np.ones(5, bool))
     keep = np.ones(28, bool)
     keep[:4] = False  # block 0 would keep nothing
     with pytest.raises(ValueError, match=r"keeps no unit"):
-        compact_resnet(variables, config, keep)
+        resnet.compact(variables, config, keep)
     with pytest.raises(ValueError, match=r"kind: expected one of \('filters',\), got 'neurons'"):
-        resnet_group_ids(variables, config, kind="neurons")
+        resnet.group_ids(variables, config, kind="neurons")

@@ -59,7 +59,7 @@ def test_registered_models_gate_and_compact_consistently(name, shape, kind, grou
     variables = model.init(jax.random.key(0), x)
     _, layout = model.group_ids(variables["params"])
     assert len(layout.layer_of_group) == groups
-    if model.compact_fn is None:
+    if not model.compactable:
         with pytest.raises(ValueError, match="does not support compaction"):
             model.compact(variables, np.ones(groups, bool))
         return
