@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxprune.spectra._checks import check_positive_int
+from jaxprune._validation import check_positive_int
 
 __all__ = ["random_scores"]
 

@@ -6,13 +6,12 @@ splits hold ``{"x"}``, ``(N, seq_len)`` packed token rows that the training task
 the fly (:func:`jaxprune.data.mask_tokens`), so every epoch sees fresh masks.
 
 Names (``DATASET_NAMES``):
-  ``digits`` (8×8 digits flattened to 64 features), ``digits_image`` (8×8×1 images),
-  ``digits32`` (32×32×3: upscaled digits shaped like CIFAR, for VGG and ResNet),
-  ``gaussian_mixture``, ``teacher_student`` (regression), ``linear`` (paper 002's scaled
-  over-parameterized least squares, regression), ``docstrings`` (MLM on the standard library's
-  docstrings with a locally trained tokenizer), ``tfds:cifar10`` and the other
-  :data:`~jaxprune.data.TFDS_IMAGE_DATASETS`, and ``text:PATH[,PATH...]`` (MLM on local UTF-8
-  files such as WikiText's ``wiki.train.tokens``).
+  ``digits`` (8×8 digits flattened to 64 features), ``digits_image`` (8×8×1 images), ``digits32``
+  (32×32×3: upscaled digits shaped like CIFAR, for VGG and ResNet), ``gaussian_mixture``,
+  ``teacher_student`` (regression), ``linear`` (the scaled over-parameterized least squares of Li et
+  al. (2020), regression), ``docstrings`` (MLM on the standard library's docstrings with a locally
+  trained tokenizer), ``tfds:cifar10`` and the other :data:`~jaxprune.data.TFDS_IMAGE_DATASETS`, and
+  ``text:PATH[,PATH...]`` (MLM on local UTF-8 files such as WikiText's ``wiki.train.tokens``).
 """
 
 from __future__ import annotations
@@ -75,7 +74,7 @@ class DataConfig:
       num_examples: size of generated datasets (``gaussian_mixture``, ``teacher_student``,
         ``linear``).
       dim: feature dimension of ``linear``.
-      scale: ``λ`` of ``linear`` (paper 002, eq. 3.5).
+      scale: ``λ`` of ``linear`` (Li et al. (2020), eq. 3.5).
       seq_len: token row length for MLM.
       vocab_size: largest tokenizer vocabulary for MLM.
       max_chars: characters of text used for MLM (``None``: all).

@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.spectra._checks import check_finite_params, check_positive_int
+from jaxprune._validation import check_finite_tree, check_positive_int
 from jaxprune.spectra.hessian import hvp
+from jaxprune.typing import LossFn, PyTree
 
 __all__ = [
     "EigenResult",
@@ -37,9 +38,6 @@ __all__ = [
     "hessian_spectral_density",
     "lanczos_tridiagonal",
 ]
-
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
 
 # Orthogonalization passes per iteration ("twice is enough").
 _REORTH_PASSES = 2
@@ -175,7 +173,7 @@ def hessian_eigenvalues(
     References:
       Lanczos (1950); Yao et al. (2020), PyHessian; Ghorbani, Krishnan & Xiao (2019).
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     flat, unravel = ravel_pytree(params)
     dim = flat.size
     k = check_positive_int(k, "k")
@@ -237,7 +235,7 @@ def hessian_spectral_density(
       Ghorbani, Krishnan & Xiao (2019); Yao et al. (2020), PyHessian; Lin, Saad & Yang (2016),
       "Approximating spectral densities of large matrices".
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     num_probes = check_positive_int(num_probes, "num_probes")
     num_iterations = check_positive_int(num_iterations, "num_iterations")
     grid_size = check_positive_int(grid_size, "grid_size")

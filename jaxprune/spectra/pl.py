@@ -6,10 +6,10 @@ For the square loss ``L(w) = ½ Σ_x ‖f(x; w) − y(x)‖²`` the gradient is 
 ``L_f = ‖DF‖₂ = √λ_max(K)``-Lipschitz.  ``K = DF DFᵀ`` is the empirical NTK.
 
 References:
-  Paper 000, Section 3.1 (Definition 7: condition number L_f/μ; eq. 5: μ* ≈ λ_min(K) under
-  uniform conditioning; Proposition 8: upper bound) and Appendix D footnote / ERRATA (the
-  experiments report λ_max(K)/λ_min(K)).  Liu, Zhu & Belkin (2022), "Loss landscapes and
-  optimization in over-parameterized non-linear systems and neural networks".
+  Chen et al. (2023), Section 3.1 (Definition 7: condition number L_f/μ; eq. 5: μ* ≈ λ_min(K) under
+  uniform conditioning; Proposition 8: upper bound) and Appendix D footnote, with reading PL-3 in
+  docs/readings.md (the experiments report λ_max(K)/λ_min(K)).  Liu, Zhu & Belkin (2022), "Loss
+  landscapes and optimization in over-parameterized non-linear systems and neural networks".
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def empirical_pl_ratio(
     loss it lies in ``[λ_min(K), λ_max(K)]`` (see the module docstring).  ``loss_min`` is L*
     (0 for interpolating over-parameterized models).  Returns ``inf`` when ``L = L*``.
 
-    References: Paper 000, Section 3.1 (PL* condition); Liu et al. (2022), Definition 3.
+    References: Chen et al. (2023), Section 3.1 (PL* condition); Liu et al. (2022), Definition 3.
     """
     loss, grad = jax.value_and_grad(loss_fn)(params)
     squared = sum(jnp.vdot(g, g).real for g in jax.tree_util.tree_leaves(grad))
@@ -115,7 +115,7 @@ def proposition8_bound(
     Returns:
       The bound (``inf`` when the λ_min used is 0).
 
-    References: Paper 000, Proposition 8 and Appendix C.
+    References: Chen et al. (2023), Proposition 8 and Appendix C.
     """
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius!r}")
