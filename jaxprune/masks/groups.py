@@ -25,8 +25,8 @@ layer that is the ``next_layer`` of one spec and is grouped by another).
 
 References:
   Chen et al. (2023), Section 3.2.1: groups ``w_[1], ..., w_[p]`` and the product ``m * w``.
-  Li et al. 2017, "Pruning filters for efficient ConvNets" (filters and their next layer).
-  Michel et al. 2019, "Are sixteen heads really better than one?" (attention heads).
+  Li et al. (2017), "Pruning filters for efficient ConvNets" (filters and their next layer).
+  Michel et al. (2019), "Are sixteen heads really better than one?" (attention heads).
   Fedus et al. (2022), "Switch Transformers" (experts with a leading expert axis).
 """
 
@@ -187,7 +187,7 @@ def filters(
       convolution.
 
     References:
-      Li et al. 2017, "Pruning filters for efficient ConvNets", Section 3.1 (a filter and the
+      Li et al. (2017), "Pruning filters for efficient ConvNets", Section 3.1 (a filter and the
       matching input channel of the next layer).
     """
     return FilterSpec(
@@ -233,7 +233,7 @@ def heads(
       A :class:`HeadSpec` for :func:`build_group_ids`: one layer of ``H`` groups per module.
 
     References:
-      Michel et al. 2019, "Are sixteen heads really better than one?", Section 2 (head masks).
+      Michel et al. (2019), "Are sixteen heads really better than one?", Section 2 (head masks).
       Chen et al. (2023), Appendix E.3 (head groups, at least one kept per layer).
     """
     if layout not in _HEAD_LAYOUTS:

@@ -10,7 +10,7 @@ keeps the tridiagonal matrix exact.
 
 References:
   Lanczos (1950), "An iteration method for the solution of the eigenvalue problem of linear
-  differential and integral operators"; Golub & Van Loan, "Matrix Computations", Ch. 10.
+  differential and integral operators"; Golub & Van Loan (2013), "Matrix Computations", Ch. 10.
   Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net optimization via Hessian
   eigenvalue density"; Yao et al. (2020), "PyHessian: Neural networks through the lens of the
   Hessian".
@@ -104,7 +104,7 @@ def lanczos_tridiagonal(
       ``(alphas, betas, basis)`` of shapes ``(m,)``, ``(m - 1,)`` and ``(m, dim)``.
 
     References:
-      Lanczos (1950); Golub & Van Loan, "Matrix Computations", Algorithm 10.1.1 (with
+      Lanczos (1950); Golub & Van Loan (2013), "Matrix Computations", Algorithm 10.1.1 (with
       reorthogonalization, Section 10.3).
     """
     m = check_positive_int(num_iterations, "num_iterations")
