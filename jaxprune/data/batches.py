@@ -14,7 +14,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from jaxprune._validation import check_positive_int
+from jaxprune._validation import check_int, check_positive_int
 
 __all__ = ["BatchPosition", "epoch_batches", "iterate_batches", "prefetch"]
 
@@ -51,8 +51,7 @@ def epoch_batches(
     check_positive_int(num_examples, "num_examples")
     check_positive_int(batch_size, "batch_size")
     for name, value in (("seed", seed), ("epoch", epoch)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_int(value, name, minimum=0)
     order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
     permutation = order.permutation(num_examples)
     stop = num_examples - num_examples % batch_size if drop_remainder else num_examples
@@ -82,8 +81,7 @@ def iterate_batches(
       ``(indices, next_position)``.
     """
     epoch, step = BatchPosition(*start)
-    if step < 0:
-        raise ValueError(f"start.step must be non-negative, got {step!r}")
+    check_int(step, "start.step", minimum=0)
     while num_epochs is None or epoch < num_epochs:
         batches = epoch_batches(
             num_examples, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int, check_ratio
 from jaxprune.data.builtin import Dataset, gaussian_mixture, load_digits, teacher_student
 from jaxprune.data.linear import scaled_linear_regression
 from jaxprune.data.text import docstring_corpus, leading_documents, read_text_files
@@ -97,14 +98,11 @@ class DataConfig:
             raise ValueError(
                 f"unknown dataset {self.name!r}; expected one of {', '.join(DATASET_NAMES)}"
             )
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+        check_ratio(self.test_fraction, "test_fraction")
         for field in ("num_examples", "dim", "seq_len", "vocab_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-                raise ValueError(f"{field} must be an int >= 2, got {value!r}")
-        if self.max_chars is not None and self.max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1 or None, got {self.max_chars!r}")
+            check_int(getattr(self, field), field, minimum=2)
+        if self.max_chars is not None:
+            check_positive_int(self.max_chars, "max_chars")
 
 
 def _known(name: str) -> bool:

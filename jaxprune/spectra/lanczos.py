@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune._validation import check_finite_tree, check_positive_int
+from jaxprune._validation import check_finite_tree, check_int, check_positive_int, check_real
 from jaxprune.spectra.hessian import hvp
 from jaxprune.typing import LossFn, PyTree
 
@@ -238,11 +238,9 @@ def hessian_spectral_density(
     check_finite_tree(params, "params")
     num_probes = check_positive_int(num_probes, "num_probes")
     num_iterations = check_positive_int(num_iterations, "num_iterations")
-    grid_size = check_positive_int(grid_size, "grid_size")
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    grid_size = check_int(grid_size, "grid_size", minimum=2)
+    if sigma is not None:
+        check_real(sigma, "sigma", minimum=0.0, strict=True)
     flat, unravel = ravel_pytree(params)
     dim = flat.size
     m = min(num_iterations, dim)

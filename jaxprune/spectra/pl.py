@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune._validation import check_real
 from jaxprune.spectra.spectrum import spectrum_features
 
 __all__ = [
@@ -61,8 +62,7 @@ def pl_condition(kernel: jax.Array, *, loss_scale: float = 1.0, dtype: Any = Non
     Returns:
       :class:`PLCondition`.
     """
-    if not loss_scale > 0:
-        raise ValueError(f"loss_scale must be > 0, got {loss_scale!r}")
+    check_real(loss_scale, "loss_scale", minimum=0.0, strict=True)
     features = spectrum_features(kernel, dtype=dtype)
     mu = features.lambda_min / loss_scale
     lipschitz = jnp.sqrt(features.lambda_max / loss_scale)
@@ -117,8 +117,7 @@ def proposition8_bound(
 
     References: Chen et al. (2023), Proposition 8 and Appendix C.
     """
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius!r}")
+    check_real(radius, "radius", minimum=0.0)
     features = spectrum_features(kernel_at_w0)
     n = kernel_at_w0.shape[-1]
     lam = features.lambda_min if lambda_min_inf is None else jnp.asarray(lambda_min_inf)
