@@ -7,17 +7,16 @@ the shape of the matching parameter leaf; value ``g`` in ``[0, p)`` puts the wei
 :mod:`jaxprune.masks.groups`.
 
 References:
-  Paper 000, Section 3.2.1: the Khatri–Rao grouping ``m * w = [m_1 w_[1], ..., m_p w_[p]]``.
+  Chen et al. (2023), Section 3.2.1: the Khatri–Rao grouping ``m * w = [m_1 w_[1], ...,
+  m_p w_[p]]``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import numpy as np
 
-PyTree = Any
+from jaxprune.typing import PyTree
 
 __all__ = [
     "group_sizes",

@@ -12,11 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_finite_tree
 from jaxprune.group_ids import leaf_group_ids, validate_group_ids
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.spectra._checks import check_finite_params
-
-PyTree = Any
+from jaxprune.typing import PyTree
 
 
 def checked_num_groups(params: PyTree, group_ids: PyTree) -> int:
@@ -27,7 +26,7 @@ def checked_num_groups(params: PyTree, group_ids: PyTree) -> int:
         (the message names the offending path).
       TypeError: a group-id leaf is not a concrete integer array.
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     return validate_group_ids(params, group_ids)
 
 

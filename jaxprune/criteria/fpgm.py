@@ -18,10 +18,9 @@ import numpy as np
 from jaxprune.criteria._reduce import check_layout, checked_num_groups
 from jaxprune.group_ids import leaf_group_ids
 from jaxprune.masks.layout import GroupLayout
+from jaxprune.typing import PyTree
 
 __all__ = ["fpgm_scores"]
-
-PyTree = Any
 
 
 def fpgm_scores(

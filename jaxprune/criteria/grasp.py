@@ -4,24 +4,22 @@ higher scores mean more important.
 References:
   Wang, Zhang & Grosse (2020), "Picking winning tickets before training by preserving gradient
   flow", eqs. 7-8 and Algorithm 1; the authors' code (github.com/alecwangcq/GraSP,
-  ``pruner/GraSP.py``).  Paper 000, Appendix E.3 and ERRATA: GraSP applied structurally, the
-  scores summed per head/expert.
+  ``pruner/GraSP.py``).  Chen et al. (2023), Appendix E.3, and reading PL-9 (docs/readings.md): GraSP
+  applied structurally, the scores summed per head/expert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune.criteria._reduce import checked_num_groups, group_sum
 from jaxprune.spectra.hessian import hvp
+from jaxprune.typing import PyTree
 
 __all__ = ["grasp_scores"]
-
-PyTree = Any
 
 
 def grasp_scores(
@@ -51,7 +49,8 @@ def grasp_scores(
       ``(p,)`` scores in the dtype of ``params``.
 
     References:
-      Wang, Zhang & Grosse (2020), eqs. 7-8, Algorithm 1; paper 000, Appendix E.3.
+      Wang, Zhang & Grosse (2020), eqs. 7-8, Algorithm 1; Chen et al. (2023), Appendix E.3; reading
+      PL-9 (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
 

@@ -1,40 +1,35 @@
 """Hessian importance (OBD saliency) per group: ``sum_{j in g} ½ H_jj w_j²``.
 
-The ½ convention: Optimal Brain Damage's saliency of weight ``j`` is ``½ H_jj w_j²``, the
-diagonal second-order estimate of the loss increase when ``w_j`` is set to zero at a minimum.
-Paper 002's Hessian importance (Def. 2.2, eq. 2.1) omits the ½, ``HI = sum H_ii θ_i²``; per
-ERRATA 002 ("Hessian factor 2"), "NI = HI" for the squared loss holds with OBD's ½ (or with
-``H := Σ``).  The scores here are therefore half of paper 002's HI; rankings are identical.
+The ½ convention: Optimal Brain Damage's saliency of weight ``j`` is ``½ H_jj w_j²``, the diagonal
+second-order estimate of the loss increase when ``w_j`` is set to zero at a minimum. The Hessian
+importance of Li et al. (2020), Def. 2.2, eq. 2.1, omits the ½, ``HI = sum H_ii θ_i²``; by reading
+HB-3 (docs/readings.md, "Hessian factor 2"), "NI = HI" for the squared loss holds with OBD's ½ (or
+with ``H := Σ``).  The scores here are therefore half of their HI; rankings are identical.
 
 References:
   LeCun, Denker & Solla (1990), "Optimal brain damage" (saliency ``s_k = h_kk u_k² / 2``).
-  Paper 002, Section 2 (Def. 2.2, the Hessian importance HI) and Section 3 (HI of linear
-  models), with ERRATA 002.  Bekas, Kokiopoulou & Saad (2007) and Hutchinson (1990) for the
+  Li et al. (2020), Section 2 (Def. 2.2, the Hessian importance HI) and Section 3 (HI of linear
+  models), with reading HB-3 (docs/readings.md).  Bekas, Kokiopoulou & Saad (2007) and Hutchinson (1990) for the
   stochastic diagonal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxprune._validation import check_positive_int
 from jaxprune.criteria._reduce import checked_num_groups, group_sum
-from jaxprune.spectra._checks import check_positive_int
 from jaxprune.spectra.hessian import (
     Distribution,
     TraceEstimate,
     hessian_diagonal,
     hvp,
 )
+from jaxprune.typing import LossFn, PyTree
 
 __all__ = ["hessian_diagonal_score_estimate", "hessian_diagonal_scores"]
-
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
 
 # Basis vectors whose Hessian-vector products are evaluated together for the exact diagonal.
 _EXACT_BATCH = 64
@@ -78,7 +73,8 @@ def hessian_diagonal_scores(
       TypeError: ``num_probes`` is not an int.
 
     References:
-      LeCun, Denker & Solla (1990); paper 002, Def. 2.2 and ERRATA 002 ("Hessian factor 2").
+      LeCun, Denker & Solla (1990); Li et al. (2020), Def. 2.2, and reading HB-3
+      (docs/readings.md, "Hessian factor 2").
     """
     if exact:
         if key is not None or num_probes is not None:
@@ -132,7 +128,7 @@ def hessian_diagonal_score_estimate(
       ``stderr`` and ``(num_probes, p)`` samples.
 
     References:
-      LeCun, Denker & Solla (1990); Bekas, Kokiopoulou & Saad (2007); paper 002, Def. 2.2.
+      LeCun, Denker & Solla (1990); Bekas, Kokiopoulou & Saad (2007); Li et al. (2020), Def. 2.2.
     """
     p = checked_num_groups(params, group_ids)
     num_probes = check_positive_int(num_probes, "num_probes")

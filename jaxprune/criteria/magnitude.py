@@ -9,16 +9,16 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.typing import PyTree
 
 __all__ = ["NORMS", "magnitude_scores"]
 
-PyTree = Any
 NORMS: tuple[str, ...] = ("l1", "l2")
 
 

@@ -1,7 +1,7 @@
 """Random criterion: i.i.d. uniform scores, the random-pruning baseline.
 
 References:
-  Liu et al. (2022), "The unreasonable effectiveness of random pruning: return of the most
+  Liu, S. et al. (2022), "The unreasonable effectiveness of random pruning: return of the most
   naive baseline for sparse training"; Frankle, Dziugaite, Roy & Carbin (2021),
   "Pruning neural networks at initialization: why are we missing the mark?" (random baseline).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxprune.spectra._checks import check_positive_int
+from jaxprune._validation import check_positive_int
 
 __all__ = ["random_scores"]
 

@@ -2,23 +2,21 @@
 
 References:
   Lee, Ajanthan & Torr (2019), "SNIP: Single-shot network pruning based on connection
-  sensitivity", eq. 6.  Paper 000, Appendix E.3 and ERRATA: SNIP applied structurally, the
-  scores summed per head/expert.
+  sensitivity", eq. 6.  Chen et al. (2023), Appendix E.3, and reading PL-9
+  (docs/readings.md): SNIP applied structurally, the scores summed per head/expert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.typing import PyTree
 
 __all__ = ["snip_scores"]
-
-PyTree = Any
 
 
 def snip_scores(
@@ -42,7 +40,8 @@ def snip_scores(
       ``(p,)`` scores in the dtype of ``params``.
 
     References:
-      Lee, Ajanthan & Torr (2019), eq. 6; paper 000, Appendix E.3.
+      Lee, Ajanthan & Torr (2019), eq. 6; Chen et al. (2023), Appendix E.3; reading PL-9
+      (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
 

@@ -5,12 +5,13 @@ is ``|∂L/∂ξ_g|`` at ``ξ = 1``.  By the chain rule ``∂L/∂ξ_g = sum_{j 
 first-order Taylor estimate of the loss change when the group is removed.
 
 References:
-  Michel, Levy & Neubig (2019), "Are sixteen heads really better than one?", Section 4.1
-  (head importance; the Att-Score/Exp-Score baseline of paper 000, Appendix E.3), and the
-  authors' code (github.com/pmichel31415/are-16-heads-really-better-than-1: ``|∂L/∂ξ|`` summed
-  over batches, then each layer's scores divided by their L2 norm).  Molchanov, Mallya, Tyree,
-  Frosio & Kautz (2019), "Importance estimation for neural network pruning", Section 3 (the
-  first-order Taylor criterion of a group of weights).
+  Michel, Levy & Neubig (2019), "Are sixteen heads really better than one?", Section 4.1 (head
+  importance; the Att-Score/Exp-Score baseline of Chen et al. (2023), Appendix E.3, reading PL-9 in
+  docs/readings.md), and the authors' code
+  (github.com/pmichel31415/are-16-heads-really-better-than-1: ``|∂L/∂ξ|`` summed over batches, then
+  each layer's scores divided by their L2 norm).  Molchanov, Mallya, Tyree, Frosio & Kautz (2019),
+  "Importance estimation for neural network pruning", Section 3 (the first-order Taylor criterion of
+  a group of weights).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ import numpy as np
 
 from jaxprune.criteria._reduce import check_layout, checked_num_groups
 from jaxprune.masks.layout import GroupLayout
+from jaxprune.typing import PyTree
 
 __all__ = ["gate_gradient_scores"]
-
-PyTree = Any
 
 
 def gate_gradient_scores(

@@ -14,6 +14,8 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int
+
 __all__ = ["BatchPosition", "epoch_batches", "iterate_batches", "prefetch"]
 
 T = TypeVar("T")
@@ -24,11 +26,6 @@ class BatchPosition(NamedTuple):
 
     epoch: int
     step: int
-
-
-def _check_positive(name: str, value: object) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def epoch_batches(
@@ -51,11 +48,10 @@ def epoch_batches(
       List of int64 arrays of shape ``(b,)`` (the last one shorter when ``drop_remainder`` is
       false); together they hold each index at most once, and every index when nothing is dropped.
     """
-    _check_positive("num_examples", num_examples)
-    _check_positive("batch_size", batch_size)
+    check_positive_int(num_examples, "num_examples")
+    check_positive_int(batch_size, "batch_size")
     for name, value in (("seed", seed), ("epoch", epoch)):
-        if not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        check_int(value, name, minimum=0)
     order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
     permutation = order.permutation(num_examples)
     stop = num_examples - num_examples % batch_size if drop_remainder else num_examples
@@ -85,8 +81,7 @@ def iterate_batches(
       ``(indices, next_position)``.
     """
     epoch, step = BatchPosition(*start)
-    if step < 0:
-        raise ValueError(f"start.step must be non-negative, got {step!r}")
+    check_int(step, "start.step", minimum=0)
     while num_epochs is None or epoch < num_epochs:
         batches = epoch_batches(
             num_examples, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder
@@ -116,7 +111,7 @@ def prefetch(iterator: Iterable[T], size: int = 2) -> Iterator[T]:
       iterator: any iterable (e.g. a generator of host batches).
       size: buffer length, at least 1.
     """
-    _check_positive("size", size)
+    check_positive_int(size, "size")
     buffer: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
 

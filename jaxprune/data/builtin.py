@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_positive_int
+
 __all__ = [
     "DATASETS",
     "Dataset",
@@ -48,10 +50,9 @@ def load_digits(*, flatten: bool = True, image_size: int = 8, channels: int = 1)
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    if not isinstance(image_size, int) or image_size < 8 or image_size % 8:
-        raise ValueError(f"image_size must be a positive multiple of 8, got {image_size!r}")
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be an int >= 1, got {channels!r}")
+    if check_positive_int(image_size, "image_size") % 8:
+        raise ValueError(f"image_size: expected a positive multiple of 8, got {image_size}")
+    check_positive_int(channels, "channels")
     bunch = sklearn_digits()
     x = (bunch.images / 16.0).astype(np.float32)
     factor = image_size // 8

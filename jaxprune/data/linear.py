@@ -1,4 +1,4 @@
-"""Paper 002's over-parameterized linear-regression model with diagonal feature scaling.
+"""The over-parameterized linear-regression model of Li et al. (2020) with diagonal feature scaling.
 
 ``x ~ N(0, I_p)``, ``y = xᵀθ̄ + z`` with ``z ~ N(0, σ²)`` and the ground truth
 ``θ̄_i ∝ 1 / (1 + 4 i / p)²`` (unit norm, so the leading weights matter most).  The observed
@@ -7,7 +7,7 @@ for the rest: labels are unchanged, the population minimizer becomes ``Λ⁻¹θ
 (feature covariance) becomes ``Λ²``.
 
 References:
-  Paper 002, Section 3 (the scaled dataset ``S_Λ``) and Section 3.1 (realizable model, the
+  Li et al. (2020), Section 3 (the scaled dataset ``S_Λ``) and Section 3.1 (realizable model, the
   polynomially decaying ``θ̄`` and eq. 3.5, ``Λ`` scaling the first 10% of features).
 """
 
@@ -18,11 +18,13 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._validation import check_positive_int, check_real
+
 __all__ = ["LinearProblem", "decaying_theta", "scaled_linear_regression"]
 
 
 class LinearProblem(NamedTuple):
-    """A sample of paper 002's linear model.
+    """A sample of the linear model of Li et al. (2020).
 
     Attributes:
       x: ``(n, p)`` float32 scaled features ``Λ x``.
@@ -42,10 +44,9 @@ class LinearProblem(NamedTuple):
 def decaying_theta(p: int) -> np.ndarray:
     """``θ̄_i = 1 / (1 + 4 i / p)²`` for ``i = 1..p``, scaled to unit Euclidean norm.
 
-    References: paper 002, Section 3.1.
+    References: Li et al. (2020), Section 3.1.
     """
-    if not isinstance(p, int) or p < 1:
-        raise ValueError(f"p must be an int >= 1, got {p!r}")
+    p = check_positive_int(p, "p")
     theta = 1.0 / (1.0 + 4.0 * np.arange(1, p + 1) / p) ** 2
     return theta / np.linalg.norm(theta)
 
@@ -72,17 +73,13 @@ def scaled_linear_regression(
     Returns:
       :class:`LinearProblem`.
 
-    References: paper 002, Section 3.1, eq. 3.5.
+    References: Li et al. (2020), Section 3.1, eq. 3.5.
     """
-    for name, value in (("num_examples", num_examples), ("dim", dim)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale!r}")
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must lie in [0, 1], got {fraction!r}")
-    if not noise >= 0:
-        raise ValueError(f"noise must be >= 0, got {noise!r}")
+    num_examples = check_positive_int(num_examples, "num_examples")
+    dim = check_positive_int(dim, "dim")
+    scale = check_real(scale, "scale", minimum=0.0, strict=True)
+    fraction = check_real(fraction, "fraction", minimum=0.0, maximum=1.0)
+    noise = check_real(noise, "noise", minimum=0.0)
     kx, kz = jax.random.split(key)
     theta = decaying_theta(dim)
     x = np.asarray(jax.random.normal(kx, (num_examples, dim)), np.float64)

@@ -6,13 +6,12 @@ splits hold ``{"x"}``, ``(N, seq_len)`` packed token rows that the training task
 the fly (:func:`jaxprune.data.mask_tokens`), so every epoch sees fresh masks.
 
 Names (``DATASET_NAMES``):
-  ``digits`` (8×8 digits flattened to 64 features), ``digits_image`` (8×8×1 images),
-  ``digits32`` (32×32×3: upscaled digits shaped like CIFAR, for VGG and ResNet),
-  ``gaussian_mixture``, ``teacher_student`` (regression), ``linear`` (paper 002's scaled
-  over-parameterized least squares, regression), ``docstrings`` (MLM on the standard library's
-  docstrings with a locally trained tokenizer), ``tfds:cifar10`` and the other
-  :data:`~jaxprune.data.TFDS_IMAGE_DATASETS`, and ``text:PATH[,PATH...]`` (MLM on local UTF-8
-  files such as WikiText's ``wiki.train.tokens``).
+  ``digits`` (8×8 digits flattened to 64 features), ``digits_image`` (8×8×1 images), ``digits32``
+  (32×32×3: upscaled digits shaped like CIFAR, for VGG and ResNet), ``gaussian_mixture``,
+  ``teacher_student`` (regression), ``linear`` (the scaled over-parameterized least squares of Li et
+  al. (2020), regression), ``docstrings`` (MLM on the standard library's docstrings with a locally
+  trained tokenizer), ``tfds:cifar10`` and the other :data:`~jaxprune.data.TFDS_IMAGE_DATASETS`, and
+  ``text:PATH[,PATH...]`` (MLM on local UTF-8 files such as WikiText's ``wiki.train.tokens``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int, check_ratio
 from jaxprune.data.builtin import Dataset, gaussian_mixture, load_digits, teacher_student
 from jaxprune.data.linear import scaled_linear_regression
 from jaxprune.data.text import docstring_corpus, leading_documents, read_text_files
@@ -75,7 +75,7 @@ class DataConfig:
       num_examples: size of generated datasets (``gaussian_mixture``, ``teacher_student``,
         ``linear``).
       dim: feature dimension of ``linear``.
-      scale: ``λ`` of ``linear`` (paper 002, eq. 3.5).
+      scale: ``λ`` of ``linear`` (Li et al. (2020), eq. 3.5).
       seq_len: token row length for MLM.
       vocab_size: largest tokenizer vocabulary for MLM.
       max_chars: characters of text used for MLM (``None``: all).
@@ -98,14 +98,11 @@ class DataConfig:
             raise ValueError(
                 f"unknown dataset {self.name!r}; expected one of {', '.join(DATASET_NAMES)}"
             )
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must lie in (0, 1), got {self.test_fraction!r}")
+        check_ratio(self.test_fraction, "test_fraction")
         for field in ("num_examples", "dim", "seq_len", "vocab_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
-                raise ValueError(f"{field} must be an int >= 2, got {value!r}")
-        if self.max_chars is not None and self.max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1 or None, got {self.max_chars!r}")
+            check_int(getattr(self, field), field, minimum=2)
+        if self.max_chars is not None:
+            check_positive_int(self.max_chars, "max_chars")
 
 
 def _known(name: str) -> bool:

@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from jaxprune._validation import check_positive_int
+
 __all__ = [
     "SKIPPED_MODULES",
     "docstring_corpus",
@@ -141,8 +143,8 @@ def docstring_corpus(
     Returns:
       A list of documents (non-empty strings).
     """
-    if max_chars is not None and (not isinstance(max_chars, int) or max_chars <= 0):
-        raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
+    if max_chars is not None:
+        check_positive_int(max_chars, "max_chars")
     if cache_dir is None:
         return leading_documents(_stdlib_documents(), max_chars)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"

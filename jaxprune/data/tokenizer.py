@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxprune._validation import check_int
+
 __all__ = [
     "CLS_ID",
     "MASK_ID",
@@ -145,8 +147,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     Returns:
       A ``Tokenizer`` with ``min(vocab_size, 5 + 2·#characters + #words)`` tokens.
     """
-    if not isinstance(vocab_size, int) or vocab_size <= len(SPECIAL_TOKENS):
-        raise ValueError(f"vocab_size must be an int > {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    check_int(vocab_size, "vocab_size", minimum=len(SPECIAL_TOKENS) + 1)
     words: Counter[str] = Counter()
     for text in texts:
         words.update(pre_tokenize(text))
@@ -184,8 +185,7 @@ def pack_sequences(
       ``(N, seq_len)`` int32 array, ``N = ceil(total / (seq_len - 1))`` with ``total`` the
       stream length (documents plus one ``[SEP]`` each).
     """
-    if not isinstance(seq_len, int) or seq_len < 2:
-        raise ValueError(f"seq_len must be an int >= 2, got {seq_len!r}")
+    check_int(seq_len, "seq_len", minimum=2)
     stream = [i for tokens in token_lists for i in (*tokens, sep_id)]
     chunk = seq_len - 1
     num_rows = -(-len(stream) // chunk)

@@ -1,6 +1,6 @@
 """Structured sparsity: group constructors, masks, TopK, schedules and compaction.
 
-References: paper 000, Sections 3.2.1 and 3.2.4, Algorithm 2, Appendix E.3.
+References: Chen et al. (2023), Sections 3.2.1 and 3.2.4, Algorithm 2, Appendix E.3.
 """
 
 from jaxprune.masks.compact import Link, compact, keep_along

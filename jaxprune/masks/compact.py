@@ -11,7 +11,7 @@ maps 0 to 0 (ReLU, tanh, GELU; not sigmoid).
 
 References:
   Li et al. (2017), "Pruning filters for efficient ConvNets" (removing filters and the next
-  layer's matching kernels); paper 000, Table 6 (wall-clock time of compacted models).
+  layer's matching kernels); Chen et al. (2023), Table 6 (wall-clock time of compacted models).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-__all__ = ["Link", "compact", "keep_along", "take"]
+from jaxprune.typing import PyTree
 
-PyTree = Any
+__all__ = ["Link", "compact", "keep_along", "take"]
 
 
 class Link(NamedTuple):

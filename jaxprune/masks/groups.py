@@ -24,10 +24,10 @@ A weight belongs to at most one group, so two specs may not claim the same leaf 
 layer that is the ``next_layer`` of one spec and is grouped by another).
 
 References:
-  Paper 000, Section 3.2.1: groups ``w_[1], ..., w_[p]`` and the product ``m * w``.
-  Li et al. 2017, "Pruning filters for efficient ConvNets" (filters and their next layer).
-  Michel et al. 2019, "Are sixteen heads really better than one?" (attention heads).
-  Fedus et al. 2021, "Switch Transformers" (experts with a leading expert axis).
+  Chen et al. (2023), Section 3.2.1: groups ``w_[1], ..., w_[p]`` and the product ``m * w``.
+  Li et al. (2017), "Pruning filters for efficient ConvNets" (filters and their next layer).
+  Michel et al. (2019), "Are sixteen heads really better than one?" (attention heads).
+  Fedus et al. (2022), "Switch Transformers" (experts with a leading expert axis).
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int
 from jaxprune.masks.layout import GroupLayout
-
-PyTree = Any
+from jaxprune.typing import PyTree
 
 __all__ = [
     "ExpertSpec",
@@ -108,7 +108,7 @@ GroupSpec = NeuronSpec | FilterSpec | HeadSpec | ExpertSpec | UnstructuredSpec
 # Argument checks for the spec constructors.
 
 
-def _check_pattern(name: str, value: Any) -> str:
+def _check_pattern(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name}: expected a regular expression string, got {value!r}")
     try:
@@ -118,19 +118,11 @@ def _check_pattern(name: str, value: Any) -> str:
     return value
 
 
-def _check_optional_pattern(name: str, value: Any) -> str | None:
-    return None if value is None else _check_pattern(name, value)
+def _check_optional_pattern(value: Any, name: str) -> str | None:
+    return None if value is None else _check_pattern(value, name)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
-
-
-def _check_names(name: str, value: Any) -> tuple[str, ...]:
+def _check_names(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         raise TypeError(f"{name}: expected a non-empty sequence of strings, got {value!r}")
     names = tuple(value)
@@ -164,10 +156,10 @@ def neurons(pattern: str, *, next_layer: str | None = None) -> NeuronSpec:
       layer.
 
     References:
-      Paper 000, Section 3.2.1 (neuron groups of an over-parameterized MLP).
+      Chen et al. (2023), Section 3.2.1 (neuron groups of an over-parameterized MLP).
     """
     return NeuronSpec(
-        _check_pattern("pattern", pattern), _check_optional_pattern("next_layer", next_layer)
+        _check_pattern(pattern, "pattern"), _check_optional_pattern(next_layer, "next_layer")
     )
 
 
@@ -195,13 +187,13 @@ def filters(
       convolution.
 
     References:
-      Li et al. 2017, "Pruning filters for efficient ConvNets", Section 3.1 (a filter and the
+      Li et al. (2017), "Pruning filters for efficient ConvNets", Section 3.1 (a filter and the
       matching input channel of the next layer).
     """
     return FilterSpec(
-        _check_pattern("pattern", pattern),
-        _check_optional_pattern("batchnorm", batchnorm),
-        _check_optional_pattern("next_layer", next_layer),
+        _check_pattern(pattern, "pattern"),
+        _check_optional_pattern(batchnorm, "batchnorm"),
+        _check_optional_pattern(next_layer, "next_layer"),
     )
 
 
@@ -241,18 +233,18 @@ def heads(
       A :class:`HeadSpec` for :func:`build_group_ids`: one layer of ``H`` groups per module.
 
     References:
-      Michel et al. 2019, "Are sixteen heads really better than one?", Section 2 (head masks).
-      Paper 000, Appendix E.3 (head groups, at least one kept per layer).
+      Michel et al. (2019), "Are sixteen heads really better than one?", Section 2 (head masks).
+      Chen et al. (2023), Appendix E.3 (head groups, at least one kept per layer).
     """
     if layout not in _HEAD_LAYOUTS:
         raise ValueError(f"layout: expected one of {_HEAD_LAYOUTS}, got {layout!r}")
     if not isinstance(out, str) or not out:
         raise TypeError(f"out: expected a non-empty layer name, got {out!r}")
     return HeadSpec(
-        _check_pattern("pattern", pattern),
-        _check_positive_int("num_heads", num_heads),
+        _check_pattern(pattern, "pattern"),
+        check_positive_int(num_heads, "num_heads"),
         layout,
-        _check_names("qkv", qkv),
+        _check_names(qkv, "qkv"),
         out,
     )
 
@@ -275,15 +267,13 @@ def experts(pattern: str, num_experts: int, *, axis: int = 0) -> ExpertSpec:
       An :class:`ExpertSpec` for :func:`build_group_ids`: one layer of ``E`` groups per module.
 
     References:
-      Fedus et al. 2021, "Switch Transformers", Section 2 (expert FFNs).
-      Paper 000, Appendix E.3 (expert groups, at least one kept per layer).
+      Fedus et al. (2022), "Switch Transformers", Section 2 (expert FFNs).
+      Chen et al. (2023), Appendix E.3 (expert groups, at least one kept per layer).
     """
-    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-        raise TypeError(f"axis: expected an int, got {axis!r}")
     return ExpertSpec(
-        _check_pattern("pattern", pattern),
-        _check_positive_int("num_experts", num_experts),
-        int(axis),
+        _check_pattern(pattern, "pattern"),
+        check_positive_int(num_experts, "num_experts"),
+        check_int(axis, "axis"),
     )
 
 
@@ -302,11 +292,12 @@ def unstructured(pattern: str, *, leaves: Sequence[str] | None = None) -> Unstru
       as many groups as it has selected weights.
 
     References:
-      Paper 000, Section 3.2.1 (``p`` equal to the number of weights: unstructured pruning).
+      Chen et al. (2023), Section 3.2.1 (``p`` equal to the number of weights: unstructured
+      pruning).
     """
     return UnstructuredSpec(
-        _check_pattern("pattern", pattern),
-        None if leaves is None else _check_names("leaves", leaves),
+        _check_pattern(pattern, "pattern"),
+        None if leaves is None else _check_names(leaves, "leaves"),
     )
 
 
@@ -630,7 +621,7 @@ def build_group_ids(
       TypeError: a spec is not one of the spec types.
 
     References:
-      Paper 000, Section 3.2.1 (the grouping ``w = [w_[1], ..., w_[p]]`` behind ``m * w``).
+      Chen et al. (2023), Section 3.2.1 (the grouping ``w = [w_[1], ..., w_[p]]`` behind ``m * w``).
     """
     if isinstance(specs, tuple(_RESOLVERS)):
         specs = (specs,)

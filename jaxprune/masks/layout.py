@@ -1,11 +1,12 @@
 """Group layout: which groups form each layer.
 
-Layer-wise TopK and the "keep at least one head/expert per layer" protection of paper 000 need
-to know which of the ``p`` groups belong together.  A layout is static structure (NumPy), built
-alongside the group-id pytree by the constructors in :mod:`jaxprune.masks.groups`.
+Layer-wise TopK and the "keep at least one head/expert per layer" protection of Chen et al. (2023),
+App. E.3, need to know which of the ``p`` groups belong together.  A layout is static structure
+(NumPy), built alongside the group-id pytree by the constructors in :mod:`jaxprune.masks.groups`.
 
 References:
-  Paper 000, Appendix E.3 (every method keeps at least one head/expert per layer).
+  Chen et al. (2023), Appendix E.3 (every method keeps at least one head/expert per layer); reading
+  PL-9 (docs/readings.md).
 """
 
 from __future__ import annotations

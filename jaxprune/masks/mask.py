@@ -5,8 +5,9 @@ A group mask is a vector ``m`` of length ``p`` (one entry per group of a group-i
 ``g`` are multiplied by ``m[g]``; ungrouped weights (id ``-1``) are left alone.
 
 References:
-  Paper 000, Section 3.2.1: ``m * w = [m_1 w_[1], ..., m_p w_[p]]`` and the TopK mask.
-  Paper 000, Appendix E.3: every method keeps at least one head/expert per layer.
+  Chen et al. (2023), Section 3.2.1: ``m * w = [m_1 w_[1], ..., m_p w_[p]]`` and the TopK mask.
+  Chen et al. (2023), Appendix E.3, and reading PL-9 (docs/readings.md): every method keeps at
+  least one head/expert per layer.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int, check_ratio
 from jaxprune.group_ids import group_sizes, leaf_group_ids, validate_group_ids
 from jaxprune.masks.layout import GroupLayout
-
-PyTree = Any
+from jaxprune.typing import PyTree
 
 __all__ = [
     "SparsityReport",
@@ -94,7 +95,7 @@ def apply_group_mask(params: PyTree, group_ids: PyTree, mask: Any) -> PyTree:
       A pytree like ``params``.
 
     References:
-      Paper 000, Section 3.2.1, the product ``m * w = [m_1 w_[1], ..., m_p w_[p]]``.
+      Chen et al. (2023), Section 3.2.1, the product ``m * w = [m_1 w_[1], ..., m_p w_[p]]``.
     """
     multipliers = _leaf_multipliers(params, group_ids, mask)
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -115,7 +116,7 @@ def param_mask(params: PyTree, group_ids: PyTree, mask: Any) -> PyTree:
       that ``apply_group_mask(params, group_ids, mask) == params * param_mask(...)`` leafwise.
 
     References:
-      Paper 000, Section 3.2.1 (the mask ``m`` expanded to every weight).
+      Chen et al. (2023), Section 3.2.1 (the mask ``m`` expanded to every weight).
     """
     multipliers = _leaf_multipliers(params, group_ids, mask)
     leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -144,7 +145,7 @@ def group_mask_from_param_mask(params: PyTree, group_ids: PyTree, pmask: PyTree)
       ``(p,)`` float32 array in ``{0, 1}``.
 
     References:
-      Paper 000, Section 3.2.1 (a group is removed when all of ``w_[g]`` is).
+      Chen et al. (2023), Section 3.2.1 (a group is removed when all of ``w_[g]`` is).
     """
     p = validate_group_ids(params, group_ids)
     param_leaves, treedef = jax.tree_util.tree_flatten(params)
@@ -194,16 +195,10 @@ def ratio_to_k(num_groups: int, ratio: float) -> int:
         (``(1 - r) p < 1/2``): pruning every group is never done implicitly.
 
     References:
-      Paper 000, Section 3.2.1 (TopK keeps ``k`` of ``p`` groups).
+      Chen et al. (2023), Section 3.2.1 (TopK keeps ``k`` of ``p`` groups).
     """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, (int, np.integer)):
-        raise TypeError(f"num_groups: expected a positive int, got {num_groups!r}")
-    if num_groups < 1:
-        raise ValueError(f"num_groups: expected a positive int, got {num_groups}")
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.integer, np.floating)):
-        raise TypeError(f"ratio: expected a real number in [0, 1), got {ratio!r}")
-    if not (np.isfinite(ratio) and 0 <= ratio < 1):
-        raise ValueError(f"ratio: expected 0 <= ratio < 1, got {ratio}")
+    num_groups = check_positive_int(num_groups, "num_groups")
+    ratio = check_ratio(ratio, "ratio", allow_zero=True)
     kept = (1 - Fraction(repr(float(ratio)))) * int(num_groups)
     k = int(kept + Fraction(1, 2))  # floor(x + 1/2): nearest, ties up (x >= 0)
     if k < 1:
@@ -232,11 +227,11 @@ def _scores_vector(scores: Any) -> np.ndarray:
 
 
 def _check_k(k: Any, p: int) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k: expected an int in [0, {p}], got {k!r}")
-    if not 0 <= k <= p:
-        raise ValueError(f"k: expected 0 <= k <= {p} (the number of groups), got {k}")
-    return int(k)
+    """``k`` as an int in ``[0, p]``: a number of groups to keep out of ``p``."""
+    k = check_int(k, "k", minimum=0)
+    if k > p:
+        raise ValueError(f"k: expected an int in [0, {p}] (the number of groups), got {k}")
+    return k
 
 
 def _layer_counts(layout: GroupLayout | None, p: int) -> tuple[np.ndarray, np.ndarray]:
@@ -312,15 +307,13 @@ def topk_mask(
       TypeError: traced scores (use :func:`topk_mask_jax`), or arguments of the wrong type.
 
     References:
-      Paper 000, Section 3.2.1 (TopK mask), Appendix E.3 (at least one head/expert per layer).
+      Chen et al. (2023), Section 3.2.1 (TopK mask), Appendix E.3 (at least one head/expert per
+      layer).
     """
     scores = _scores_vector(scores)
     p = scores.size
     k = _check_k(k, p)
-    if isinstance(min_per_layer, bool) or not isinstance(min_per_layer, (int, np.integer)):
-        raise TypeError(f"min_per_layer: expected a non-negative int, got {min_per_layer!r}")
-    if min_per_layer < 0:
-        raise ValueError(f"min_per_layer: expected a non-negative int, got {min_per_layer}")
+    min_per_layer = check_int(min_per_layer, "min_per_layer", minimum=0)
     order = np.argsort(-scores, kind="stable")
     kept = np.zeros(p, bool)
     if not per_layer and min_per_layer == 0:
@@ -375,7 +368,7 @@ def topk_mask_jax(scores: jax.Array, k: int) -> jax.Array:
       ``(p,)`` mask in ``{0, 1}``, of the scores' dtype when floating (else the default float).
 
     References:
-      Paper 000, Section 3.2.1 (TopK mask).
+      Chen et al. (2023), Section 3.2.1 (TopK mask).
     """
     scores = jnp.asarray(scores)
     if not (
@@ -444,7 +437,7 @@ def sparsity(
       A :class:`SparsityReport`.
 
     References:
-      Paper 000, Section 3.2.1 (pruning ratio ``r``: ``k = (1 - r) p`` groups kept).
+      Chen et al. (2023), Section 3.2.1 (pruning ratio ``r``: ``k = (1 - r) p`` groups kept).
     """
     p = validate_group_ids(params, group_ids)
     mask = np.asarray(mask)

@@ -1,6 +1,6 @@
 """Directional pruning: its closed form, flat-direction scores, and the paper's diagnostics.
 
-Directional pruning (Definition 1.1 of paper 003) shrinks a trained minimizer ``w^SGD`` along
+Directional pruning (Chao et al. (2020), Definition 1.1) shrinks a trained minimizer ``w^SGD`` along
 the flat directions of the loss: with the scores ``s_j = sign(w_j)·(Π_0 sign(w))_j``, ``Π_0``
 the projection onto the (near-)null space ``P_0`` of the Hessian, it solves
 
@@ -14,11 +14,11 @@ ratio ``‖w‖₂/‖w‖₁`` (Remark 3.3, Figure 2), and quadratic Bézier cu
 (Section 4.2, after Garipov et al.).  All are pure functions of explicit arguments, on pytrees.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 1.1 (eqs. 2–3, Definition 1.1, Remark 1.2), Appendix A Proposition A.1, Section 3
-  (Theorem 3.1, Remark 3.3), Section 4.2–4.3 (eq. 9), and the 003 section of ERRATA.md.
-  Garipov, Izmailov, Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity,
-  and fast ensembling of DNNs" (quadratic Bézier curves).
+  Chao et al. (2020), "Directional pruning of deep neural networks", Section 1.1 (eqs. 2–3,
+  Definition 1.1, Remark 1.2), Appendix A Proposition A.1, Section 3 (Theorem 3.1, Remark 3.3),
+  Section 4.2–4.3 (eq. 9), and readings DP-1 to DP-4 (docs/readings.md). Garipov, Izmailov,
+  Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity, and fast ensembling of
+  DNNs" (quadratic Bézier curves).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.spectra._checks import check_positive_int
+from jaxprune._validation import check_positive_int, check_real
 from jaxprune.spectra.lanczos import hessian_eigenvalues
+from jaxprune.typing import PyTree
 
 __all__ = [
     "BezierFit",
@@ -47,8 +48,6 @@ __all__ = [
     "sign_alignment_ratio",
     "top_eigenspace_fraction",
 ]
-
-PyTree = Any
 
 # Largest |V Vᵀ − I| entry accepted for "orthonormal" eigenvectors.
 _ORTHONORMAL_TOL = 1e-3
@@ -69,14 +68,9 @@ def _same_structure(a: PyTree, b: PyTree, name_a: str, name_b: str) -> None:
 
 
 def _check_scalar(value: Any, name: str, *, positive: bool) -> None:
-    if isinstance(value, jax.core.Tracer):
-        return
-    if np.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-    v = float(np.asarray(value))
-    if not np.isfinite(v) or v < 0 or (positive and v == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {v}")
+    """A finite real ``> 0`` (``positive``) or ``>= 0``; traced values are not inspected."""
+    if not isinstance(value, jax.core.Tracer):
+        check_real(value, name, minimum=0.0, strict=positive)
 
 
 def directional_pruning_solution(
@@ -109,8 +103,8 @@ def directional_pruning_solution(
       A pytree like ``w_sgd``; pruned entries are exactly 0.
 
     References:
-      Paper 003, eq. (3), Remark 1.2 and Proposition A.1 (eq. A.2); ERRATA.md (valid for scores
-      of either sign).
+      Chao et al. (2020), eq. (3), Remark 1.2 and Proposition A.1 (eq. A.2); reading DP-4
+      (docs/readings.md: valid for scores of either sign).
     """
     _same_structure(w_sgd, scores, "w_sgd", "scores")
     _check_scalar(lam, "lam", positive=False)
@@ -179,8 +173,8 @@ def projection_scores(params: PyTree, eigenvectors: PyTree) -> PyTree:
       (3) shrinks, negative ones those it grows.
 
     References:
-      Paper 003, eq. (2) and the projection ``Π_0`` of Section 1.1; Theorem 3.1 (``P_0`` as the
-      null space of the limiting Hessian).
+      Chao et al. (2020), eq. (2) and the projection ``Π_0`` of Section 1.1; Theorem 3.1 (``P_0`` as
+      the null space of the limiting Hessian).
     """
     flat, unravel = ravel_pytree(params)
     rows = _eigen_rows(eigenvectors, params, "eigenvectors").astype(flat.dtype)
@@ -217,7 +211,7 @@ def flat_direction_scores(
       A pytree like ``params`` of scores (see :func:`projection_scores`).
 
     References:
-      Paper 003, eq. (2) and Section 4.3 (top Hessian eigenvectors by Lanczos).
+      Chao et al. (2020), eq. (2) and Section 4.3 (top Hessian eigenvectors by Lanczos).
     """
     result = hessian_eigenvalues(
         loss_fn, params, key, k=k, num_iterations=num_iterations, return_eigenvectors=True
@@ -242,7 +236,7 @@ def top_eigenspace_fraction(delta: PyTree, eigenvectors: PyTree) -> jax.Array:
       A scalar in ``[0, 1]``; NaN when ``Δ = 0``.
 
     References:
-      Paper 003, Section 4.3, eq. (9) and Figure 6.
+      Chao et al. (2020), Section 4.3, eq. (9) and Figure 6.
     """
     flat, _ = ravel_pytree(delta)
     rows = _eigen_rows(eigenvectors, delta, "eigenvectors").astype(flat.dtype)
@@ -263,7 +257,7 @@ def sign_alignment_ratio(w: PyTree) -> jax.Array:
       A scalar; NaN when ``w = 0``.
 
     References:
-      Paper 003, Remark 3.3 and Figure 2.
+      Chao et al. (2020), Remark 3.3 and Figure 2.
     """
     flat, _ = ravel_pytree(w)
     return jnp.linalg.norm(flat) / jnp.sum(jnp.abs(flat))
@@ -280,7 +274,7 @@ def bezier_point(w0: PyTree, theta: PyTree, w1: PyTree, t: jax.typing.ArrayLike)
       A pytree like ``w0``.
 
     References:
-      Garipov et al. (2018), Section 3 (quadratic Bézier curve); paper 003, Section 4.2.
+      Garipov et al. (2018), Section 3 (quadratic Bézier curve); Chao et al. (2020), Section 4.2.
     """
     _same_structure(w0, theta, "w0", "theta")
     _same_structure(w0, w1, "w0", "w1")
@@ -342,7 +336,7 @@ def fit_bezier_midpoint(
 
     References:
       Garipov et al. (2018), Section 3.2 (training the curve by sampling ``t ~ U(0, 1)`` per
-      step); paper 003, Section 4.2 and Appendix C.3.
+      step); Chao et al. (2020), Section 4.2 and Appendix C.3.
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     _check_scalar(learning_rate, "learning_rate", positive=True)
@@ -400,7 +394,7 @@ def curve_losses(
       ``(m,)`` losses.
 
     References:
-      Garipov et al. (2018); paper 003, Section 4.2 and Figure 5 (loss on the curve).
+      Garipov et al. (2018); Chao et al. (2020), Section 4.2 and Figure 5 (loss on the curve).
     """
     _same_structure(w0, theta, "w0", "theta")
     _same_structure(w0, w1, "w0", "w1")
@@ -426,7 +420,8 @@ def line_losses(
       ``(m,)`` losses.
 
     References:
-      Garipov et al. (2018) (linear interpolation as the baseline path); paper 003, Section 4.2.
+      Garipov et al. (2018) (linear interpolation as the baseline path); Chao et al. (2020), Section
+      4.2.
     """
     _same_structure(w0, w1, "w0", "w1")
     ts = jnp.asarray(ts)

@@ -1,4 +1,4 @@
-"""Optax transforms for pruning: masked training and gRDA (paper 003)."""
+"""Optax transforms for pruning: masked training and gRDA (Chao et al., 2020)."""
 
 from jaxprune.optim.grda import GrdaState, grda, grda_threshold, soft_threshold
 from jaxprune.optim.masked import MaskedState, apply_mask, map_param_subtrees, masked, set_mask

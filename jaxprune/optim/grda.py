@@ -13,9 +13,9 @@ the gRDA iterate is the directional-pruning solution (problem (3)) of the SGD it
 same minibatches; :mod:`jaxprune.methods.directional` computes that solution.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 2, eqs. (gRDA) and (5), Appendix C Algorithms 1–2, and the 003 section of
-  ERRATA.md (sign of the accumulator update; threshold indexing).  Chao & Cheng (2019), "A
+  Chao et al. (2020), "Directional pruning of deep neural networks", Section 2, eqs. (gRDA) and
+  (5), Appendix C Algorithms 1–2, and readings DP-1 (sign of the accumulator update) and DP-2
+  (threshold indexing) in docs/readings.md.  Chao & Cheng (2019), "A
   generalization of regularized dual averaging and its dynamics"; Xiao (2010), "Dual averaging
   methods for regularized stochastic learning and online optimization".
 """
@@ -31,9 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_int, check_real
+from jaxprune.typing import PyTree
+
 __all__ = ["GrdaState", "grda", "grda_threshold", "soft_threshold"]
 
-PyTree = Any
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 
 
@@ -58,15 +60,6 @@ class GrdaState(NamedTuple):
     threshold_compensation: jax.Array
 
 
-def _check_real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
 def soft_threshold(v: PyTree, threshold: jax.typing.ArrayLike) -> PyTree:
     """The soft-thresholding operator ``S_g(v) = sign(v)·max(|v| − g, 0)``, leafwise.
 
@@ -78,7 +71,7 @@ def soft_threshold(v: PyTree, threshold: jax.typing.ArrayLike) -> PyTree:
       A pytree like ``v`` (same shapes and dtypes); entries with ``|v| <= g`` are exactly 0.
 
     References:
-      Paper 003, Section 2, the operator ``S_g`` below eq. (gRDA).
+      Chao et al. (2020), Section 2, the operator ``S_g`` below eq. (gRDA).
     """
 
     def one(x: jax.Array) -> jax.Array:
@@ -105,30 +98,25 @@ def grda_threshold(c: float, mu: float, learning_rate: float, n: int) -> float:
       The threshold as a Python float.
 
     References:
-      Paper 003, eq. (5) and Theorem 3.1 (``λ_{γ,t} = c√γ t^μ``).
+      Chao et al. (2020), eq. (5) and Theorem 3.1 (``λ_{γ,t} = c√γ t^μ``).
     """
     if callable(learning_rate):
         raise TypeError("learning_rate must be a constant here (a schedule has no closed form)")
     c, mu, lr = _check_hyper(c, mu, learning_rate)
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    return c * math.sqrt(lr) * (int(n) * lr) ** mu
+    n = check_int(n, "n", minimum=0)
+    return c * math.sqrt(lr) * (n * lr) ** mu
 
 
 def _check_hyper(c: Any, mu: Any, learning_rate: Any) -> tuple[float, float, Any]:
-    c = _check_real(c, "c")
-    if c < 0:
-        raise ValueError(f"c must be >= 0 (the threshold's scale; 0 gives plain SGD), got {c}")
-    mu = _check_real(mu, "mu")
-    if mu <= 0:
-        raise ValueError(
-            f"mu must be > 0 (the threshold grows like n^mu; the paper's theory needs "
-            f"0.5 < mu < 1), got {mu}"
-        )
+    """``c >= 0`` (0 gives plain SGD), ``mu > 0`` and a constant ``learning_rate > 0`` as floats.
+
+    The theory of Chao et al. (2020), Theorem 3.1, needs ``0.5 < mu < 1``; smaller values are
+    accepted, as several of its reported runs use them (reading DP-3, docs/readings.md).
+    """
+    c = check_real(c, "c", minimum=0.0)
+    mu = check_real(mu, "mu", minimum=0.0, strict=True)
     if not callable(learning_rate):
-        learning_rate = _check_real(learning_rate, "learning_rate")
-        if learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+        learning_rate = check_real(learning_rate, "learning_rate", minimum=0.0, strict=True)
     return c, mu, learning_rate
 
 
@@ -169,7 +157,7 @@ def grda(
     *,
     mask: PyTree | Callable[[PyTree], PyTree] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    """gRDA (Algorithm 2 of paper 003) as an optax transformation.
+    """gRDA (Chao et al. (2020), Algorithm 2) as an optax transformation.
 
     At update ``n = 1, 2, …`` with gradients ``g`` and ``γ_n = learning_rate(n − 1)`` (the optax
     convention: a schedule sees the number of updates done so far):
@@ -192,8 +180,8 @@ def grda(
     transform) would corrupt them.  Transformations before it act on the gradients it averages:
     gradient clipping is fine, ``optax.add_decayed_weights(wd)`` adds ``wd·params`` to the
     gradient (an ℓ2 term in the averaged loss) and ``optax.trace`` feeds momentum-averaged
-    gradients into the dual average.  The paper uses neither weight decay nor momentum (ERRATA),
-    and its theory covers neither.
+    gradients into the dual average.  The paper uses neither weight decay nor momentum
+    (reading DP-3, docs/readings.md), and its theory covers neither.
 
     **With** :func:`jaxprune.optim.masked`: ``masked(grda(...), initial_mask=m)`` works:
     ``masked`` hands gRDA zero gradients and zero parameters at pruned entries, so their
@@ -231,9 +219,10 @@ def grda(
         ``learning_rate``, or a mask that is not one bool per leaf.
 
     References:
-      Paper 003, Section 2 (eqs. (gRDA), (5), (SGD)), Appendix C Algorithms 1–2 (accumulator
-      ``G_0 = w_0``; ``G_n = G_{n−1} − γ_n ∇f`` with the sign corrected in ERRATA.md), and
-      ERRATA.md (threshold increment ``c·γ_n^{1/2+μ}(n^μ − (n−1)^μ)`` from the first step).
+      Chao et al. (2020), Section 2 (eqs. (gRDA), (5), (SGD)), Appendix C Algorithms 1–2
+      (accumulator ``G_0 = w_0``; ``G_n = G_{n−1} − γ_n ∇f`` with the sign of reading DP-1), and
+      reading DP-2 in docs/readings.md (threshold increment ``c·γ_n^{1/2+μ}(n^μ − (n−1)^μ)`` from
+      the first step).
     """
     c, mu, learning_rate = _check_hyper(c, mu, learning_rate)
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)

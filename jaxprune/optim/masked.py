@@ -12,8 +12,8 @@ Not to be confused with ``optax.masked``, which applies a transformation to a su
 parameter leaves.
 
 References:
-  Paper 000, Section 3.2 (``m * w``: training the pruned network) and Algorithm 2.
-  Lee et al. (2024), "JaxPruner: a concise library for sparsity research" (sparse training as an
+  Chen et al. (2023), Section 3.2 (``m * w``: training the pruned network) and Algorithm 2.
+  Lee et al. (2023), "JaxPruner: a concise library for sparsity research" (sparse training as an
   optax transformation that keeps masks in the optimizer state).  Frankle et al. (2020),
   "Linear mode connectivity and the lottery ticket hypothesis" (training masked subnetworks).
 """
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-__all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
+from jaxprune.typing import PyTree
 
-PyTree = Any
+__all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
 
 
 class MaskedState(NamedTuple):
@@ -101,7 +101,7 @@ def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
       A pytree like ``params`` (same shapes and dtypes).
 
     References:
-      Paper 000, Section 3.2.1 (the Khatri–Rao product ``m * w``, here per weight).
+      Chen et al. (2023), Section 3.2.1 (the Khatri–Rao product ``m * w``, here per weight).
     """
     return _keep(_binary_mask(mask, params, "mask"), params)
 
@@ -140,7 +140,7 @@ def masked(
       requires ``params`` (ValueError without them).
 
     References:
-      Paper 000, Section 3.2 and Algorithm 2 (training ``m * w``).  Lee et al. (2024),
+      Chen et al. (2023), Section 3.2 and Algorithm 2 (training ``m * w``).  Lee et al. (2023),
       JaxPruner (the mask as optimizer state of an optax wrapper).
     """
     inner = optax.with_extra_args_support(inner)
@@ -259,7 +259,7 @@ def set_mask(state: MaskedState, new_mask: PyTree, *, reset: bool = True) -> Mas
       The new :class:`MaskedState`.
 
     References:
-      Paper 000, Algorithm 2 (re-masking at the pruning times ``t_j``).  Lee et al. (2024),
+      Chen et al. (2023), Algorithm 2 (re-masking at the pruning times ``t_j``).  Lee et al. (2023),
       JaxPruner.
     """
     if not isinstance(state, MaskedState):

@@ -2,17 +2,17 @@
 
 Every estimator here is a pure function of explicit arguments built on :func:`hvp`
 (forward-over-reverse differentiation) or, where only ``vᵀ H v`` is needed (traces), on
-:func:`hessian_quadratic_form` (forward-over-forward), so it can be jit-compiled (with the
-integer and string options static) and differentiated.  Stochastic estimators split ``num_probes`` keys from the
-key they are given, draw each probe (a pytree like ``params``) from one of them, and return a
+:func:`hessian_quadratic_form` (forward-over-forward), so it can be jit-compiled (with the integer
+and string options static) and differentiated.  Stochastic estimators split ``num_probes`` keys from
+the key they are given, draw each probe (a pytree like ``params``) from one of them, and return a
 :class:`TraceEstimate`: the mean over probes, its standard error and the per-probe samples.
 
 References:
   Pearlmutter (1994), "Fast exact multiplication by the Hessian".  Hutchinson (1990), "A
   stochastic estimator of the trace of the influence matrix"; Avron & Toledo (2011), "Randomized
   algorithms for estimating the trace of an implicit symmetric positive semi-definite matrix".
-  Bekas, Kokiopoulou & Saad (2007), "An estimator for the diagonal of a matrix".  Paper 000,
-  Appendix E.2, Algorithm 1 (trace of the output Hessian).
+  Bekas, Kokiopoulou & Saad (2007), "An estimator for the diagonal of a matrix".  Chen et al.
+  (2023), Appendix E.2, Algorithm 1 (trace of the output Hessian).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxprune._validation import check_batch, check_choice, check_finite_tree, check_positive_int
 from jaxprune.group_ids import leaf_group_ids, validate_group_ids
-from jaxprune.spectra._checks import check_batch, check_finite_params, check_positive_int
+from jaxprune.typing import ApplyFn, LossFn, PyTree
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -41,9 +42,6 @@ __all__ = [
     "output_hvp",
 ]
 
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
-ApplyFn = Callable[[PyTree, jax.Array], jax.Array]
 Distribution = Literal["rademacher", "gaussian"]
 DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian")
 
@@ -135,7 +133,7 @@ def output_hvp(apply_fn: ApplyFn, params: PyTree, x: jax.Array, tangent: PyTree)
       Pytree like ``params``.
 
     References:
-      Paper 000, Appendix E.2, Algorithm 1.
+      Chen et al. (2023), Appendix E.2, Algorithm 1.
     """
     return hvp(_summed_outputs(apply_fn, x), params, tangent)
 
@@ -189,14 +187,14 @@ def output_hessian_trace(
     distribution: Distribution = "gaussian",
     batch_size: int | None = None,
 ) -> TraceEstimate:
-    """Hutchinson estimate of the output-Hessian trace ``Tr(H_f)`` of paper 000, eq. 36.
+    """Hutchinson estimate of the output-Hessian trace ``Tr(H_f)`` of Chen et al. (2023), eq. 36.
 
     ``Tr(H_f) = sum_i Tr(∇²_w f_i(w))`` where the sum runs over examples and all output axes
-    (classes/tokens).  ERRATA for paper 000: Algorithm 1 has inconsistent shapes; by linearity
-    ``sum_i Tr(H_{f_i}) = Tr(∇²_w sum_i f_i)``, so this is Hutchinson on the scalar
-    ``sum(apply_fn(params, x))``.  For the Hessian of a loss use :func:`hessian_trace`.
-    Gaussian probes by default, as in Algorithm 1.  Differentiable with respect to ``params``
-    (the PL gating objective differentiates through it).
+    (classes/tokens).  Algorithm 1 of Chen et al. (2023) has inconsistent shapes (reading PL-1,
+    docs/readings.md); by linearity ``sum_i Tr(H_{f_i}) = Tr(∇²_w sum_i f_i)``, so this is
+    Hutchinson on the scalar ``sum(apply_fn(params, x))``.  For the Hessian of a loss use
+    :func:`hessian_trace`. Gaussian probes by default, as in Algorithm 1.  Differentiable with
+    respect to ``params`` (the PL gating objective differentiates through it).
 
     Args:
       apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
@@ -211,7 +209,7 @@ def output_hessian_trace(
       :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
 
     References:
-      Paper 000, Appendix E.2, Algorithm 1; Hutchinson (1990); Avron & Toledo (2011).
+      Chen et al. (2023), Appendix E.2, Algorithm 1; Hutchinson (1990); Avron & Toledo (2011).
     """
     check_batch(x, "x")
     return hessian_trace(
@@ -347,7 +345,7 @@ def gauss_newton_diagonal(
       Schraudolph (2002), "Fast curvature matrix-vector products for second-order gradient
       descent"; Martens (2020), "New insights and perspectives on the natural gradient method".
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     check_batch(x, "x")
 
     def single(p: PyTree, example: jax.Array) -> jax.Array:
@@ -390,13 +388,12 @@ def _check_probe_args(
 ) -> tuple[int, int]:
     """Validate the shared estimator arguments; return ``(num_probes, batch_size)``."""
     num_probes = check_positive_int(num_probes, "num_probes")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+    check_choice(distribution, DISTRIBUTIONS, "distribution")
     if batch_size is None:
         batch_size = min(num_probes, _DEFAULT_BATCH)
     else:
         batch_size = check_positive_int(batch_size, "batch_size")
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     return num_probes, min(batch_size, num_probes)
 
 

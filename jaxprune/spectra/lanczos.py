@@ -10,7 +10,7 @@ keeps the tridiagonal matrix exact.
 
 References:
   Lanczos (1950), "An iteration method for the solution of the eigenvalue problem of linear
-  differential and integral operators"; Golub & Van Loan, "Matrix Computations", Ch. 10.
+  differential and integral operators"; Golub & Van Loan (2013), "Matrix Computations", Ch. 10.
   Ghorbani, Krishnan & Xiao (2019), "An investigation into neural net optimization via Hessian
   eigenvalue density"; Yao et al. (2020), "PyHessian: Neural networks through the lens of the
   Hessian".
@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.spectra._checks import check_finite_params, check_positive_int
+from jaxprune._validation import check_finite_tree, check_int, check_positive_int, check_real
 from jaxprune.spectra.hessian import hvp
+from jaxprune.typing import LossFn, PyTree
 
 __all__ = [
     "EigenResult",
@@ -37,9 +38,6 @@ __all__ = [
     "hessian_spectral_density",
     "lanczos_tridiagonal",
 ]
-
-PyTree = Any
-LossFn = Callable[[PyTree], jax.Array]
 
 # Orthogonalization passes per iteration ("twice is enough").
 _REORTH_PASSES = 2
@@ -106,7 +104,7 @@ def lanczos_tridiagonal(
       ``(alphas, betas, basis)`` of shapes ``(m,)``, ``(m - 1,)`` and ``(m, dim)``.
 
     References:
-      Lanczos (1950); Golub & Van Loan, "Matrix Computations", Algorithm 10.1.1 (with
+      Lanczos (1950); Golub & Van Loan (2013), "Matrix Computations", Algorithm 10.1.1 (with
       reorthogonalization, Section 10.3).
     """
     m = check_positive_int(num_iterations, "num_iterations")
@@ -175,7 +173,7 @@ def hessian_eigenvalues(
     References:
       Lanczos (1950); Yao et al. (2020), PyHessian; Ghorbani, Krishnan & Xiao (2019).
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     flat, unravel = ravel_pytree(params)
     dim = flat.size
     k = check_positive_int(k, "k")
@@ -237,14 +235,12 @@ def hessian_spectral_density(
       Ghorbani, Krishnan & Xiao (2019); Yao et al. (2020), PyHessian; Lin, Saad & Yang (2016),
       "Approximating spectral densities of large matrices".
     """
-    check_finite_params(params)
+    check_finite_tree(params, "params")
     num_probes = check_positive_int(num_probes, "num_probes")
     num_iterations = check_positive_int(num_iterations, "num_iterations")
-    grid_size = check_positive_int(grid_size, "grid_size")
-    if grid_size < 2:
-        raise ValueError(f"grid_size must be >= 2, got {grid_size}")
-    if sigma is not None and not (np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    grid_size = check_int(grid_size, "grid_size", minimum=2)
+    if sigma is not None:
+        check_real(sigma, "sigma", minimum=0.0, strict=True)
     flat, unravel = ravel_pytree(params)
     dim = flat.size
     m = min(num_iterations, dim)

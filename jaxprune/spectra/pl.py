@@ -6,10 +6,10 @@ For the square loss ``L(w) = ½ Σ_x ‖f(x; w) − y(x)‖²`` the gradient is 
 ``L_f = ‖DF‖₂ = √λ_max(K)``-Lipschitz.  ``K = DF DFᵀ`` is the empirical NTK.
 
 References:
-  Paper 000, Section 3.1 (Definition 7: condition number L_f/μ; eq. 5: μ* ≈ λ_min(K) under
-  uniform conditioning; Proposition 8: upper bound) and Appendix D footnote / ERRATA (the
-  experiments report λ_max(K)/λ_min(K)).  Liu, Zhu & Belkin (2022), "Loss landscapes and
-  optimization in over-parameterized non-linear systems and neural networks".
+  Chen et al. (2023), Section 3.1 (Definition 7: condition number L_f/μ; eq. 5: μ* ≈ λ_min(K) under
+  uniform conditioning; Proposition 8: upper bound) and Appendix D footnote, with reading PL-3 in
+  docs/readings.md (the experiments report λ_max(K)/λ_min(K)).  Liu, Zhu & Belkin (2022), "Loss
+  landscapes and optimization in over-parameterized non-linear systems and neural networks".
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxprune._validation import check_real
 from jaxprune.spectra.spectrum import spectrum_features
 
 __all__ = [
@@ -61,8 +62,7 @@ def pl_condition(kernel: jax.Array, *, loss_scale: float = 1.0, dtype: Any = Non
     Returns:
       :class:`PLCondition`.
     """
-    if not loss_scale > 0:
-        raise ValueError(f"loss_scale must be > 0, got {loss_scale!r}")
+    check_real(loss_scale, "loss_scale", minimum=0.0, strict=True)
     features = spectrum_features(kernel, dtype=dtype)
     mu = features.lambda_min / loss_scale
     lipschitz = jnp.sqrt(features.lambda_max / loss_scale)
@@ -85,7 +85,7 @@ def empirical_pl_ratio(
     loss it lies in ``[λ_min(K), λ_max(K)]`` (see the module docstring).  ``loss_min`` is L*
     (0 for interpolating over-parameterized models).  Returns ``inf`` when ``L = L*``.
 
-    References: Paper 000, Section 3.1 (PL* condition); Liu et al. (2022), Definition 3.
+    References: Chen et al. (2023), Section 3.1 (PL* condition); Liu et al. (2022), Definition 3.
     """
     loss, grad = jax.value_and_grad(loss_fn)(params)
     squared = sum(jnp.vdot(g, g).real for g in jax.tree_util.tree_leaves(grad))
@@ -115,10 +115,9 @@ def proposition8_bound(
     Returns:
       The bound (``inf`` when the λ_min used is 0).
 
-    References: Paper 000, Proposition 8 and Appendix C.
+    References: Chen et al. (2023), Proposition 8 and Appendix C.
     """
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0, got {radius!r}")
+    check_real(radius, "radius", minimum=0.0)
     features = spectrum_features(kernel_at_w0)
     n = kernel_at_w0.shape[-1]
     lam = features.lambda_min if lambda_min_inf is None else jnp.asarray(lambda_min_inf)

@@ -1,7 +1,7 @@
 """Spectra of (group) kernels: eigenvalues, λ_min, λ_max, condition number, spectral entropy.
 
 References:
-  Paper 000, Section 3.2.2, eq. 7 (spectral entropy ρ of K(w_[i])) and Appendix D footnote
+  Chen et al. (2023), Section 3.2.2, eq. 7 (spectral entropy ρ of K(w_[i])) and Appendix D footnote
   (the experiments' condition number is λ_max(K)/λ_min(K)).  Roy & Vetterli (2007), effective
   rank exp(ρ).
 """
@@ -26,11 +26,12 @@ class SpectrumFeatures(NamedTuple):
       lambda_min: smallest eigenvalue of the considered spectrum (the top
         ``d = min(n, max_rank)``); exactly 0 when the kernel is rank deficient.
       lambda_min_nonzero: smallest eigenvalue above the tolerance: λ_min of the kernel
-        restricted to its range (the nonzero spectrum of the Gram matrix ``Jᵀ J``, ERRATA 000);
+        restricted to its range (the nonzero spectrum of the Gram matrix ``Jᵀ J``, reading PL-6);
         0 only for a zero kernel.
       lambda_max: largest eigenvalue.
       condition_number: ``lambda_max / lambda_min``; ``inf`` when rank deficient.
-      entropy: spectral entropy ρ = -Σ λ̄ log λ̄ with λ̄ = λ / Σλ (paper 000, eq. 7); 0 log 0 = 0.
+      entropy: spectral entropy ρ = -Σ λ̄ log λ̄ with λ̄ = λ / Σλ (Chen et al. (2023), eq. 7);
+        0 log 0 = 0.
       effective_rank: ``exp(entropy)``, between 1 and the rank.
       rank: number of eigenvalues above the tolerance.
       rank_deficient: ``rank < d``: λ_min is 0 and the condition number infinite.
@@ -59,7 +60,8 @@ def group_rank_bound(sizes: Any, num_outputs: int, num_examples: int) -> np.ndar
     traced outputs).  Its nonzero eigenvalues are those of the smaller Gram matrix
     ``J_[i]ᵀ J_[i]``; pass the result as ``max_rank`` to :func:`spectrum_features` so that a
     group smaller than the batch is summarized by that nonzero spectrum instead of a
-    structural λ_min = 0 (ERRATA, paper 000: "per-group λ_min is zero by construction").
+    structural λ_min = 0 (reading PL-6, docs/readings.md: "per-group λ_min is zero by
+    construction").
     """
     sizes = np.asarray(sizes, np.int64)
     return np.minimum(num_examples, num_outputs * sizes)

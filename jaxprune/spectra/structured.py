@@ -28,7 +28,7 @@ axis of a kernel are left to the generic Jacobian path.
 
 References:
   Novak et al. (2022), "Fast finite width neural tangent kernel", Sections 3-4 (structured
-  derivatives).  Paper 000, Section 3.2.2 (per-group kernels K(w_[i])).
+  derivatives).  Chen et al. (2023), Section 3.2.2 (per-group kernels K(w_[i])).
 """
 
 from __future__ import annotations

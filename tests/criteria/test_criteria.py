@@ -261,7 +261,7 @@ def test_gate_on_output_projection_rows_is_michel_head_gate():
     np.testing.assert_allclose(scores, expected, rtol=RTOL)
 
 
-# --- Hessian diagonal (OBD / paper 002 HI) ----------------------------------------------------
+# --- Hessian diagonal (OBD / the HI of Li et al. (2020)) ------------------------------------------
 
 
 @pytest.mark.parametrize("case", ["mlp", "cnn"])
@@ -422,7 +422,7 @@ def test_bad_arguments_raise_naming_argument_and_value():
     key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match=r"norm.*'l3'"):
         magnitude_scores(params, ids, norm="l3")
-    with pytest.raises(ValueError, match=r"num_probes must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_probes: expected a positive int, got 0"):
         hessian_diagonal_scores(loss, params, ids, key=key, num_probes=0)
     with pytest.raises(TypeError, match=r"num_probes.*2\.5"):
         hessian_diagonal_scores(loss, params, ids, key=key, num_probes=2.5)
@@ -430,7 +430,7 @@ def test_bad_arguments_raise_naming_argument_and_value():
         hessian_diagonal_scores(loss, params, ids, num_probes=3, exact=True)
     with pytest.raises(ValueError, match=r"key=None"):
         hessian_diagonal_scores(loss, params, ids, num_probes=3)
-    with pytest.raises(ValueError, match=r"num_groups must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"num_groups: expected a positive int, got 0"):
         random_scores(key, 0)
     with pytest.raises(TypeError, match=r"num_groups.*3\.0"):
         random_scores(key, 3.0)

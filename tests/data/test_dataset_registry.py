@@ -1,4 +1,4 @@
-"""Datasets by name: splits, shapes, the paper 002 generator, text and TFDS paths."""
+"""Datasets by name: splits, shapes, the generator of Li et al. (2020), text and TFDS paths."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_digits32_is_the_upscaled_gray_image():
         load_digits(image_size=12)
 
 
-def test_paper002_linear_model():
+def test_scaled_linear_model():
     theta = decaying_theta(50)
     expected = 1.0 / (1.0 + 4.0 * np.arange(1, 51) / 50) ** 2
     np.testing.assert_allclose(theta, expected / np.linalg.norm(expected))

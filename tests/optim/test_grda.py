@@ -149,7 +149,7 @@ def test_threshold_closed_form_at_constant_rate():
         return jax.lax.fori_loop(0, steps, body, state)
 
     state = tx.init(params)
-    # The first update already thresholds by c·γ^{1/2+μ} (ERRATA).
+    # The first update already thresholds by c·γ^{1/2+μ} (reading DP-2, docs/readings.md).
     first = run(state, 1)
     np.testing.assert_allclose(float(first.threshold), c * gamma ** (0.5 + mu), rtol=1e-6)
     for n in (2, 7, 100, 20_000):
@@ -319,13 +319,33 @@ def test_state_round_trips_through_numpy():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"learning_rate": 0.1, "c": -1.0, "mu": 0.6}, ValueError, "c must be >= 0"),
-        ({"learning_rate": 0.1, "c": 0.1, "mu": 0.0}, ValueError, "mu must be > 0"),
-        ({"learning_rate": 0.1, "c": 0.1, "mu": -0.5}, ValueError, "mu must be > 0"),
-        ({"learning_rate": 0.0, "c": 0.1, "mu": 0.6}, ValueError, "learning_rate must be > 0"),
-        ({"learning_rate": -0.1, "c": 0.1, "mu": 0.6}, ValueError, "learning_rate must be > 0"),
+        (
+            {"learning_rate": 0.1, "c": -1.0, "mu": 0.6},
+            ValueError,
+            r"c: expected a number in \[0, inf\], got -1",
+        ),
+        (
+            {"learning_rate": 0.1, "c": 0.1, "mu": 0.0},
+            ValueError,
+            r"mu: expected a number in \(0, inf\), got 0",
+        ),
+        (
+            {"learning_rate": 0.1, "c": 0.1, "mu": -0.5},
+            ValueError,
+            r"mu: expected a number in \(0, inf\)",
+        ),
+        (
+            {"learning_rate": 0.0, "c": 0.1, "mu": 0.6},
+            ValueError,
+            r"learning_rate: expected a number in \(0, inf\)",
+        ),
+        (
+            {"learning_rate": -0.1, "c": 0.1, "mu": 0.6},
+            ValueError,
+            r"learning_rate: expected a number in \(0, inf\)",
+        ),
         ({"learning_rate": float("nan"), "c": 0.1, "mu": 0.6}, ValueError, "learning_rate"),
-        ({"learning_rate": 0.1, "c": "big", "mu": 0.6}, TypeError, "c must be a real number"),
+        ({"learning_rate": 0.1, "c": "big", "mu": 0.6}, TypeError, "c: expected a real number"),
         ({"learning_rate": 0.1, "c": 0.1, "mu": 0.6, "mask": {"w": 1.5}}, TypeError, "mask"),
     ],
 )

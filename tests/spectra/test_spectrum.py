@@ -31,7 +31,7 @@ def test_eigenvalues_match_numpy_for_full_rank_kernels(seed, n):
 
 
 def test_entropy_of_known_spectra():
-    # Equal eigenvalues: maximal entropy log n (paper 000, eq. 7).
+    # Equal eigenvalues: maximal entropy log n (Chen et al. (2023), eq. 7).
     features = spectrum_features(3.0 * np.eye(5))
     assert features.entropy == pytest.approx(np.log(5), rel=1e-6)
     assert features.effective_rank == pytest.approx(5.0, rel=1e-5)
@@ -61,7 +61,7 @@ def test_rank_deficient_kernel_is_flagged_not_nan():
 
 def test_max_rank_uses_the_nonzero_spectrum_of_the_small_gram_matrix():
     """A group with fewer parameters than rows: the nonzero eigenvalues of J Jᵀ are those of
-    Jᵀ J (ERRATA 000), so λ_min is the smallest eigenvalue of the small Gram matrix."""
+    Jᵀ J (reading PL-6, docs/readings.md), so λ_min is the smallest eigenvalue of the small Gram matrix."""
     jac = np.random.default_rng(3).normal(size=(8, 3))  # n = 8 rows, 3 parameters
     kernel = jac @ jac.T
     features = spectrum_features(kernel, max_rank=3, dtype=np.float64)

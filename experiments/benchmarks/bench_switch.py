@@ -1,6 +1,6 @@
 """Benchmark: Switch-"small" train step with half the experts removed (compacted) vs full.
 
-    scripts/with-env python experiments/bench_switch.py [--batch 8] [--length 128] [--repeats 15]
+    scripts/with-env python experiments/benchmarks/bench_switch.py [--batch 8] [--length 128] [--repeats 15]
 
 Times a jitted MLM train step (cross-entropy + load-balancing loss, AdamW) of the full model and
 of the model compacted to every other expert of each Switch layer, run alternately (medians),

@@ -1,16 +1,16 @@
 """Benchmark: cost of PL gating (features + gating training) and the time saved by pruning.
 
-    scripts/with-env python experiments/bench_pl_gating.py                  # small pl_bert
-    scripts/with-env python experiments/bench_pl_gating.py --preset smoke   # quick check
-    scripts/with-env python experiments/bench_pl_gating.py --num-steps 3000 # a longer run
-    scripts/with-env python experiments/bench_pl_gating.py --from DIR       # a pl_bert output
+    scripts/with-env python experiments/benchmarks/bench_pl_gating.py                  # small pl_bert
+    scripts/with-env python experiments/benchmarks/bench_pl_gating.py --preset smoke   # quick check
+    scripts/with-env python experiments/benchmarks/bench_pl_gating.py --num-steps 3000 # a longer run
+    scripts/with-env python experiments/benchmarks/bench_pl_gating.py --from DIR       # a pl_bert output
 
 Trains the ``pl_bert`` preset's BERT densely and with PL gating (dense and PL alternate per
 seed, so slow phases of a shared machine hit both) and prints, next to the paper's figures:
 
 * the pruning event's share of the PL run's wall time (``summary["event_share"]``: the engine
   times the event, i.e. feature kernels, gating-network training, TopK and compaction; jit
-  compilation of the gating objective included) — paper 000 App. F.2: 2-3%, target <= 2%;
+  compilation of the gating objective included) — Chen et al. (2023), App. F.2: 2-3%, target <= 2%;
 * the same share without compilation: the bench runs each event's selection a second time
   on the same state and functions (compiled by the first) and times that, against the run's
   training time outside the event;
@@ -20,7 +20,7 @@ With ``--from DIR`` the cold figures are read from ``DIR/results.json`` of a ``j
 experiment pl_bert`` run instead (all its seeds).
 
 References:
-  Paper 000, Appendix F.2 (Table 6; "the training of the gating network accounts for only 2-3%
+  Chen et al. (2023), Appendix F.2 (Table 6; "the training of the gating network accounts for only 2-3%
   of the total training time").
 """
 

@@ -1,6 +1,6 @@
 """Benchmark of the training engine: prints measured ratios next to the issue's targets.
 
-    scripts/with-env python experiments/bench_engine.py
+    scripts/with-env python experiments/benchmarks/bench_engine.py
 
 1. Steps per second of ``jaxprune.train.train`` vs a hand-written minimal jit loop (same MLP,
    data, batches and Adam).  Each side is timed at two run lengths and the difference is used,

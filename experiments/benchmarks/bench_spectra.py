@@ -1,6 +1,6 @@
 """Benchmark of the spectral core: prints measured ratios next to the issue's targets.
 
-    scripts/with-env python experiments/bench_spectra.py [--groups-subset N] [--quick]
+    scripts/with-env python experiments/benchmarks/bench_spectra.py [--groups-subset N] [--repeats R]
 
 1. Per-group NTKs of every hidden neuron of an MLP 64 → 512 → 512 → 10 (ReLU, 1,024 groups,
    n = 128): jaxprune's one-pass structured path vs the straightforward per-group use of

@@ -1,6 +1,6 @@
 """Benchmark of gRDA against plain SGD: prints measured figures next to the issue's targets.
 
-    scripts/with-env python experiments/bench_grda.py [--batch 256] [--repeats 60]
+    scripts/with-env python experiments/benchmarks/bench_grda.py [--batch 256] [--repeats 60]
 
 1. Train-step time of an MLP (jit) with ``jaxprune.optim.grda`` vs ``optax.sgd`` at the same
    learning rate.  Target: ≤ 1.10× (the paper reports "slightly higher wall time", Table 7:

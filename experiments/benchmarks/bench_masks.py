@@ -1,6 +1,6 @@
 """Benchmark of the sparsity core: prints measured ratios next to the issue's targets.
 
-    scripts/with-env python experiments/bench_masks.py
+    scripts/with-env python experiments/benchmarks/bench_masks.py
 
 1. Train-step time of an MLP under the masked optax transform vs the same dense step (jit,
    CPU).  Target: ≤ 5% overhead.

@@ -1,7 +1,7 @@
 """Benchmark: BERT train-step time with 75% of the attention heads compacted away vs dense.
 
-    scripts/with-env python experiments/bench_bert.py               # BERT-small, batch 8 × 128
-    scripts/with-env python experiments/bench_bert.py --preset smoke  # seconds
+    scripts/with-env python experiments/benchmarks/bench_bert.py               # BERT-small, batch 8 × 128
+    scripts/with-env python experiments/benchmarks/bench_bert.py --preset smoke  # seconds
 
 One jit-compiled MLM train step (forward, backward, Adam update, dropout on) of the dense model
 and of the model whose heads were removed with ``compact_heads`` (``ceil(H/4)`` heads kept per
