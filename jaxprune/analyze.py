@@ -1,10 +1,15 @@
 """The ``jaxprune analyze`` job: NTK, per-neuron and Hessian spectra of a trained model.
 
-Trains a built-in MLP on a built-in dataset for a few steps, then on a fixed probe batch
-computes the empirical NTK spectrum and PL condition number, the per-neuron kernel features
-(λ_min and spectral entropy, paper 000 Section 3.2.2), the Hutchinson trace of the loss
-Hessian and of the output Hessian (Algorithm 1), and the top Hessian eigenvalues; prints a
-table and writes ``summary.json`` and plots into the run directory.
+Trains a built-in MLP on a built-in dataset for a few Adam steps with the training engine
+(:func:`jaxprune.train.train`), then on a fixed probe batch computes the empirical NTK spectrum
+and PL condition number, the per-neuron kernel features (λ_min and spectral entropy, Chen et
+al. (2023), Sec. 3.2.2), the Hutchinson trace of the loss Hessian and of the output Hessian
+(Chen et al. (2023), Algorithm 1; reading PL-1, docs/readings.md), and the top Hessian
+eigenvalues; prints a table and writes ``summary.json`` and plots into the run directory.
+
+References:
+  Chen et al. (2023), Sec. 3.2.2 and Algorithm 1.
+  Hutchinson (1990) (stochastic trace estimation).
 """
 
 from __future__ import annotations
@@ -21,10 +26,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxprune.data import DATASETS, load_builtin
+from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
+from jaxprune.data import DATASETS, Splits, load_builtin
 from jaxprune.group_ids import group_sizes
 from jaxprune.masks import GroupLayout, build_group_ids, neurons
-from jaxprune.models import MLP
 from jaxprune.spectra import (
     empirical_ntk,
     group_rank_bound,
@@ -34,6 +39,8 @@ from jaxprune.spectra import (
     pl_condition,
     spectrum_features,
 )
+from jaxprune.train import Bound, TrainConfig, build_model, make_task, train
+from jaxprune.typing import PyTree
 
 __all__ = ["ACTIVATIONS", "AnalyzeConfig", "format_table", "run_analyze"]
 
@@ -61,53 +68,49 @@ class AnalyzeConfig:
     out: str = "runs/analyze"
 
     def __post_init__(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"
-            )
-        if not self.hidden or any(w < 1 for w in self.hidden):
-            raise ValueError(f"hidden must be one or more widths >= 1, got {self.hidden!r}")
+        check_choice(self.dataset, DATASETS, "dataset")
+        check_choice(self.activation, ACTIVATIONS, "activation")
+        if not self.hidden:
+            raise ValueError(f"hidden: expected one or more widths >= 1, got {self.hidden!r}")
+        for width in self.hidden:
+            check_positive_int(width, "hidden")
         for name in ("batch_size", "probe_examples", "num_probes", "top_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.train_steps < 0:
-            raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+            check_positive_int(getattr(self, name), name)
+        check_int(self.train_steps, "train_steps", minimum=0)
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        check_int(self.seed, "seed", minimum=0)
 
 
-def _loss(apply_fn, task: str):
-    if task == "classification":
-
-        def loss(params, x, y):
-            return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y).mean()
-    else:
-
-        def loss(params, x, y):
-            return 0.5 * jnp.mean(jnp.sum((apply_fn(params, x) - y) ** 2, axis=-1))
-
-    return loss
+def _model(config: AnalyzeConfig, data_shape: tuple[int, ...], num_outputs: int) -> Bound:
+    return build_model(
+        "mlp",
+        num_outputs=num_outputs,
+        input_shape=data_shape,
+        preset=",".join(str(width) for width in config.hidden),
+        overrides={"activation": ACTIVATIONS[config.activation]},
+    )
 
 
-def _train(loss, params, data, config: AnalyzeConfig, key, progress: bool):
-    optimizer = optax.adam(config.learning_rate)
-    state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, state, x, y):
-        value, grads = jax.value_and_grad(loss)(params, x, y)
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, value
-
-    n = data.x.shape[0]
-    value = jnp.nan
-    for _ in tqdm(range(config.train_steps), desc="train", disable=not progress):
-        key, sub = jax.random.split(key)
-        index = jax.random.choice(sub, n, (min(config.batch_size, n),), replace=False)
-        params, state, value = step(params, state, data.x[index], data.y[index])
-    return params, float(value)
+def _train(
+    model: Bound, splits: Splits, config: AnalyzeConfig, key_init: jax.Array, progress: bool
+) -> tuple[PyTree, float]:
+    """``(variables, final training loss)`` after ``config.train_steps`` Adam steps of the
+    training engine (seeded by ``config.seed``; the loss is that of the last batch).  With 0
+    steps: the variables initialized from ``key_init`` and a NaN loss."""
+    if config.train_steps == 0:
+        return model.init(key_init, splits.train["x"][:1]), float("nan")
+    n = len(splits.train["x"])
+    train_config = TrainConfig(
+        num_steps=config.train_steps,
+        batch_size=min(config.batch_size, n),
+        eval_batch_size=len(splits.test["x"]),
+        log_every=1,
+        seed=config.seed,
+        num_devices=1,
+        progress=progress,
+    )
+    result = train(model, splits, optax.adam(config.learning_rate), train_config)
+    return {"params": result.state.params}, result.summary["train_loss"]
 
 
 def run_analyze(config: AnalyzeConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -124,20 +127,21 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.float64 if config.float64 else jnp.float32
-    key_data, key_init, key_train, key_trace, key_eig = jax.random.split(
-        jax.random.PRNGKey(config.seed), 5
-    )
+    # The five keys of earlier versions (data, initialization for 0 steps, the data order of
+    # analyze's former training loop, Hessian probes, Lanczos start), so that data and probes
+    # stay the same; training by the engine draws initialization and order from config.seed.
+    key_data, key_init, _, key_trace, key_eig = jax.random.split(jax.random.PRNGKey(config.seed), 5)
     data = load_builtin(config.dataset, key_data)
-    model = MLP(
-        hidden=config.hidden,
+    n = min(config.probe_examples, data.x.shape[0])
+    x_all, y_all = np.asarray(data.x, dtype), np.asarray(data.y)
+    splits = Splits(
+        train={"x": x_all, "y": y_all},
+        test={"x": x_all[:n], "y": y_all[:n]},
+        task=data.task,
         num_outputs=data.num_outputs,
-        activation=ACTIVATIONS[config.activation],
+        info={},
     )
-    x_all = jnp.asarray(data.x, dtype)
-    params = model.init(key_init, x_all[:1])
-    params = jax.tree_util.tree_map(lambda w: w.astype(dtype), params)
-    loss = _loss(model.apply, data.task)
-    data = data._replace(x=x_all)
+    model = _model(config, x_all.shape[1:], data.num_outputs)
 
     timings: dict[str, float] = {}
     stages = tqdm(total=5, desc="analyze", disable=not progress)
@@ -148,13 +152,15 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
         stages.update()
 
     start = time.perf_counter()
-    params, final_loss = _train(loss, params, data, config, key_train, progress)
+    params, final_loss = _train(model, splits, config, key_init, progress)
+    params = jax.tree_util.tree_map(lambda w: jnp.asarray(w, dtype), params)
     stage("train", start)
 
-    n = min(config.probe_examples, data.x.shape[0])
-    x, y = data.x[:n], data.y[:n]
+    apply_fn = model.module.apply
+    task = make_task(data.task, num_outputs=data.num_outputs, info={})
+    x, y = jnp.asarray(x_all[:n]), jnp.asarray(y_all[:n])
     start = time.perf_counter()
-    kernel = empirical_ntk(model.apply, params, x)
+    kernel = empirical_ntk(apply_fn, params, x)
     whole = spectrum_features(kernel, dtype=np.float64)
     pl = pl_condition(kernel, dtype=np.float64)
     stage("ntk", start)
@@ -162,16 +168,18 @@ def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
     start = time.perf_counter()
     hidden_layers = "|".join(str(i) for i in range(len(config.hidden)))
     hidden_only, layout = build_group_ids(params, neurons(rf"Dense_(?:{hidden_layers})$"))
-    group_kernels = empirical_ntk(model.apply, params, x, group_ids=hidden_only)
+    group_kernels = empirical_ntk(apply_fn, params, x, group_ids=hidden_only)
     bound = group_rank_bound(group_sizes(params, hidden_only), data.num_outputs, n)
     groups = spectrum_features(group_kernels, max_rank=bound, dtype=np.float64)
     stage("groups", start)
 
-    batch_loss = lambda p: loss(p, x, y)  # noqa: E731
+    def batch_loss(p: PyTree) -> jax.Array:
+        return task.loss(apply_fn(p, x), {"x": x, "y": y})[0]
+
     start = time.perf_counter()
     trace = hessian_trace(batch_loss, params, key_trace, num_probes=config.num_probes)
     output_trace = output_hessian_trace(
-        model.apply, params, x, key_trace, num_probes=config.num_probes
+        apply_fn, params, x, key_trace, num_probes=config.num_probes
     )
     stage("hessian trace", start)
     start = time.perf_counter()

@@ -66,7 +66,7 @@ def test_help_explains_the_job():
         (["analyze", "--hidden", "8,x"], "comma-separated integers"),
         (["analyze", "--probe-examples", "0"], ">= 1"),
         (["analyze", "--dataset", "cifar"], "invalid choice"),
-        (["analyze", "--learning-rate", "-1"], "learning_rate must be > 0"),
+        (["analyze", "--learning-rate", "-1"], "learning_rate: expected a number in (0, inf)"),
         (["frobnicate"], "invalid choice"),
         (["train", "--model", "gpt"], "unknown model 'gpt'; expected one of mlp, two_layer"),
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'; expected one of digits"),

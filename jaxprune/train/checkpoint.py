@@ -50,9 +50,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-__all__ = ["checkpoint_paths", "latest_step", "restore_checkpoint", "save_checkpoint"]
+from jaxprune._validation import check_int, check_positive_int
+from jaxprune.typing import PyTree
 
-PyTree = Any
+__all__ = ["checkpoint_paths", "latest_step", "restore_checkpoint", "save_checkpoint"]
 
 FORMAT = "jaxprune-checkpoint-v1"
 _SIDECAR = re.compile(r"^checkpoint_(\d+)\.json$")
@@ -170,13 +171,10 @@ def save_checkpoint(
     Returns:
       The path of the data file.  Call on process 0 only (see the module docstring).
     """
-    if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-        raise ValueError(f"step must be a non-negative int, got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise ValueError(f"keep must be an int ≥ 1, got {keep!r}")
+    step = check_int(step, "step", minimum=0)
+    keep = check_positive_int(keep, "keep")
     if metadata is not None and not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    step = int(step)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob(f"{_TMP_PREFIX}*"):

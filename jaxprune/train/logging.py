@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxprune._validation import check_int
+
 __all__ = ["MetricsLogger", "plot_curves", "read_metrics", "summary_table"]
 
 _log = logging.getLogger(__name__)
@@ -124,8 +126,8 @@ class MetricsLogger:
         resume_step: int | None = None,
         tensorboard: bool = True,
     ) -> None:
-        if resume_step is not None and (isinstance(resume_step, bool) or resume_step < 0):
-            raise ValueError(f"resume_step must be None or a non-negative int, got {resume_step!r}")
+        if resume_step is not None:
+            check_int(resume_step, "resume_step", minimum=0)
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl_path = self.run_dir / JSONL_NAME
@@ -151,8 +153,7 @@ class MetricsLogger:
         """Append the row ``{"step": step, **metrics}``; values are real scalars (0-d arrays ok).
 
         Returns the row as written."""
-        if isinstance(step, bool) or not isinstance(step, int | np.integer):
-            raise TypeError(f"step must be an int, got {step!r}")
+        check_int(step, "step")
         if self.rows and step <= self.rows[-1]["step"]:
             raise ValueError(
                 f"step must increase: got step={step} after step={self.rows[-1]['step']}"

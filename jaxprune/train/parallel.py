@@ -29,9 +29,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["compile_step", "data_mesh", "local_slice", "replicate", "shard_batch"]
+from jaxprune.typing import PyTree
 
-PyTree = Any
+__all__ = ["compile_step", "data_mesh", "local_slice", "replicate", "shard_batch", "to_host"]
 
 
 def data_mesh(num_devices: int | None = None) -> Mesh:
@@ -97,6 +97,18 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Copy a pytree of arrays to every device of the mesh."""
     return jax.device_put(tree, _replicated(mesh))
+
+
+def to_host(tree: PyTree) -> PyTree:
+    """Replicated global arrays to host-readable arrays (works on every process of a
+    multi-host run: a leaf that is not fully addressable becomes its local copy)."""
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return x
+
+    return jax.tree_util.tree_map(leaf, tree)
 
 
 def compile_step(step: Callable, mesh: Mesh, *, donate_state: bool = True) -> Callable:

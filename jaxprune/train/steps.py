@@ -14,7 +14,7 @@ weights at exactly zero.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +22,9 @@ import optax
 
 from jaxprune.train.tasks import Task
 from jaxprune.train.zoo import Bound
+from jaxprune.typing import PyTree
 
 __all__ = ["TrainState", "init_state", "make_eval_step", "make_loss_fn", "make_train_step"]
-
-PyTree = Any
 
 
 class TrainState(NamedTuple):

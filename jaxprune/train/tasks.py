@@ -23,7 +23,15 @@ import optax
 
 from jaxprune.data.mlm import mask_tokens
 
-__all__ = ["Task", "classification", "make_task", "mlm", "regression", "summarize_metrics"]
+__all__ = [
+    "Task",
+    "accumulate_metrics",
+    "classification",
+    "make_task",
+    "mlm",
+    "regression",
+    "summarize_metrics",
+]
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, tuple[jax.Array, jax.Array]]
@@ -133,6 +141,21 @@ def make_task(name: str, *, num_outputs: int, info: dict[str, Any]) -> Task:
     if name == "mlm":
         return mlm(vocab_size=num_outputs, mask_id=info["mask_id"], special_ids=info["special_ids"])
     raise ValueError(f"task must be classification, regression or mlm, got {name!r}")
+
+
+def accumulate_metrics(
+    totals: dict[str, tuple[Any, Any]], metrics: Sequence[Metrics]
+) -> dict[str, tuple[Any, Any]]:
+    """``totals`` plus the ``(total, weight)`` metrics of several steps or batches (one dict
+    each, same names); a name not yet in ``totals`` starts at ``(0.0, 0.0)``."""
+    if not metrics:
+        return totals
+    sums = jax.tree_util.tree_map(lambda *xs: jnp.sum(jnp.stack(xs)), *metrics)
+    totals = dict(totals)
+    for name, (total, weight) in sums.items():
+        acc_total, acc_weight = totals.get(name, (0.0, 0.0))
+        totals[name] = (acc_total + total, acc_weight + weight)
+    return totals
 
 
 def summarize_metrics(totals: dict[str, tuple[Any, Any]], task: str) -> dict[str, float]:

@@ -277,5 +277,5 @@ def test_mlm_analysis_with_output_projections():
     result = train(model, splits, optax.adam(1e-3), config)
     final = result.rows[-1]
     assert final["ntk_lambda_max"] > 0 and np.isfinite(final["hessian_trace"])
-    with pytest.raises(ValueError, match="analysis_projections must be None or an int >= 1"):
+    with pytest.raises(ValueError, match="analysis_projections: expected a positive int"):
         _config(analysis_projections=0)

@@ -1,0 +1,262 @@
+"""Pruning events of a training run: select a mask, install it, optionally compact the model.
+
+At a step its schedule names, a :class:`~jaxprune.train.pruning.Pruner` sees a
+:class:`~jaxprune.train.pruning.PruneContext` (:func:`prune_context`) and returns a group mask
+(:func:`select_mask`); the mask goes into the masked optimizer and zeroes the pruned weights
+(:func:`install_mask`; with a rewind point, LTH, the weights and optimizer state first return
+to it); :func:`compact` then optionally removes the pruned groups, so the smaller model is
+faster.  Every function returns new values; the engine keeps the run's state.
+
+References:
+  Frankle & Carbin (2019) (lottery tickets: rewinding to early weights after pruning).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.tree_util import Partial
+
+from jaxprune.data.batches import epoch_batches
+from jaxprune.masks import GroupLayout, apply_group_mask, param_mask, ratio_to_k
+from jaxprune.optim import map_param_subtrees, set_mask
+from jaxprune.train.parallel import replicate
+from jaxprune.train.pruning import PruneContext, Pruner
+from jaxprune.train.steps import TrainState
+from jaxprune.train.tasks import Task
+from jaxprune.train.zoo import Bound
+from jaxprune.typing import PyTree
+
+__all__ = [
+    "EventFns",
+    "EventOutcome",
+    "compact",
+    "event_batches",
+    "event_fns",
+    "group_sparsity",
+    "install_mask",
+    "prune",
+    "prune_context",
+    "rewind_point",
+    "select_mask",
+    "write_event",
+]
+
+#: ``(params, opt_state)`` saved at the schedule's rewind step (LTH), or ``None``.
+Rewind = tuple[PyTree, PyTree] | None
+
+
+class EventFns(NamedTuple):
+    """The model functions a pruning event hands to the method, one pair per model binding, so
+    events bind their state with ``Partial`` and methods that compile (PL gating) compile once
+    per model.
+
+    Attributes:
+      loss: ``loss(collections, gates, key, params, batch) -> scalar``, the training-mode loss
+        of the gated model.
+      apply: ``apply(collections, gates, params, x) -> outputs`` of the gated model in
+        evaluation mode.
+    """
+
+    loss: Callable[..., jax.Array]
+    apply: Callable[..., jax.Array]
+
+
+def event_fns(model: Bound, loss_fn: Callable) -> EventFns:
+    """:class:`EventFns` of ``model`` with its :func:`~jaxprune.train.steps.make_loss_fn`."""
+
+    def loss(collections: PyTree, gates: Any, key: jax.Array, params: PyTree, batch: dict):
+        return loss_fn(params, collections, gates, batch, key, True)[0]
+
+    def apply(collections: PyTree, gates: Any, params: PyTree, x: jax.Array) -> jax.Array:
+        return model.apply({"params": params, **collections}, x, train=False, gates=gates)[0]
+
+    return EventFns(loss, apply)
+
+
+def event_batches(
+    data: dict[str, np.ndarray],
+    task: Task,
+    batch_size: int,
+    seed: int,
+    step: int,
+    key: jax.Array,
+) -> Callable[[int], list[dict]]:
+    """``batches(n)`` of a pruning event: ``n`` batches from permutations fixed by ``(seed,
+    step)``, one epoch after another when ``n`` exceeds an epoch, prepared by the task (single
+    device)."""
+    n_examples = len(next(iter(data.values())))
+
+    def batches(n: int) -> list[dict]:
+        indices: list[np.ndarray] = []
+        epoch = 0
+        while len(indices) < n:
+            indices += epoch_batches(
+                n_examples, batch_size, seed=seed + 1, epoch=step * 1_000 + epoch
+            )
+            epoch += 1
+        return [
+            task.prepare(
+                {k: jnp.asarray(v[idx]) for k, v in data.items()}, jax.random.fold_in(key, i)
+            )
+            for i, idx in enumerate(indices[:n])
+        ]
+
+    return batches
+
+
+def prune_context(
+    pruner: Pruner,
+    step: int,
+    state: TrainState,
+    groups: tuple[PyTree, GroupLayout],
+    fns: EventFns,
+    *,
+    num_groups0: int,
+    batches: Callable[[int], list[dict]],
+    key: jax.Array,
+) -> PruneContext:
+    """What the pruner sees at ``step``: the schedule's ratio of the ``num_groups0`` groups of
+    the uncompacted model, the state, the group ids and layout ``groups``, and the model
+    functions bound to the state's collections and gates."""
+    ratio = float(pruner.schedule.ratio(step))
+    collections, gates = state.collections, state.gates
+    group_ids, layout = groups
+    return PruneContext(
+        step=step,
+        ratio=ratio,
+        num_keep=int(ratio_to_k(num_groups0, ratio)),
+        params=state.params,
+        collections=collections,
+        gates=np.asarray(gates),
+        group_ids=group_ids,
+        layout=layout,
+        key=key,
+        loss_fn=Partial(fns.loss, collections, gates, key),
+        apply_fn=Partial(fns.apply, collections, gates),
+        batches=batches,
+    )
+
+
+def select_mask(
+    pruner: Pruner, context: PruneContext, method_state: PyTree
+) -> tuple[np.ndarray, PyTree, dict]:
+    """``(mask, method_state, record)`` of the pruner at ``context``; the ``(p,)`` float32 mask
+    must keep exactly ``context.num_keep`` groups."""
+    mask, method_state, record = pruner.select(context, method_state)
+    mask = np.asarray(mask, np.float32)
+    if mask.shape != context.gates.shape or int(mask.sum()) != context.num_keep:
+        raise ValueError(
+            f"pruner {pruner.name!r} returned a mask of shape {mask.shape} with "
+            f"{int(mask.sum())} ones; expected shape {context.gates.shape} with "
+            f"{context.num_keep} ones"
+        )
+    return mask, method_state, record
+
+
+def install_mask(
+    state: TrainState, mask: np.ndarray, group_ids: PyTree, rewind: Rewind, mesh: Any
+) -> TrainState:
+    """The state with group ``mask`` ``(p,)`` in the masked optimizer and as the gates, pruned
+    weights at exactly zero; with a ``rewind`` point the kept weights and the optimizer state
+    are the rewind point's (LTH)."""
+    params, opt_state = state.params, state.opt_state
+    if rewind is not None:  # a copy: the state's buffers are donated to the next step
+        params, opt_state = jax.tree_util.tree_map(jnp.copy, rewind)
+    pmask = param_mask(params, group_ids, mask)
+    params = apply_group_mask(params, group_ids, mask)
+    opt_state = set_mask(opt_state, pmask)
+    gates = jnp.asarray(mask, jnp.float32)
+    return replicate(TrainState(state.step, params, state.collections, opt_state, gates), mesh)
+
+
+class EventOutcome(NamedTuple):
+    """What :func:`prune` returns.
+
+    Attributes:
+      state: the state with the mask installed.
+      method_state: the pruner's state after the event.
+      mask: ``(p,)`` float32 group mask.
+      record: the method's arrays for ``event_<step>.npz``.
+      summary: ``{"step", "ratio", "kept", "groups_before", "seconds"}`` (seconds of the
+        selection and installation, device work included).
+    """
+
+    state: TrainState
+    method_state: PyTree
+    mask: np.ndarray
+    record: dict
+    summary: dict
+
+
+def prune(
+    pruner: Pruner,
+    context: PruneContext,
+    state: TrainState,
+    method_state: PyTree,
+    rewind: Rewind,
+    mesh: Any,
+) -> EventOutcome:
+    """One pruning event: :func:`select_mask` at ``context``, then :func:`install_mask`."""
+    start = time.perf_counter()
+    mask, method_state, record = select_mask(pruner, context, method_state)
+    state = install_mask(state, mask, context.group_ids, rewind, mesh)
+    jax.block_until_ready(state.params)
+    summary = {
+        "step": context.step,
+        "ratio": context.ratio,
+        "kept": context.num_keep,
+        "groups_before": len(mask),
+        "seconds": time.perf_counter() - start,
+    }
+    return EventOutcome(state, method_state, mask, record, summary)
+
+
+def compact(
+    model: Bound, state: TrainState, rewind: Rewind, keep: np.ndarray, mesh: Any
+) -> tuple[Bound, TrainState, Rewind]:
+    """Remove the groups with ``keep[g] = False`` from the model, the state (parameters,
+    collections, optimizer state) and the rewind point; the smaller model's gates are all 1."""
+    collections = state.collections
+
+    def shrink(params: PyTree) -> PyTree:
+        return model.compact({"params": params, **collections}, keep)[1]["params"]
+
+    small_model, variables = model.compact({"params": state.params, **collections}, keep)
+    variables = dict(variables)
+    params = variables.pop("params")
+    opt_state = map_param_subtrees(state.opt_state, state.params, shrink)
+    if rewind is not None:
+        rewind = (shrink(rewind[0]), map_param_subtrees(rewind[1], state.params, shrink))
+    gates = jnp.ones((int(keep.sum()),), jnp.float32)
+    small = replicate(TrainState(state.step, params, variables, opt_state, gates), mesh)
+    return small_model, small, rewind
+
+
+def rewind_point(state: TrainState) -> tuple[PyTree, PyTree]:
+    """A copy of ``(params, opt_state)`` to rewind to (the state's buffers are donated)."""
+    return jax.tree_util.tree_map(jnp.copy, (state.params, state.opt_state))
+
+
+def write_event(
+    run_dir: Path, step: int, mask: np.ndarray, record: dict, events: list[dict]
+) -> None:
+    """``event_<step>.npz`` (the mask and the method's record) and ``events.json`` (every
+    event's summary so far)."""
+    arrays = {k: np.asarray(v) for k, v in record.items()}
+    np.savez(run_dir / f"event_{step}.npz", mask=mask, **arrays)
+    (run_dir / "events.json").write_text(json.dumps(events, indent=1))
+
+
+def group_sparsity(gates: jax.Array | None, num_groups0: int | None) -> float:
+    """Pruned share of the ``num_groups0`` groups of the uncompacted model (0 when dense)."""
+    if num_groups0 is None or gates is None:
+        return 0.0
+    return 1.0 - float(np.sum(np.asarray(gates))) / num_groups0
