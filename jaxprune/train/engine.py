@@ -42,9 +42,8 @@ from tqdm.auto import tqdm
 from jaxprune.data.batches import BatchPosition, epoch_batches, iterate_batches, prefetch
 from jaxprune.data.registry import Splits
 from jaxprune.masks import apply_group_mask, param_mask, ratio_to_k
-from jaxprune.methods.pl_gating import sketch_outputs
 from jaxprune.optim import MaskedState, apply_mask, map_param_subtrees, masked, set_mask
-from jaxprune.spectra import empirical_ntk, hessian_trace, spectrum_features
+from jaxprune.spectra import empirical_ntk, hessian_trace, sketch_outputs, spectrum_features
 from jaxprune.train.checkpoint import latest_step, restore_checkpoint, save_checkpoint
 from jaxprune.train.logging import MetricsLogger, plot_curves
 from jaxprune.train.parallel import (

@@ -1,4 +1,4 @@
-"""Tests of paper 000's PL gating (jaxprune.methods.pl_gating) on tiny tanh MLPs.
+"""Tests of Chen et al. (2023)'s PL gating (jaxprune.methods.pl_gating) on tiny tanh MLPs.
 
 Features are checked against brute-force per-group kernels (``jax.jacobian``); the gradient of
 the gating objective against central differences in float64 with fixed Hutchinson probes; its
@@ -18,7 +18,9 @@ from conftest import brute_force_group_kernels, explicit_hessian
 from jaxprune.masks.groups import build_group_ids, heads
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.masks.mask import apply_group_mask, param_mask, ratio_to_k
+from jaxprune.methods import pl_gating
 from jaxprune.methods.pl_gating import (
+    GatingObjective,
     GatingParams,
     GroupFeatures,
     PLGatingConfig,
@@ -29,12 +31,13 @@ from jaxprune.methods.pl_gating import (
     normalize_features,
     prune,
     select,
-    sketch_outputs,
     train_gating,
 )
+from jaxprune.methods.pl_gating import objective as pl_objective
 from jaxprune.models import MLP
 from jaxprune.models.mlp import mlp_group_ids
 from jaxprune.optim.masked import masked
+from jaxprune.spectra import sketch_outputs
 from jaxprune.spectra.spectrum import spectrum_features
 
 SIGMAS = 5.0
@@ -118,19 +121,6 @@ def test_features_need_two_examples_and_a_key_for_projections():
         features(apply_fn, params, x, ids, backend="magic")
     with pytest.raises(ValueError, match="lambda_min"):
         features(apply_fn, params, x, ids, lambda_min="min")
-
-
-def test_output_sketch_is_an_isotropic_khatri_rao_projection():
-    # The sketch of the identity map on (2, 3)-shaped outputs, fed the 6 basis tensors, is the
-    # projection matrix R itself: k R Rᵀ / s -> I (E[R_cj R_c'j] = δ_cc' / k).
-    basis = jnp.eye(6).reshape(6, 2, 3)
-    s = 20000
-    sketched = sketch_outputs(lambda p, x: x, {}, basis, jax.random.PRNGKey(0), s)
-    r = np.asarray(sketched({}, basis), np.float64)
-    assert r.shape == (6, s)
-    np.testing.assert_allclose(6 * r @ r.T / s, np.eye(6), atol=0.1)
-    again = sketch_outputs(lambda p, x: x, {}, basis, jax.random.PRNGKey(0), s)({}, basis)
-    np.testing.assert_array_equal(again, r.astype(np.float32))
 
 
 def test_sketched_features_approximate_exact_ones():
@@ -378,13 +368,12 @@ def test_bound_state_is_traced_not_baked_into_compiled_code():
     # reference: plain closures over each value, compiled afresh.
     from jax.tree_util import Partial
 
-    from jaxprune.methods import pl_gating
     from jaxprune.spectra import ntk
 
     params, ids, _, x, y = _problem()
     key = jax.random.PRNGKey(1)
     v = _random_v(hidden=4)
-    objective_before = pl_gating._objective_value_and_grad._cache_size()
+    objective_before = pl_objective._objective_value_and_grad._cache_size()
     kernels_before = ntk._build_block.cache_info().currsize
     for scale in (1.0, 3.0):
         bound = jnp.float32(scale)
@@ -406,7 +395,7 @@ def test_bound_state_is_traced_not_baked_into_compiled_code():
         for a, b in zip(trained.v, reference.v):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     # One compilation each for the Partial (both scales) and one per closure.
-    assert pl_gating._objective_value_and_grad._cache_size() == objective_before + 3
+    assert pl_objective._objective_value_and_grad._cache_size() == objective_before + 3
     assert ntk._build_block.cache_info().currsize == kernels_before + 3
 
 
@@ -564,3 +553,56 @@ def test_select_per_layer_keeps_the_same_fraction_of_every_layer():
     per_layer = select(gates, 6, layout, per_layer=True)
     assert per_layer[:4].tolist() == [1, 1, 0, 0]  # 2 of 4
     assert per_layer[4:].tolist() == [0, 1, 1, 1, 1, 0, 0, 0]  # 4 of 8
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective's options as one object; the deprecated sketch alias
+
+
+def test_gating_objective_is_validated_once_and_equals_its_keywords():
+    params, ids, _, x, y = _problem()
+    normalized = jax.random.normal(jax.random.PRNGKey(8), (7, 2))
+    v = _random_v()
+    args = (v, loss_fn, apply_fn, params, ids, normalized, (x, y), jax.random.PRNGKey(5))
+    options = {"alpha": 0.7, "num_probes": 2, "scaling": "softmax", "hessian": "loss"}
+    objective = GatingObjective(**options)
+    np.testing.assert_array_equal(
+        gating_loss(*args, objective=objective), gating_loss(*args, **options)
+    )
+    with pytest.raises(TypeError, match="objective: pass either"):
+        gating_loss(*args, objective=objective, alpha=1.0)
+    with pytest.raises(TypeError, match="objective: expected a GatingObjective"):
+        gating_loss(*args, objective=options)
+    with pytest.raises(ValueError, match="alpha"):
+        GatingObjective(alpha=-1.0)
+    with pytest.raises(TypeError, match="inputs_of"):
+        GatingObjective(inputs_of=0)
+    config = PLGatingConfig(alpha=2, num_probes=3, scaling="softmax", trace_wrt="weights")
+    assert config.objective == GatingObjective(2.0, 3, "softmax", "outputs", "weights")
+    assert isinstance(config.objective.alpha, float)
+
+
+def test_alpha_is_traced_the_other_options_are_static():
+    params, ids, _, x, y = _problem()
+    normalized = normalize_features(features(apply_fn, params, x, ids))
+    v = init_gating(jax.random.PRNGKey(0), 3)
+    objective = GatingObjective(alpha=0.5, num_probes=3)
+    leaves, treedef = jax.tree_util.tree_flatten(objective)
+    assert leaves == [0.5]
+    assert jax.tree_util.tree_unflatten(treedef, leaves) == objective
+    before = pl_objective._objective_value_and_grad._cache_size()
+    for alpha in (0.5, 2.0):
+        train_gating(
+            v, loss_fn, apply_fn, params, ids, normalized, [(x, y)], jax.random.PRNGKey(1),
+            objective=GatingObjective(alpha=alpha, num_probes=3),
+        )  # fmt: skip
+    assert pl_objective._objective_value_and_grad._cache_size() == before + 1
+
+
+def test_deprecated_sketch_outputs_alias_forwards_to_spectra():
+    basis = jnp.eye(6).reshape(6, 2, 3)
+    key = jax.random.PRNGKey(0)
+    with pytest.warns(DeprecationWarning, match=r"jaxprune\.spectra\.sketch_outputs"):
+        old = pl_gating.sketch_outputs(lambda p, x: x, {}, basis, key, 8)
+    new = sketch_outputs(lambda p, x: x, {}, basis, key, 8)
+    np.testing.assert_array_equal(old({}, basis), new({}, basis))
