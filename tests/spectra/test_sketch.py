@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxprune.methods import pl_gating
 from jaxprune.spectra import sketch_outputs
 from jaxprune.spectra.sketch import example_output_shape, output_sketch
 
@@ -50,3 +51,12 @@ def test_single_outputs_are_returned_unchanged_and_arguments_are_checked():
         sketch_outputs(scalar, {}, x, jax.random.PRNGKey(0), 0)
     with pytest.raises(TypeError, match="x"):
         sketch_outputs(scalar, {}, [1.0], jax.random.PRNGKey(0), 8)
+
+
+def test_deprecated_sketch_outputs_alias_forwards_to_spectra():
+    basis = jnp.eye(6).reshape(6, 2, 3)
+    key = jax.random.PRNGKey(0)
+    with pytest.warns(DeprecationWarning, match=r"jaxprune\.spectra\.sketch_outputs"):
+        old = pl_gating.sketch_outputs(lambda p, x: x, {}, basis, key, 8)
+    new = sketch_outputs(lambda p, x: x, {}, basis, key, 8)
+    np.testing.assert_array_equal(old({}, basis), new({}, basis))
