@@ -1,10 +1,11 @@
-"""The papers' pruning algorithms as pure functions (one module per paper).
+"""The papers' pruning algorithms as pure functions (one module or package per paper).
 
-- :mod:`~jaxprune.methods.pl_gating` (paper 000): per-group NTK features, the gating network
-  of eq. 8, the objective of eq. 36 and one Algorithm-2 pruning event
-  (``pl_gating.features``, ``gate``, ``gating_loss``, ``train_gating``, ``select``, ``prune``).
-- :mod:`~jaxprune.methods.directional` (paper 003): the directional-pruning solution, scores
-  from the Hessian's flat directions, eq. 9, and Bézier connecting curves.  The gRDA optimizer
+- :mod:`~jaxprune.methods.pl_gating` (Chen et al. 2023): per-group NTK features (Sec. 3.2.2),
+  the gating network of eq. 8, the objective of eq. 36 (App. E.2) and one Algorithm-2 pruning
+  event (``pl_gating.features``, ``gate``, ``gating_loss``, ``train_gating``, ``select``,
+  ``prune``; the objective's options as one ``GatingObjective``).
+- :mod:`~jaxprune.methods.directional` (Chao et al. 2020): the directional-pruning solution,
+  scores from the Hessian's flat directions, eq. 9, and Bézier connecting curves.  The gRDA optimizer
   itself is :func:`jaxprune.optim.grda`.
 """
 
@@ -21,11 +22,12 @@ from jaxprune.methods.directional import (
     sign_alignment_ratio,
     top_eigenspace_fraction,
 )
-from jaxprune.methods.pl_gating import GatingEvent, PLGatingConfig
+from jaxprune.methods.pl_gating import GatingEvent, GatingObjective, PLGatingConfig
 
 __all__ = [
     "BezierFit",
     "GatingEvent",
+    "GatingObjective",
     "PLGatingConfig",
     "bezier_point",
     "curve_losses",

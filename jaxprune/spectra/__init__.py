@@ -21,6 +21,7 @@ from jaxprune.spectra.lanczos import (
 )
 from jaxprune.spectra.ntk import BACKENDS, empirical_ntk
 from jaxprune.spectra.pl import PLCondition, empirical_pl_ratio, pl_condition, proposition8_bound
+from jaxprune.spectra.sketch import sketch_outputs
 from jaxprune.spectra.spectrum import SpectrumFeatures, group_rank_bound, spectrum_features
 
 __all__ = [
@@ -46,5 +47,6 @@ __all__ = [
     "output_hvp",
     "pl_condition",
     "proposition8_bound",
+    "sketch_outputs",
     "spectrum_features",
 ]

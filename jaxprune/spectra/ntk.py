@@ -19,6 +19,7 @@ import numpy as np
 from jaxprune.group_ids import validate_group_ids
 from jaxprune.spectra._cells import leaf_group_kernels
 from jaxprune.spectra._checks import check_batch, check_finite_params, check_positive_int
+from jaxprune.spectra.static import FrozenGroupIds
 from jaxprune.spectra.structured import find_linear_calls, plan_structured, structured_group_kernels
 
 __all__ = ["BACKENDS", "empirical_ntk"]
@@ -108,7 +109,7 @@ def empirical_ntk(
         tuple((np.shape(leaf), jnp.result_type(leaf)) for leaf in leaves),
         tuple(x.shape[1:]),
         jnp.result_type(x),
-        _FrozenIds(ids),
+        FrozenGroupIds(ids),
         p,
         group_ids is None,
         backend,
@@ -120,27 +121,13 @@ def empirical_ntk(
     return kernel[0] if group_ids is None else kernel
 
 
-class _FrozenIds:
-    """Group-id leaves, hashable by content so compiled blocks can be cached per grouping."""
-
-    def __init__(self, ids: tuple[np.ndarray, ...]):
-        self.ids = ids
-        self._key = tuple((a.shape, a.tobytes()) for a in ids)
-
-    def __hash__(self) -> int:
-        return hash(self._key)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _FrozenIds) and self._key == other._key
-
-
 class _Signature(NamedTuple):
     apply_fn: Callable
     treedef: Any
     leaf_specs: tuple
     example_shape: tuple[int, ...]
     example_dtype: Any
-    ids: _FrozenIds
+    ids: FrozenGroupIds
     p: int
     whole: bool
     backend: str
@@ -156,7 +143,7 @@ def _build_block(sig: _Signature) -> tuple[Callable, int]:
     sizes = [int(np.prod(shape)) for shape, _ in sig.leaf_specs]
     out_shape = jax.eval_shape(sig.apply_fn, params, probe_x).shape
     k = int(np.prod(out_shape[1:]))
-    ids = sig.ids.ids
+    ids = sig.ids.leaves
     backend = sig.backend
     plan, covered, calls = [], set(), []
     if backend in ("auto", "structured"):

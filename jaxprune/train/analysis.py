@@ -21,9 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.methods.pl_gating import sketch_outputs
 from jaxprune.optim import MaskedState, apply_mask
-from jaxprune.spectra import empirical_ntk, hessian_trace, spectrum_features
+from jaxprune.spectra import empirical_ntk, hessian_trace, sketch_outputs, spectrum_features
 from jaxprune.train.parallel import to_host
 from jaxprune.train.steps import TrainState
 from jaxprune.train.tasks import Task

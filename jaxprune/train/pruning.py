@@ -214,25 +214,27 @@ def pl_gating_pruner(
     *,
     seed: int = 0,
 ) -> Pruner:
-    """PL-regularization-driven gating (paper 000, Algorithm 2) as a pruning method.
+    """PL-regularization-driven gating (Chen et al. 2023, Algorithm 2) as a pruning method.
 
     At each event: per-group NTK features of the current (gated) model on the first
     ``config.feature_batch_size`` examples of the event's training batches, the gating
-    network ``v`` trained for ``config.gating_steps`` batches on eq. 36 (loss at the soft
-    gates plus ``α·Tr(H_f)``), then TopK of the gates with ``config.min_per_layer`` groups kept
-    per layer.  ``v`` is the method state: it starts from ``init_gating(key(seed))`` and each
-    event continues from the previous one (it is checkpointed with the run).  Groups pruned
-    earlier stay pruned; after compaction the remaining groups are the current model's.
+    network ``v`` trained for ``config.gating_steps`` batches on eq. 36 with
+    ``config.objective`` (loss at the soft gates plus ``α·Tr(H_f)``, reading PL-5), then TopK
+    of the gates with ``config.min_per_layer`` groups kept per layer.  ``v`` is the method
+    state: it starts from ``init_gating(key(seed))`` and each event continues from the previous
+    one (it is checkpointed with the run).  Groups pruned earlier stay pruned; after compaction
+    the remaining groups are the current model's.
 
     The event record holds the gates, raw and normalized features, and the gating loss
     history (saved as ``event_<step>.npz`` in the run directory).
 
     References:
-      Paper 000, Section 3.2 and Appendix E.2 (Algorithm 2, eq. 36).
+      Chen et al. (2023), Sec. 3.2 and App. E.2 (Algorithm 2, eq. 36); readings PL-4 to PL-6
+      (docs/readings.md).
     """
     config = pl_gating.PLGatingConfig() if config is None else config
     if not isinstance(schedule, PruningSchedule):
-        raise TypeError(f"schedule must be a PruningSchedule, got {type(schedule).__name__}")
+        raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
 
     def select(context: PruneContext, v: pl_gating.GatingParams) -> tuple[np.ndarray, Any, dict]:
         batches = context.batches(config.gating_steps)

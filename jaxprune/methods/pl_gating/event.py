@@ -1,0 +1,330 @@
+"""One pruning event of Chen et al. (2023), Algorithm 2: features, gating training, TopK.
+
+:class:`PLGatingConfig` holds the event's settings (its objective options as
+:attr:`PLGatingConfig.objective`), :func:`select` the TopK mask with layer protection and
+:func:`prune` one event, recorded as a :class:`GatingEvent`.
+
+References:
+  Chen et al. (2023), Sec. 3.2.3 (``m = TopK(g, k)``, ``k = (1 - r) p``), App. E.2
+  (Algorithm 2, eq. 36, Table 4), App. E.3 (at least one head/expert per layer); readings PL-4,
+  PL-5, PL-6 and PL-9 (docs/readings.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from jaxprune._validation import (
+    check_batch,
+    check_choice,
+    check_int,
+    check_positive_int,
+    check_real,
+)
+from jaxprune.group_ids import validate_group_ids
+from jaxprune.masks.layout import GroupLayout
+from jaxprune.masks.mask import apply_group_mask, ratio_to_k, topk_mask
+from jaxprune.methods.pl_gating.features import (
+    LAMBDA_MINS,
+    GroupFeatures,
+    features,
+    normalize_features,
+)
+from jaxprune.methods.pl_gating.gating import GatingParams, gate, init_gating
+from jaxprune.methods.pl_gating.objective import (
+    GatingHistory,
+    GatingObjective,
+    _first,
+    train_gating,
+)
+from jaxprune.typing import ApplyFn, BatchLossFn, PyTree
+
+__all__ = ["GatingEvent", "PLGatingConfig", "prune", "select"]
+
+
+def select(
+    gates: Any,
+    k: int,
+    layout: GroupLayout | None = None,
+    *,
+    min_per_layer: int = 1,
+    per_layer: bool = False,
+    current_mask: Any = None,
+) -> np.ndarray:
+    """Binary mask keeping the ``k`` groups with the largest gates, ``min_per_layer`` per layer.
+
+    :func:`jaxprune.masks.topk_mask` with ``min_per_layer`` (first the best ``min_per_layer``
+    groups of every layer of ``layout``, then the best of the rest); ties rank the lower group
+    index first.  With ``current_mask``, groups it prunes (entry 0) stay pruned: schedules
+    prune cumulatively.
+
+    Args:
+      gates: ``(p,)`` concrete gates (or any scores).
+      k: groups to keep, ``0 <= k <= p``.
+      layout: the groups' :class:`GroupLayout`; required when ``min_per_layer > 0``.
+      min_per_layer: groups kept in every layer (the paper: 1).
+      per_layer: keep the same fraction of every layer (TopK within layers) instead of the
+        paper's global TopK; global TopK can leave a layer with only its protected group.
+      current_mask: optional ``(p,)`` 0/1 mask of an earlier pruning event.
+
+    Returns:
+      ``(p,)`` float32 NumPy array in ``{0, 1}`` with exactly ``k`` ones.
+
+    Raises:
+      ValueError: ``k`` above the groups ``current_mask`` keeps, a malformed ``current_mask``,
+        and the errors of :func:`jaxprune.masks.topk_mask`.
+
+    References:
+      Chen et al. (2023), Sec. 3.2.3 (``m = TopK(g, k)``), App. E.3 (one head/expert per
+      layer; reading PL-9, docs/readings.md).
+    """
+    scores = np.asarray(gates, np.float64)
+    if current_mask is not None:
+        kept = _check_binary_mask(current_mask, scores.shape, "current_mask")
+        if isinstance(k, int | np.integer) and not isinstance(k, bool) and k > kept.sum():
+            raise ValueError(
+                f"k: {k} exceeds the {int(kept.sum())} groups current_mask keeps; pruned groups "
+                "stay pruned"
+            )
+        scores = np.where(kept, scores, -np.inf)
+    return topk_mask(scores, k, layout=layout, per_layer=per_layer, min_per_layer=min_per_layer)
+
+
+def _check_binary_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
+    values = np.asarray(mask)
+    if values.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, one entry per group, got {values.shape}")
+    if not np.all((values == 0) | (values == 1)):
+        raise ValueError(f"{name}: expected entries 0 or 1, got {np.unique(values)[:5]}")
+    return values != 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PLGatingConfig:
+    """Hyperparameters of one PL-gating pruning event (:func:`prune`).
+
+    The fields ``alpha``, ``num_probes``, ``scaling``, ``hessian`` and ``trace_wrt`` are the
+    gating objective's: :attr:`objective` is them as one :class:`GatingObjective`, which
+    validates them.
+
+    Attributes:
+      hidden: width of the gating network's hidden layer.
+      scaling: gate scaling, ``"mean_one"`` (``p·softmax``, reading PL-4) or ``"softmax"``
+        (eq. 8).
+      alpha: ``α`` of eq. 36 while training ``v`` (Algorithm 2: 1).
+      num_probes: Hutchinson probes per gating step.
+      gating_steps: gating steps (batches) per pruning event.
+      learning_rate: Adam learning rate of ``v``.
+      feature_batch_size: examples ``n >= 2`` of the feature kernels.
+      lambda_min: ``λ_min`` convention, ``"nonzero"``, ``"bound"`` or ``"literal"`` (see
+        :func:`features`; reading PL-6).
+      output_projections: random output projections of the feature kernels (``None``: exact).
+      feature_dtype: eigen-decomposition dtype of the features (``None``: the kernel's).
+      hessian: ``"outputs"`` (eq. 36) or ``"loss"``.
+      trace_wrt: ``"gated"`` (eq. 36's ``H_f(g ∗ w)``) or ``"weights"``.
+      min_per_layer: groups every layer keeps (App. E.3: 1).
+      per_layer: TopK within each layer (same fraction everywhere) instead of the paper's
+        global TopK, which on an MLP was seen to keep 127 and 1 neurons of two 128-wide layers.
+
+    References:
+      Chen et al. (2023), Sec. 3.2 and App. E (Algorithm 2, eq. 36, Table 4); readings PL-4,
+      PL-5, PL-6 (docs/readings.md).
+    """
+
+    hidden: int = 16
+    scaling: str = "mean_one"
+    alpha: float = 1.0
+    num_probes: int = 1
+    gating_steps: int = 100
+    learning_rate: float = 1e-2
+    feature_batch_size: int = 32
+    lambda_min: str = "nonzero"
+    output_projections: int | None = None
+    feature_dtype: Any = None
+    hessian: str = "outputs"
+    trace_wrt: str = "gated"
+    min_per_layer: int = 1
+    per_layer: bool = False
+
+    def __post_init__(self):
+        check_positive_int(self.hidden, "hidden")
+        check_positive_int(self.gating_steps, "gating_steps")
+        check_int(self.feature_batch_size, "feature_batch_size", minimum=2)
+        if self.output_projections is not None:
+            check_positive_int(self.output_projections, "output_projections")
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        check_choice(self.lambda_min, LAMBDA_MINS, "lambda_min")
+        check_int(self.min_per_layer, "min_per_layer", minimum=0)
+        _ = self.objective  # validates alpha, num_probes, scaling, hessian and trace_wrt
+
+    @property
+    def objective(self) -> GatingObjective:
+        """The gating objective's options (with the default ``inputs_of``)."""
+        return GatingObjective(
+            alpha=self.alpha,
+            num_probes=self.num_probes,
+            scaling=self.scaling,
+            hessian=self.hessian,
+            trace_wrt=self.trace_wrt,
+        )
+
+
+class GatingEvent(NamedTuple):
+    """Record of one pruning event of Algorithm 2 (:func:`prune`).
+
+    Attributes:
+      mask: ``(p,)`` float32 NumPy 0/1 group mask with ``k`` ones.
+      gates: ``(p,)`` soft gates of the trained gating network.
+      features: raw :class:`GroupFeatures`.
+      normalized_features: ``(p, 2)`` gating input.
+      v: trained :class:`GatingParams` (pass to the next event to continue).
+      history: :class:`GatingHistory` of the gating training.
+    """
+
+    mask: np.ndarray
+    gates: jax.Array
+    features: GroupFeatures
+    normalized_features: jax.Array
+    v: GatingParams
+    history: GatingHistory
+
+
+def prune(
+    key: jax.Array,
+    loss_fn: BatchLossFn,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    group_ids: PyTree,
+    layout: GroupLayout | None,
+    feature_inputs: jax.Array,
+    batches: Iterable[Any],
+    ratio: float,
+    config: PLGatingConfig | None = None,
+    *,
+    v: GatingParams | None = None,
+    current_mask: Any = None,
+    optimizer: optax.GradientTransformation | None = None,
+    inputs_of: Callable[[Any], jax.Array] = _first,
+) -> GatingEvent:
+    """One pruning event ``(t_j, r_j)`` of Algorithm 2: features, gating training, TopK.
+
+    1. :func:`features` of the first ``config.feature_batch_size`` rows of ``feature_inputs``
+       and :func:`normalize_features` (line 5);
+    2. ``v`` (from :func:`init_gating` unless given) trained by :func:`train_gating` on
+       ``config.gating_steps`` batches with ``config.objective`` (lines 6-8);
+    3. :func:`select` with ``k = ratio_to_k(p, ratio)`` (``(1 - r) p`` rounded to nearest,
+       ties kept) and ``config.min_per_layer`` (line 9).
+
+    The weights are not changed: apply the mask with :func:`jaxprune.masks.apply_group_mask`
+    (line 10) and train ``w`` under it with :func:`jaxprune.optim.masked` (lines 11-13,
+    ``α = 0``).  With ``current_mask`` (an earlier event's mask) the weights are taken as
+    ``current_mask ∗ w``, groups it prunes stay pruned, and ``ratio`` is the cumulative
+    fraction of all ``p`` groups.
+
+    Args:
+      key: PRNG key (output projections, ``v``'s initialization, Hutchinson probes).
+      loss_fn: ``loss_fn(params, batch) -> scalar``.
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
+      params: the weights ``w`` at the pruning time.
+      group_ids: group-id pytree with ``p`` groups.
+      layout: their :class:`GroupLayout` (may be ``None`` when ``min_per_layer == 0``).
+      feature_inputs: ``(N, ...)`` inputs with ``N >= config.feature_batch_size``.
+      batches: iterable of at least ``config.gating_steps`` training batches.
+      ratio: pruning ratio ``r`` in ``[0, 1)``.
+      config: :class:`PLGatingConfig` (default: its defaults).
+      v: gating parameters to continue from.
+      current_mask: ``(p,)`` 0/1 mask of an earlier event.
+      optimizer: optax optimizer of ``v``; default ``optax.adam(config.learning_rate)``.
+      inputs_of: ``inputs_of(batch) -> x`` (default ``batch[0]``), see
+        :attr:`GatingObjective.inputs_of`.
+
+    Returns:
+      :class:`GatingEvent`.
+
+    Raises:
+      ValueError / TypeError: ``ratio`` outside ``[0, 1)`` (or keeping no group), a layout of the
+        wrong size, too few feature rows or batches, ``k`` below ``min_per_layer`` × layers or
+        above the groups ``current_mask`` keeps.
+
+    References:
+      Chen et al. (2023), App. E.2, Algorithm 2 (lines 4-10) and eq. 36; Sec. 3.2.3 (``k = (1 -
+      r_j) p``); App. E.3 (layer protection); readings PL-4 to PL-6 (docs/readings.md).
+    """
+    config = PLGatingConfig() if config is None else config
+    if not isinstance(config, PLGatingConfig):
+        raise TypeError(f"config: expected a PLGatingConfig, got {type(config).__name__}")
+    objective = dataclasses.replace(config.objective, inputs_of=inputs_of)
+    p = validate_group_ids(params, group_ids)
+    k = ratio_to_k(p, ratio)
+    if layout is not None and not isinstance(layout, GroupLayout):
+        raise TypeError(f"layout: expected a GroupLayout or None, got {type(layout).__name__}")
+    if layout is None and config.min_per_layer > 0:
+        raise ValueError(
+            f"layout: required when config.min_per_layer > 0 (got {config.min_per_layer}), got None"
+        )
+    if layout is not None:
+        if layout.num_groups != p:
+            raise ValueError(f"layout: has {layout.num_groups} groups, expected {p}")
+        if k < config.min_per_layer * layout.num_layers:
+            raise ValueError(
+                f"ratio: {ratio} keeps {k} of {p} groups, fewer than config.min_per_layer "
+                f"({config.min_per_layer}) x {layout.num_layers} layers"
+            )
+    if current_mask is not None:
+        kept = _check_binary_mask(current_mask, (p,), "current_mask")
+        if k > kept.sum():
+            raise ValueError(
+                f"ratio: {ratio} keeps {k} of {p} groups, more than the {int(kept.sum())} that "
+                "current_mask keeps; pass the cumulative ratio of the schedule"
+            )
+        params = apply_group_mask(params, group_ids, kept.astype(np.float32))
+    check_batch(feature_inputs, "feature_inputs")
+    n = config.feature_batch_size
+    if feature_inputs.shape[0] < n:
+        raise ValueError(
+            f"feature_inputs: has {feature_inputs.shape[0]} examples, fewer than "
+            f"config.feature_batch_size = {n}"
+        )
+    sketch_key, init_key, probe_key = jax.random.split(key, 3)
+    feats = features(
+        apply_fn,
+        params,
+        feature_inputs[:n],
+        group_ids,
+        lambda_min=config.lambda_min,
+        output_projections=config.output_projections,
+        key=sketch_key,
+        dtype=config.feature_dtype,
+    )
+    normalized = normalize_features(feats)
+    if v is None:
+        v = init_gating(init_key, config.hidden)
+    training = train_gating(
+        v,
+        loss_fn,
+        apply_fn,
+        params,
+        group_ids,
+        normalized,
+        batches,
+        probe_key,
+        objective=objective,
+        num_steps=config.gating_steps,
+        optimizer=optax.adam(config.learning_rate) if optimizer is None else optimizer,
+    )
+    gates = gate(training.v, normalized, scaling=objective.scaling)
+    mask = select(
+        gates,
+        k,
+        layout,
+        min_per_layer=config.min_per_layer,
+        per_layer=config.per_layer,
+        current_mask=current_mask,
+    )
+    return GatingEvent(mask, gates, feats, normalized, training.v, training.history)

@@ -1,0 +1,39 @@
+"""The tiny problem of the PL-gating tests: a 3-4-3-2 tanh MLP (7 neuron groups, 2 layers)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxprune.methods.pl_gating import init_gating
+from jaxprune.models import MLP
+from jaxprune.models.mlp import mlp_group_ids
+
+MODEL = MLP(hidden=(4, 3), num_outputs=2, activation=jnp.tanh)  # 7 neuron groups, 2 layers
+
+
+def apply_fn(params, x):
+    return MODEL.apply(params, x)
+
+
+def loss_fn(params, batch):
+    x, y = batch
+    return 0.5 * jnp.mean(jnp.sum((apply_fn(params, x) - y) ** 2, axis=-1))
+
+
+def problem(dtype=jnp.float32, n=6):
+    """``(params, group_ids, layout, x, y)`` of ``n`` random regression examples."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, 3), dtype)
+    y = jax.random.normal(jax.random.PRNGKey(1), (n, 2), dtype)
+    params = MODEL.init(jax.random.PRNGKey(2), x)
+    params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
+    ids, layout = mlp_group_ids(params, MODEL)
+    return params, ids, layout, x, y
+
+
+def random_v(dtype=jnp.float32, hidden=5):
+    """Gating parameters away from the symmetric initialization (``w2 = 0``)."""
+    v = init_gating(jax.random.PRNGKey(3), hidden, dtype=dtype)
+    w2 = jax.random.normal(jax.random.PRNGKey(4), (hidden,), dtype)
+    b1 = 0.3 * jax.random.normal(jax.random.PRNGKey(5), (hidden,), dtype)
+    return v._replace(w2=w2, b1=b1)
