@@ -4,7 +4,7 @@
     scripts/with-env python experiments/benchmarks/bench_bert.py --preset smoke  # seconds
 
 One jit-compiled MLM train step (forward, backward, Adam update, dropout on) of the dense model
-and of the model whose heads were removed with ``compact_heads`` (``ceil(H/4)`` heads kept per
+and of the model whose heads were removed with ``bert.compact`` (``ceil(H/4)`` heads kept per
 layer, at least one), run alternately; prints the medians of the step times and of their
 per-pair ratio (compacted / dense) next to the ideal attention-FLOP ratio and the whole-model FLOP ratio
 (``jaxprune.models.bert.attention_flops`` / ``flops``; a train step costs about 3× the forward
@@ -26,7 +26,7 @@ from jaxprune.models.bert import (
     Bert,
     BertConfig,
     attention_flops,
-    compact_heads,
+    compact,
     flops,
     from_preset,
     mlm_loss,
@@ -86,7 +86,7 @@ def main() -> None:
 
     tokens = jnp.zeros((1, seq_len), jnp.int32)
     variables = Bert(config).init(jax.random.key(0), tokens)
-    small_variables, small_config = compact_heads(variables, config, keep)
+    small_variables, small_config = compact(variables, config, keep)
     optimizer = optax.adam(1e-4)
     batch = random_batch(config, batch_size, seq_len)
     key = jax.random.key(1)

@@ -24,7 +24,7 @@ import optax
 from _timing import paired_medians
 
 from jaxprune.models.moe import expert_capacity, total_aux_loss, total_dropped_tokens
-from jaxprune.models.switch import Switch, SwitchConfig, compact, flops, from_preset
+from jaxprune.models.switch import Switch, SwitchConfig, compact_per_layer, flops, from_preset
 
 
 def train_step(model: Switch, optimizer: optax.GradientTransformation):
@@ -72,7 +72,7 @@ def main() -> None:
     variables = jax.jit(model.init)(jax.random.PRNGKey(0), tokens)
 
     keep = np.arange(config.num_experts) % 2 == 0
-    small_vars, small_config = compact(
+    small_vars, small_config = compact_per_layer(
         variables, config, expert_keep=[keep] * len(config.moe_layers)
     )
     small_model = Switch(small_config)

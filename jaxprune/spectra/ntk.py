@@ -1,8 +1,8 @@
 """Empirical neural tangent kernels, whole and per structured group, in one pass.
 
 References:
-  Jacot et al. (2018), the neural tangent kernel.  Paper 000, Section 3.1 (K(w) = DF DFᵀ) and
-  Section 3.2.2 (per-group kernels K(w_[i])).  Novak et al. (2022), "Fast finite width neural
+  Jacot et al. (2018), the neural tangent kernel.  Chen et al. (2023), Sec. 3.1 (K(w) = DF DFᵀ)
+  and Sec. 3.2.2 (per-group kernels K(w_[i])).  Novak et al. (2022), "Fast finite width neural
   tangent kernel" (Jacobian contraction, NTK-vector products, structured derivatives).
 """
 
@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_batch, check_finite_tree, check_positive_int
 from jaxprune.group_ids import validate_group_ids
 from jaxprune.spectra._cells import leaf_group_kernels
-from jaxprune.spectra._checks import check_batch, check_finite_params, check_positive_int
 from jaxprune.spectra.static import FrozenGroupIds
 from jaxprune.spectra.structured import find_linear_calls, plan_structured, structured_group_kernels
 
@@ -94,7 +94,7 @@ def empirical_ntk(
             )
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
-    check_finite_params(params)
+    check_finite_tree(params)
 
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if group_ids is None:

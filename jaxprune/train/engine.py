@@ -104,7 +104,7 @@ class TrainConfig:
       analysis_examples: probe-batch size of the analysis.
       analysis_probes: Hutchinson probes of the Hessian trace.
       analysis_projections: if set, the NTK is computed on this many random projections of
-        each example's outputs (:func:`jaxprune.methods.pl_gating.sketch_outputs`, an unbiased
+        each example's outputs (:func:`jaxprune.spectra.sketch_outputs`, an unbiased
         estimate of the kernel traced over all outputs) instead of all of them: needed for
         MLM logits ``(T, V)`` per example, whose exact kernel costs ``T·V`` Jacobian rows.
       checkpoint_every: steps between checkpoints (0: no checkpoints, no resume).

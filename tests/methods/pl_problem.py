@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune.methods.pl_gating import init_gating
-from jaxprune.models import MLP
-from jaxprune.models.mlp import mlp_group_ids
+from jaxprune.models import MLP, mlp
 
 MODEL = MLP(hidden=(4, 3), num_outputs=2, activation=jnp.tanh)  # 7 neuron groups, 2 layers
 
@@ -27,7 +26,7 @@ def problem(dtype=jnp.float32, n=6):
     y = jax.random.normal(jax.random.PRNGKey(1), (n, 2), dtype)
     params = MODEL.init(jax.random.PRNGKey(2), x)
     params = jax.tree_util.tree_map(lambda a: a.astype(dtype), params)
-    ids, layout = mlp_group_ids(params, MODEL)
+    ids, layout = mlp.group_ids(params, MODEL)
     return params, ids, layout, x, y
 
 

@@ -17,8 +17,7 @@ from jaxprune.methods.pl_gating import (
     features,
     normalize_features,
 )
-from jaxprune.models import MLP
-from jaxprune.models.mlp import mlp_group_ids
+from jaxprune.models import MLP, mlp
 from jaxprune.spectra.spectrum import spectrum_features
 
 # ---------------------------------------------------------------------------------------------
@@ -36,7 +35,7 @@ def test_features_match_brute_force_group_kernels():
         params = jax.tree_util.tree_map(
             lambda a: a.astype(jnp.float64), model.init(jax.random.PRNGKey(1), x)
         )
-        ids, _ = mlp_group_ids(params, model)
+        ids, _ = mlp.group_ids(params, model)
         got = {
             kind: features(model.apply, params, x, ids, lambda_min=kind)
             for kind in ("nonzero", "bound", "literal")
@@ -95,7 +94,7 @@ def test_normalized_features_are_standardized_and_scale_invariant():
     model = MLP(hidden=(5,), num_outputs=2, activation=jnp.tanh)
     x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
     params = model.init(jax.random.PRNGKey(1), x)
-    ids, _ = mlp_group_ids(params, model)
+    ids, _ = mlp.group_ids(params, model)
     base = normalize_features(features(model.apply, params, x, ids))
     scaled_params = jax.tree_util.tree_map(lambda a: a, params)
     scaled_params["params"]["Dense_1"] = jax.tree_util.tree_map(
