@@ -12,7 +12,7 @@ Conventions:
   * A *step* is whatever the trainer counts (optimizer steps, or epochs); the factories that
     take epochs convert them with ``steps_per_epoch``.  Epoch ``e`` starts at step
     ``e * steps_per_epoch``; pruning "at epoch 5" happens there, after 5 full epochs, and
-    pruning "at epoch 0" is pruning at initialization (paper 000, Appendix F.3).
+    pruning "at epoch 0" is pruning at initialization (Chen et al. (2023), App. F.3).
   * The event of step ``t`` happens before the update of step ``t`` (after ``t`` updates):
     ``ratio(t)`` is the ratio of the mask that update ``t`` trains under.  Before the first
     event the ratio is 0 (dense).
@@ -23,7 +23,7 @@ Conventions:
     would then prune one group too many.
 
 References:
-  Paper 000, Section 3.2 (pruning times and ratios ``{t_j, r_j}``: one-shot ``{t, r}`` and the
+  Chen et al. (2023), Sec. 3.2 (pruning times and ratios ``{t_j, r_j}``: one-shot ``{t, r}`` and the
   linear schedule ``{t_j, r_f / t_max}``), Algorithm 2, Appendix E.3/E.4 and F.1/F.3 (one-shot
   ``{5, 75%}``; "from epoch 15, prune the same number of filters each epoch"; LTH baselines
   with rewinding to 5% of the maximum epochs).  Zhu & Gupta (2017), "To prune, or not to prune:
@@ -46,6 +46,7 @@ __all__ = [
     "PruningSchedule",
     "iterative_magnitude",
     "linear",
+    "lth_schedule",
     "num_pruned",
     "one_shot",
     "per_epoch_from",
@@ -113,7 +114,7 @@ class PruningSchedule:
     schedule is hashable, so it can be a static argument of ``jax.jit``.
 
     References:
-      Paper 000, Section 3.2 (the schedule ``{t_j, r_j}_{j=1}^q``).
+      Chen et al. (2023), Sec. 3.2 (the schedule ``{t_j, r_j}_{j=1}^q``).
     """
 
     event_steps: tuple[int, ...]
@@ -197,7 +198,7 @@ def num_pruned(ratio: float | jax.Array, num_groups: int) -> jax.Array:
       An int32 array of the shape of ``ratio``.
 
     References:
-      Paper 000, Appendix E.4 ("prune the same number of filters at each epoch").
+      Chen et al. (2023), App. E.4 ("prune the same number of filters at each epoch").
     """
     num_groups = _check_int("num_groups", num_groups, 1)
     return jnp.ceil(jnp.asarray(ratio) * num_groups - 0.5).astype(jnp.int32)
@@ -210,7 +211,7 @@ def one_shot(step: int, ratio: float) -> PruningSchedule:
     heads pruned at epoch 5); ``one_shot(0, r)`` prunes at initialization.
 
     References:
-      Paper 000, Section 3.2, Section 5.1 (Table 1) and Appendix F.3.
+      Chen et al. (2023), Sec. 3.2, Sec. 5.1 (Table 1) and App. F.3.
     """
     return PruningSchedule((_check_int("step", step, 0),), (_check_ratio("ratio", ratio),))
 
@@ -226,7 +227,7 @@ def linear(times: Iterable[int], final_ratio: float) -> PruningSchedule:
       final_ratio: the target ``r_f`` in ``(0, 1)``.
 
     References:
-      Paper 000, Section 3.2 (``{t_j, r_f / t_max}_{j=1}^{t_max}``, citing Hoefler et al.
+      Chen et al. (2023), Sec. 3.2 (``{t_j, r_f / t_max}_{j=1}^{t_max}``, citing Hoefler et al.
       (2021), "Sparsity in deep learning").
     """
     steps = _check_steps("times", times)
@@ -252,7 +253,7 @@ def per_epoch_from(
     whole number.  Pass ``num_groups=p`` to have this checked.
 
     Args:
-      start: the first pruning epoch (15 for VGG-16, 5 for ResNet-56 in paper 000).
+      start: the first pruning epoch (15 for VGG-16, 5 for ResNet-56 in Chen et al. (2023)).
       end: the epoch at which ``target`` is reached, ``>= start``.
       target: the final pruned fraction in ``(0, 1)``.
       steps_per_epoch: steps per epoch, ``>= 1``.
@@ -260,7 +261,7 @@ def per_epoch_from(
         divisible by ``E`` (ValueError otherwise).
 
     References:
-      Paper 000, Section 5.3 and Appendix E.4 / F.1 ("starting from epoch-15, we prune the same
+      Chen et al. (2023), Sec. 5.3 and App. E.4 / F.1 ("starting from epoch-15, we prune the same
       number of filters at each epoch until the target sparsity is reached").
     """
     start = _check_int("start", start, 0)
@@ -364,7 +365,7 @@ def iterative_magnitude(
     Args:
       rounds: number of pruning rounds, ``>= 1``.
       round_length: ``L``, the steps of one full run, ``>= 1``.
-      rewind_step: ``k`` in ``[0, L)``; paper 000 rewinds to 5% of the maximum epochs, and
+      rewind_step: ``k`` in ``[0, L)``; Chen et al. (2023) rewind to 5% of the maximum epochs, and
         ``k = 0`` is the original lottery ticket (reset to initialization).
       ratio_per_round: ``q`` in ``(0, 1)``; or
       final_ratio: the target ``1 - (1 - q)^rounds`` in ``(0, 1)``, giving
@@ -376,7 +377,7 @@ def iterative_magnitude(
     References:
       Frankle & Carbin (2019), "The lottery ticket hypothesis"; Frankle et al. (2019),
       "Stabilizing the lottery ticket hypothesis"; Frankle et al. (2020), "Linear mode
-      connectivity and the lottery ticket hypothesis" (rewinding).  Paper 000, Appendix E.3
+      connectivity and the lottery ticket hypothesis" (rewinding).  Chen et al. (2023), App. E.3
       (LTH baselines rewind to 5% of the maximum epochs; Chen et al. 2020).
     """
     rounds = _check_int("rounds", rounds, 1)
@@ -398,3 +399,39 @@ def iterative_magnitude(
     steps = tuple(round_length + j * (round_length - rewind_step) for j in range(rounds))
     ratios = tuple(1.0 - kept_per_round**j for j in range(1, rounds + 1))
     return PruningSchedule(steps, ratios, rewind_step=rewind_step)
+
+
+def lth_schedule(
+    num_steps: int, ratio: float, *, rounds: int = 3, rewind_fraction: float = 0.05
+) -> PruningSchedule:
+    """The lottery-ticket baseline fitted into a run of ``num_steps`` steps.
+
+    ``rounds`` rounds of :func:`iterative_magnitude` pruning to ``ratio`` (the same share of
+    the remaining groups each round), rewinding to ``k = max(1, round(rewind_fraction *
+    num_steps))``, with the longest round length ``L`` such that ``L + rounds (L - k) <=
+    num_steps``: every event and the retraining after the last one fit into the run.
+
+    Args:
+      num_steps: training steps of the whole run, ``>= 1``.
+      ratio: final pruned fraction, in ``(0, 1)``.
+      rounds: pruning rounds, ``>= 1``.
+      rewind_fraction: rewind step as a fraction of ``num_steps``, in ``(0, 1)``.
+
+    Returns:
+      A schedule of ``rounds`` events whose ``rewind_step`` is ``k``.
+
+    Raises:
+      ValueError: ``num_steps`` too short for ``rounds`` rounds after the rewind step.
+
+    References:
+      Chen et al. (2023), App. E.3 (LTH rewinds to 5% of the maximum epochs); reading PL-9
+      (docs/readings.md).  Frankle et al. (2020) (rewinding).
+    """
+    num_steps = _check_int("num_steps", num_steps, 1)
+    rounds = _check_int("rounds", rounds, 1)
+    rewind_fraction = _check_ratio("rewind_fraction", rewind_fraction)
+    rewind = max(1, round(rewind_fraction * num_steps))
+    length = (num_steps + rounds * rewind) // (rounds + 1)
+    if length <= rewind:
+        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
+    return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)
