@@ -1,0 +1,119 @@
+"""The settings every "compare methods on a model" experiment shares, validated once.
+
+An experiment's settings are one frozen dataclass deriving from :class:`ComparisonSettings`
+(training fields every comparison has) or :class:`MethodComparisonSettings` (plus the compared
+``methods`` and the pruned ``ratio``).  Subclasses redeclare a field only to change its
+default, add the fields that differ, and put their own checks in :meth:`~ComparisonSettings.check`,
+which runs after the shared ones.  Every field is ``--set field=value`` on the command line
+(:func:`jaxprune.experiments.apply_overrides`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from jaxprune._validation import check_int, check_positive_int, check_ratio, check_real
+
+__all__ = [
+    "PL_FIELDS",
+    "ComparisonSettings",
+    "MethodComparisonSettings",
+    "check_methods",
+    "check_step",
+    "pl_options",
+]
+
+#: Settings fields passed to PL gating under the same name (``PLGatingConfig`` fields).
+PL_FIELDS = ("gating_steps", "feature_batch_size", "output_projections", "alpha")
+
+
+def check_step(step: Any, num_steps: int, name: str) -> int:
+    """``step`` as an int in ``[0, num_steps)``: a pruning event inside the run."""
+    step = check_int(step, name)
+    if not 0 <= step < num_steps:
+        raise ValueError(f"{name}: expected a step in [0, num_steps={num_steps}), got {step}")
+    return step
+
+
+def check_methods(methods: Sequence[str], allowed: Sequence[str], name: str = "methods") -> None:
+    """Raise unless ``methods`` is a non-empty subset of ``allowed``."""
+    unknown = [m for m in methods if m not in allowed]
+    if not methods or unknown:
+        raise ValueError(
+            f"{name}: unknown {unknown}; expected a non-empty subset of {tuple(allowed)}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonSettings:
+    """Training settings shared by the comparisons (each is ``--set field=value``).
+
+    Attributes:
+      dataset: registry name of the data (:func:`jaxprune.data.load_dataset`).
+      model_preset: preset of the experiment's model.
+      num_steps, batch_size, learning_rate: training length, batch size and (base) rate.
+      report_steps: steps in ``(0, num_steps]`` whose training loss the table reports.
+      seeds: one run per seed and method (a seed fixes initialization and data order).
+    """
+
+    dataset: str = "digits"
+    model_preset: str = "256,256"
+    num_steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    report_steps: tuple[int, ...] = (100, 200, 300)
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_steps, "num_steps")
+        check_positive_int(self.batch_size, "batch_size")
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
+        if not self.report_steps or bad:
+            raise ValueError(
+                f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
+                f"{self.report_steps!r}"
+            )
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed, got ()")
+        self.check()
+
+    def check(self) -> None:
+        """The experiment's own checks (after the shared ones); none by default."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodComparisonSettings(ComparisonSettings):
+    """:class:`ComparisonSettings` of an experiment comparing named pruning methods.
+
+    Attributes:
+      methods: the compared methods, a subset of the class's :attr:`METHODS` (``"dense"``:
+        no pruning; the others are :func:`jaxprune.train.make_pruner` names).
+      ratio: pruned fraction of the groups, in ``(0, 1)``.
+    """
+
+    #: The methods this experiment can run.
+    METHODS: ClassVar[tuple[str, ...]] = ("dense",)
+
+    methods: tuple[str, ...] = ("dense",)
+    ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        check_methods(self.methods, self.METHODS)
+        check_ratio(self.ratio, "ratio")
+        super().__post_init__()
+
+
+def pl_options(settings: Any, **changes: Any) -> dict[str, Any]:
+    """The PL gating options ``settings`` holds, for ``make_pruner("pl", ...)``.
+
+    Fields named like :class:`~jaxprune.methods.pl_gating.PLGatingConfig` fields
+    (:data:`PL_FIELDS`) pass under their name, ``pl_per_layer`` as ``per_layer``; ``changes``
+    override them.
+    """
+    options = {name: getattr(settings, name) for name in PL_FIELDS if hasattr(settings, name)}
+    if hasattr(settings, "pl_per_layer"):
+        options["per_layer"] = settings.pl_per_layer
+    return {**options, **changes}
