@@ -98,9 +98,9 @@ def test_help_explains_the_job():
         (["experiment", "demo", "--set", "depth=3"], "unknown field 'depth'; fields are: dataset"),
         (["experiment", "demo", "--set", "ratio=high"], "--set ratio: expected float"),
         (["experiment", "demo", "--set", "per_layer=maybe"], "expected true or false"),
-        (["experiment", "demo", "--set", "ratio=1.5"], "ratio must lie in (0, 1)"),
+        (["experiment", "demo", "--set", "ratio=1.5"], "ratio: expected a fraction in (0, 1)"),
         (["experiment", "demo", "--set", "methods=dense,obd"], "methods: unknown ['obd']"),
-        (["demo", "--set", "num_steps=10"], "prune_step must lie in [0, num_steps=10)"),
+        (["demo", "--set", "num_steps=10"], "prune_step: expected a step in [0, num_steps=10)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):

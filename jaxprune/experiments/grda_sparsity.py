@@ -57,7 +57,7 @@ import optax
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import run_comparison, write_results
+from jaxprune.experiments.compare import mean_std, run_comparison, write_results
 from jaxprune.optim.grda import grda
 from jaxprune.train import Bound, TrainConfig, build_model
 
@@ -212,13 +212,6 @@ class SparsityConfig:
         return methods
 
 
-def _cell(values: list[float], digits: int, scale: float = 1.0) -> str:
-    values = scale * np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
 def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -> str:
     """Markdown table, one row per method: final training loss, test accuracy (%), its
     difference to SGD, weight sparsity (%) and wall time; mean ± std over seeds."""
@@ -229,11 +222,11 @@ def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -
         delta = 100 * (np.mean(figures["test_accuracy"]) - sgd)
         cells = [
             method,
-            _cell(figures[f"train_loss@{num_steps}"], 4),
-            _cell(figures["test_accuracy"], 2, 100),
+            mean_std(figures[f"train_loss@{num_steps}"], 4),
+            mean_std(figures["test_accuracy"], 2, scale=100),
             f"{delta:+.2f}",
-            _cell(figures["weight_sparsity"], 1, 100),
-            _cell(figures["wall_seconds"], 1),
+            mean_std(figures["weight_sparsity"], 1, scale=100),
+            mean_std(figures["wall_seconds"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,15 +3,17 @@
 An experiment's settings are one frozen dataclass deriving from :class:`ComparisonSettings`
 (training fields every comparison has) or :class:`MethodComparisonSettings` (plus the compared
 ``methods`` and the pruned ``ratio``).  Subclasses redeclare a field only to change its
-default, add the fields that differ, and put their own checks in :meth:`~ComparisonSettings.check`,
-which runs after the shared ones.  Every field is ``--set field=value`` on the command line
+default, add the fields that differ, and put their own checks in
+:meth:`~ComparisonSettings.check`, which runs after the shared checks of the training fields
+(and of ``methods`` and ``ratio``) and before those of ``report_steps`` and ``seeds``.  Every field is ``--set field=value`` on the command line
 (:func:`jaxprune.experiments.apply_overrides`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from jaxprune._validation import check_int, check_positive_int, check_ratio, check_real
@@ -22,6 +24,7 @@ __all__ = [
     "MethodComparisonSettings",
     "check_methods",
     "check_step",
+    "deprecated_names",
     "pl_options",
 ]
 
@@ -67,9 +70,8 @@ class ComparisonSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
-        check_positive_int(self.num_steps, "num_steps")
-        check_positive_int(self.batch_size, "batch_size")
-        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        self._check_shared()
+        self.check()
         bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
         if not self.report_steps or bad:
             raise ValueError(
@@ -78,10 +80,15 @@ class ComparisonSettings:
             )
         if not self.seeds:
             raise ValueError("seeds: expected at least one seed, got ()")
-        self.check()
+
+    def _check_shared(self) -> None:
+        check_positive_int(self.num_steps, "num_steps")
+        check_positive_int(self.batch_size, "batch_size")
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
 
     def check(self) -> None:
-        """The experiment's own checks (after the shared ones); none by default."""
+        """The experiment's own checks: after the training fields, before the report steps
+        and seeds; none by default."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +107,10 @@ class MethodComparisonSettings(ComparisonSettings):
     methods: tuple[str, ...] = ("dense",)
     ratio: float = 0.5
 
-    def __post_init__(self) -> None:
+    def _check_shared(self) -> None:
         check_methods(self.methods, self.METHODS)
         check_ratio(self.ratio, "ratio")
-        super().__post_init__()
+        super()._check_shared()
 
 
 def pl_options(settings: Any, **changes: Any) -> dict[str, Any]:
@@ -117,3 +124,25 @@ def pl_options(settings: Any, **changes: Any) -> dict[str, Any]:
     if hasattr(settings, "pl_per_layer"):
         options["per_layer"] = settings.pl_per_layer
     return {**options, **changes}
+
+
+def deprecated_names(module: str, renamed: Mapping[str, Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` serving old names of ``module`` with a ``DeprecationWarning``.
+
+    Args:
+      module: the module's ``__name__``.
+      renamed: old name -> the object now public under a new name.
+    """
+
+    def __getattr__(name: str) -> Any:
+        if name not in renamed:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        new = renamed[name]
+        warnings.warn(
+            f"{module}.{name} is deprecated; use {module}.{new.__name__}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return new
+
+    return __getattr__

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.pl_vgg import EXPERIMENT, VGGConfig, linear_schedule
+from jaxprune.experiments.pl_vgg import EXPERIMENT, PLVGGSettings, linear_schedule
 
 SMOKE = EXPERIMENT.presets["smoke"]
 
@@ -54,8 +54,8 @@ def test_schedule_beyond_training_raises():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"ratio": 1.0}, "ratio: expected a value in \\(0, 1\\), got 1.0"),
-        ({"ratio": -0.5}, "ratio: expected a value in \\(0, 1\\)"),
+        ({"ratio": 1.0}, "ratio: expected a fraction in \\(0, 1\\), got 1"),
+        ({"ratio": -0.5}, "ratio: expected a fraction in \\(0, 1\\)"),
         (
             {"kind": "heads"},
             "kind: vgg has no group kind 'heads'; expected one of \\('filters',\\)",
@@ -69,4 +69,4 @@ def test_schedule_beyond_training_raises():
 )
 def test_bad_settings_raise(changes, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(VGGConfig(), **changes)
+        dataclasses.replace(PLVGGSettings(), **changes)
