@@ -129,9 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a 64-256-256-10 MLP on the scikit-learn digits densely and with PL gating "
             "(Chen et al. 2023), random, magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH "
-            "pruning at 75% of the neurons (3 seeds each), then print the comparison table (training loss at fixed steps, "
-            "test accuracy, wall time, sparsity) and save plots. Same as `jaxprune experiment "
-            "demo --preset small`."
+            "pruning at 75% of the neurons (3 seeds each), then print the comparison table "
+            "(training loss at fixed steps, test accuracy, wall time, sparsity) and save plots. "
+            "Same as `jaxprune experiment demo --preset small`."
         ),
     )
     demo.add_argument("--out", default="runs/demo", help="output directory")

@@ -3,12 +3,12 @@ least squares.
 
 With ``ℓ(w) = ‖Xw − y‖² / (2n)``, ``X`` of shape ``(n, d)`` and ``d > n``, the Hessian
 ``H = XᵀX / n`` is constant with rank ``n``: its null space (dimension ``d − n``) is exactly the
-valley of minimizers, the flat directions ``P_0`` of paper 003.  :func:`run_linear_regression`
-trains gRDA and SGD (full batch, so the two see the same "minibatches") from the same
-initialization, computes the directional-pruning solution of the SGD iterate with the exact
-``Π_0`` (from an eigendecomposition of ``H``) and ``λ`` equal to gRDA's threshold, and reports
-how close gRDA lands to it.  The experiment writes ``table.md``, ``results.json`` and
-``grda_linear.png``.
+valley of minimizers, the flat directions ``P_0`` of Chao et al. (2020).
+:func:`run_linear_regression` trains gRDA and SGD (full batch, so the two see the same
+"minibatches") from the same initialization, computes the directional-pruning solution of the
+SGD iterate with the exact ``Π_0`` (from an eigendecomposition of ``H``) and ``λ`` equal to
+gRDA's threshold, and reports how close gRDA lands to it. The experiment writes ``table.md``,
+``results.json`` and ``grda_linear.png``.
 
 The correspondence (Theorem 3.1, eq. 8): after ``N`` steps at rate ``γ`` (time ``t = Nγ``),
 ``w^gRDA ≈ argmin_w ½‖w^SGD − w‖² + λ_{γ,t} Σ_j s̄_j |w_j|`` with ``λ_{γ,t} = c√γ t^μ =
@@ -18,10 +18,10 @@ state; the scores use the SGD iterate's signs (the theorem assumes they agree wi
 flow's, (A5)).
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 3 (Theorem 3.1, eq. 8, assumption (A3): the zero-eigenvalue eigenspace of the limiting
-  Hessian is ``P_0``), Appendix B.2 (``λ_{γ,t} = c√γ t^μ``), Definition 1.1 and Proposition A.1,
-  Section 4.3 (the fraction of ``Δ`` in the top eigenspace).
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 3 (Theorem 3.1, eq. 8,
+  assumption (A3): the zero-eigenvalue eigenspace of the limiting Hessian is ``P_0``), Appendix
+  B.2 (``λ_{γ,t} = c√γ t^μ``), Definition 1.1 and Proposition A.1, Section 4.3 (the fraction of
+  ``Δ`` in the top eigenspace).
 """
 
 from __future__ import annotations
@@ -183,8 +183,8 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
       ValueError: ``learning_rate >= 2/λ_max(H)`` (gradient descent would diverge).
 
     References:
-      Paper 003, Theorem 3.1 (eq. 8, ``λ_{γ,t} = c√γ t^μ``), Definition 1.1, Proposition A.1,
-      Section 4.3 (eq. 9).
+      Chao et al. (2020), Theorem 3.1 (eq. 8, ``λ_{γ,t} = c√γ t^μ``), Definition 1.1,
+      Proposition A.1, Section 4.3 (eq. 9).
     """
     if not isinstance(config, LinearRegressionConfig):
         raise TypeError(f"config must be a LinearRegressionConfig, got {type(config).__name__}")
@@ -251,7 +251,7 @@ def plot_linear_regression(results: dict[str, Any], path: Path) -> None:
     ``w^SGD`` (gRDA performing directional pruning puts the two marks on top of each other).
 
     References:
-      Paper 003, Theorem 3.1 and Figure 1 (left: the directional-pruning path).
+      Chao et al. (2020), Theorem 3.1 and Figure 1 (left: the directional-pruning path).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -338,8 +338,8 @@ def run_grda_linear(
 EXPERIMENT = Experiment(
     name="grda_linear",
     description=(
-        "Theorem 3.1 of paper 003 on over-parameterized least squares: gRDA and SGD from one "
-        "initialization; distance of gRDA to the directional-pruning solution of SGD (exact "
+        "Theorem 3.1 of Chao et al. (2020) on over-parameterized least squares: gRDA and SGD from "
+        "one initialization; distance of gRDA to the directional-pruning solution of SGD (exact "
         "Hessian null space), the share of gRDA − SGD in flat directions, sparsity and losses."
     ),
     presets={

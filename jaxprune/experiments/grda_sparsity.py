@@ -29,17 +29,17 @@ CIFAR-100, 200 epochs = 78,000 steps, ``c = 0.001``, ``μ ∈ {0.501, 0.55, 0.6,
         --set cs=0.001 --set mus=0.501,0.55,0.6,0.65 --set num_steps=78000 \
         --set eval_every=3900
 
-and Table 5 the same with ``setups=wrn28x10-cifar10``.  Paper 003's headline run, ResNet-50 on
-ImageNet (Section 4.1, Appendix C.1: batch 256, SGD and gRDA without momentum or weight decay,
-``γ = 0.1`` constant until epoch 140 then 0.01, ``c = 0.005``, ``μ ∈ {0.501, 0.51, 0.55, 0.6}``,
-about 150 epochs; 92% sparsity at 73% top-1 with ``μ = 0.55``) is not available here: the zoo
-has no ResNet-50 and the registry no ImageNet.
+and Table 5 the same with ``setups=wrn28x10-cifar10``. Chao et al. (2020)'s headline run,
+ResNet-50 on ImageNet (Sec. 4.1, App. C.1: batch 256, SGD and gRDA without momentum or weight
+decay, ``γ = 0.1`` constant until epoch 140 then 0.01, ``c = 0.005``, ``μ ∈ {0.501, 0.51, 0.55,
+0.6}``, about 150 epochs; 92% sparsity at 73% top-1 with ``μ = 0.55``) is not available here:
+the zoo has no ResNet-50 and the registry no ImageNet.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 4.1 (Figure 3: accuracy and sparsity over training), Appendix C.1 (ResNet-50 on
-  ImageNet, Table 1), Appendix C.2 (CIFAR settings, Table 2, learning-rate schedule), Tables 4-6;
-  ERRATA.md (no momentum or weight decay).  Garipov et al. (2018), the schedule of their code.
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 4.1 (Figure 3:
+  accuracy and sparsity over training), Appendix C.1 (ResNet-50 on ImageNet, Table 1), Appendix
+  C.2 (CIFAR settings, Table 2, learning-rate schedule), Tables 4-6; reading DP-3 (no momentum
+  or weight decay) in docs/readings.md.  Garipov et al. (2018), the schedule of their code.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def learning_rate_schedule(
     Args:
       base: base rate ``γ``.
       kind: ``"constant"`` (``γ`` throughout) or ``"swa"`` (Garipov et al.'s schedule used by
-        paper 003 on CIFAR: ``γ`` for the first half of the steps, then linearly down to
+        Chao et al. (2020) on CIFAR: ``γ`` for the first half of the steps, then linearly down to
         ``0.01 γ`` at 90%, then ``0.01 γ``).
       num_steps: length of training ``n`` (the schedule is a function of ``step / n``).
 
@@ -115,7 +115,7 @@ def learning_rate_schedule(
       A float, or an optax schedule ``count -> rate``.
 
     References:
-      Paper 003, Appendix C.2 (the three phases of the schedule).
+      Chao et al. (2020), App. C.2 (the three phases of the schedule).
     """
     if kind not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
@@ -318,9 +318,9 @@ def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = Tr
 EXPERIMENT = Experiment(
     name="grda_sparsity",
     description=(
-        "Paper 003 (gRDA): sparsity vs accuracy of gRDA over a (c, μ) grid against SGD with the "
-        "same initialization and minibatches; table of training loss, test accuracy and weight "
-        "sparsity, plots of sparsity over training and accuracy vs sparsity."
+        "Chao et al. (2020) (gRDA): sparsity vs accuracy of gRDA over a (c, μ) grid against SGD "
+        "with the same initialization and minibatches; table of training loss, test accuracy and "
+        "weight sparsity, plots of sparsity over training and accuracy vs sparsity."
     ),
     presets={
         "smoke": SparsityConfig(

@@ -22,11 +22,11 @@ paper's other panel) has BatchNorm and is not supported.  The setups and the lea
 schedule are those of :mod:`jaxprune.experiments.grda_sparsity`.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 4.2 and Figure 5 (minimal-loss Bézier curve between the SGD and gRDA minima),
-  Appendix C.3 (curve training, Table 3), Section 4.3 (eq. 9, Figure 6), Remark 3.3 (Figure 2).
-  Garipov, Izmailov, Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity, and
-  fast ensembling of DNNs", Section 3.
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 4.2 and Figure 5
+  (minimal-loss Bézier curve between the SGD and gRDA minima), Appendix C.3 (curve training,
+  Table 3), Section 4.3 (eq. 9, Figure 6), Remark 3.3 (Figure 2). Garipov, Izmailov,
+  Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity, and fast ensembling of
+  DNNs", Section 3.
 """
 
 from __future__ import annotations
@@ -339,8 +339,8 @@ def run_grda_valley(config: ValleyConfig, out_dir: Path, progress: bool = True) 
 EXPERIMENT = Experiment(
     name="grda_valley",
     description=(
-        "Paper 003 (gRDA), Section 4.2: SGD and gRDA minima from one initialization, joined by "
-        "a trained quadratic Bézier curve; training loss and test error along curve and "
+        "Chao et al. (2020) (gRDA), Sec. 4.2: SGD and gRDA minima from one initialization, joined "
+        "by a trained quadratic Bézier curve; training loss and test error along curve and "
         "straight line (barriers), eq. 9 fraction in the top Hessian eigenspace, ‖w‖₂/‖w‖₁."
     ),
     presets={

@@ -228,9 +228,10 @@ def run_pl_ablations(config: PLAblationSettings, out_dir: Path, progress: bool =
 EXPERIMENT = Experiment(
     name="pl_ablations",
     description=(
-        "Chen et al. (2023), Tables 8-11, and reading PL-4: PL-gating pruning time (epochs 0/5/50), "
-        "one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs softmax, "
-        "alpha, and global vs per-layer TopK, each against dense training and the base run."
+        "Chen et al. (2023), Tables 8-11, and reading PL-4: PL-gating pruning time (epochs "
+        "0/5/50), one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs "
+        "softmax, alpha, and global vs per-layer TopK, each against dense training and the base "
+        "run."
     ),
     presets={
         "smoke": PLAblationSettings(

@@ -23,9 +23,9 @@ Figure 3 at the event) the whole-model NTK condition number of that model before
 PL mask is applied.  Both use randomly sketched outputs (``output_projections``): the exact
 kernels trace all ``T × V`` logits per example and take minutes on a CPU.
 
-Optimizer (Table 4; reading PL-8, docs/readings.md): Adam with ``[ε, β1, β2] = [1e-6, 0.9, 0.999]`` (Table 4 prints
-``[0, 0, 0]`` for BERT, an extraction error), no warmup, peak rate decayed linearly to 0, no
-weight decay.
+Optimizer (Table 4; reading PL-8, docs/readings.md): Adam with ``[ε, β1, β2] = [1e-6, 0.9,
+0.999]`` (Table 4 prints ``[0, 0, 0]`` for BERT, an extraction error), no warmup, peak rate
+decayed linearly to 0, no weight decay.
 
 References:
   Chen et al. (2023), Sec. 5.1 (Table 1), App. D (Figure 3), App. E.3 (baselines, Table 4),
@@ -359,10 +359,10 @@ def run_pl_bert(config: PLBertSettings, out_dir: Path, progress: bool = True) ->
 EXPERIMENT = Experiment(
     name="pl_bert",
     description=(
-        "Chen et al. (2023), Table 1: BERT attention heads pruned {5 epochs, 75%} on masked language "
-        "modelling by PL gating vs LTH, Att-Score, SNIP, GraSP and dense training: training "
-        "PPL at fixed steps, test PPL, wall-clock time (compacted), per-head NTK condition "
-        "heatmap (Figure 1d) and the condition number at the event (Figure 3)."
+        "Chen et al. (2023), Table 1: BERT attention heads pruned {5 epochs, 75%} on masked "
+        "language modelling by PL gating vs LTH, Att-Score, SNIP, GraSP and dense training: "
+        "training PPL at fixed steps, test PPL, wall-clock time (compacted), per-head NTK "
+        "condition heatmap (Figure 1d) and the condition number at the event (Figure 3)."
     ),
     presets={
         "smoke": PLBertSettings(

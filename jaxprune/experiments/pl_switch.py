@@ -31,9 +31,10 @@ each mask refers to the experts left by the previous event).  The paper colours 
 their condition number; we show which experts are kept, not their conditioning.
 
 The policy ``{5, 50%}`` prunes "at epoch 5", but Table 2 stops at 70k iterations of 8 rows of
-512 tokens, under 3 epochs of WikiText-103's ~103M tokens; the ``paper`` preset therefore
-prunes at step 5,000 (our assumption).  WikiText-103 is not bundled: the ``paper`` preset names the built-in ``docstrings`` corpus;
-run it on WikiText-103 with ``--set dataset=text:PATH/wiki.train.tokens``.
+512 tokens, under 3 epochs of WikiText-103's ~103M tokens; the ``paper`` preset therefore prunes
+at step 5,000 (our assumption). WikiText-103 is not bundled: the ``paper`` preset names the
+built-in ``docstrings`` corpus; run it on WikiText-103 with ``--set
+dataset=text:PATH/wiki.train.tokens``.
 
 References:
   Chen et al. (2023), Sec. 5.2 (Table 2), Sec. 5.4 (Figure 2), App. E.3 (baselines, Table 4
@@ -342,8 +343,8 @@ def run_pl_switch(config: PLSwitchSettings, out_dir: Path, progress: bool = True
 EXPERIMENT = Experiment(
     name="pl_switch",
     description=(
-        "Chen et al. (2023), Table 2 and Figure 2: Switch-Transformer MLM with 50% of the experts (or "
-        "experts and heads) pruned by PL gating, LTH, Exp-Score, SNIP and GraSP against dense "
+        "Chen et al. (2023), Table 2 and Figure 2: Switch-Transformer MLM with 50% of the experts "
+        "(or experts and heads) pruned by PL gating, LTH, Exp-Score, SNIP and GraSP against dense "
         "training: training/test perplexity, wall time, and heatmaps of the kept experts."
     ),
     presets={

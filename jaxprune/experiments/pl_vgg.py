@@ -248,10 +248,10 @@ def run_pl_vgg(config: PLVGGSettings, out_dir: Path, progress: bool = True) -> d
 EXPERIMENT = Experiment(
     name="pl_vgg",
     description=(
-        "Chen et al. (2023), Table 3 (and Tables 12-13 via ratio): VGG-16 filters pruned by PL gating, "
-        "LTH, SNIP, GraSP and FPGM on a linear per-epoch schedule against dense training: "
-        "training loss, test accuracy, wall time, parameters, and the NTK condition number "
-        "over training (Figure 5 analogue)."
+        "Chen et al. (2023), Table 3 (and Tables 12-13 via ratio): VGG-16 filters pruned by PL "
+        "gating, LTH, SNIP, GraSP and FPGM on a linear per-epoch schedule against dense training: "
+        "training loss, test accuracy, wall time, parameters, and the NTK condition number over "
+        "training (Figure 5 analogue)."
     ),
     presets={
         "smoke": PLVGGSettings(

@@ -5,8 +5,8 @@ An experiment's settings are one frozen dataclass deriving from :class:`Comparis
 ``methods`` and the pruned ``ratio``).  Subclasses redeclare a field only to change its
 default, add the fields that differ, and put their own checks in
 :meth:`~ComparisonSettings.check`, which runs after the shared checks of the training fields
-(and of ``methods`` and ``ratio``) and before those of ``report_steps`` and ``seeds``.  Every field is ``--set field=value`` on the command line
-(:func:`jaxprune.experiments.apply_overrides`).
+(and of ``methods`` and ``ratio``) and before those of ``report_steps`` and ``seeds``.  Every
+field is ``--set field=value`` on the command line (:func:`jaxprune.experiments.apply_overrides`).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from jaxprune.masks.schedules import (
     PruningSchedule,
     iterative_magnitude,
     linear,
+    lth_schedule,
     num_pruned,
     one_shot,
     per_epoch_from,
@@ -281,3 +282,29 @@ def test_num_pruned_agrees_with_ratio_to_k_including_ties():
             if (1 - ratio) * p < 0.5:
                 continue
             assert p - int(num_pruned(ratio, p)) == ratio_to_k(p, ratio), (p, ratio)
+
+
+def test_lth_schedule_fits_rounds_into_the_run_with_rewinding_to_five_percent():
+    schedule = lth_schedule(300, 0.75)
+    # k = 15, L = (300 + 3 k) // 4 = 86: events at L + j (L - k), the last retraining fits.
+    assert schedule == iterative_magnitude(3, 86, 15, final_ratio=0.75)
+    assert schedule.event_steps == (86, 157, 228) and schedule.event_steps[-1] + 71 <= 300
+    assert schedule.final_ratio == pytest.approx(0.75)
+    assert lth_schedule(300, 0.5, rounds=2, rewind_fraction=0.1).rewind_step == 30
+    assert lth_schedule(10, 0.5).rewind_step == 1  # at least one step
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_steps": 4}, ValueError, "num_steps: 4 steps are too few for 3 LTH rounds"),
+        ({"ratio": 1.0}, ValueError, r"final_ratio must be in \(0, 1\)"),
+        ({"rounds": 0}, ValueError, "rounds must be >= 1"),
+        ({"rewind_fraction": 0.0}, ValueError, r"rewind_fraction must be in \(0, 1\)"),
+        ({"num_steps": 300.0}, TypeError, "num_steps must be an integer"),
+    ],
+)
+def test_lth_schedule_rejects_bad_arguments(kwargs, error, match):
+    arguments = {"num_steps": 300, "ratio": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        lth_schedule(**arguments)
