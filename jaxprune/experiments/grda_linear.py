@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_int, check_positive_int, check_real
 from jaxprune.experiments import Experiment
+from jaxprune.experiments.settings import deprecated_names
 from jaxprune.methods.directional import (
     directional_pruning_solution,
     projection_scores,
@@ -47,7 +49,7 @@ from jaxprune.optim.grda import grda
 
 __all__ = [
     "EXPERIMENT",
-    "LinearRegressionConfig",
+    "GRDALinearSettings",
     "linear_regression_table",
     "plot_linear_regression",
     "run_grda_linear",
@@ -56,7 +58,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearRegressionConfig:
+class GRDALinearSettings:
     """One over-parameterized least-squares run (each field is ``--set field=value``).
 
     Attributes:
@@ -83,35 +85,21 @@ class LinearRegressionConfig:
     init_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("n", "d", "num_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.n < 1 or self.num_steps < 1 or self.seed < 0:
+        check_positive_int(self.n, "n")
+        check_positive_int(self.num_steps, "num_steps")
+        check_int(self.seed, "seed", minimum=0)
+        if check_int(self.d, "d") <= self.n:
             raise ValueError(
-                f"n and num_steps must be >= 1 and seed >= 0, got n={self.n}, "
-                f"num_steps={self.num_steps}, seed={self.seed}"
+                f"d: expected more parameters than n={self.n} (over-parameterized, so the "
+                f"Hessian has a null space), got {self.d}"
             )
-        if self.d <= self.n:
-            raise ValueError(
-                f"d must exceed n (over-parameterized, so the Hessian has a null space), got "
-                f"d={self.d}, n={self.n}"
-            )
-        checks = {
-            "noise": self.noise >= 0,
-            "c": self.c >= 0,
-            "mu": self.mu > 0,
-            "learning_rate": self.learning_rate > 0,
-            "init_scale": self.init_scale >= 0,
-        }
-        for name, ok in checks.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok):
-                expected = "> 0" if name in ("mu", "learning_rate") else ">= 0"
-                raise ValueError(f"{name} must be finite and {expected}, got {value}")
+        for name in ("noise", "c", "init_scale"):
+            check_real(getattr(self, name), name, minimum=0.0)
+        for name in ("mu", "learning_rate"):
+            check_real(getattr(self, name), name, minimum=0.0, strict=True)
 
 
-def _data(config: LinearRegressionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _data(config: GRDALinearSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(config.seed)
     x = rng.normal(size=(config.n, config.d)).astype(np.float32)
     w_true = rng.normal(size=config.d)
@@ -147,7 +135,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else math.nan
 
 
-def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
+def run_linear_regression(config: GRDALinearSettings) -> dict[str, Any]:
     """Train gRDA and SGD on over-parameterized least squares and compare gRDA with the
     directional-pruning solution of the SGD iterate.
 
@@ -158,7 +146,7 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
     final threshold ``c·γ^{1/2}(Nγ)^μ`` (see the module docstring for why).
 
     Args:
-      config: a :class:`LinearRegressionConfig` (e.g. ``EXPERIMENT.presets["smoke"]``).
+      config: a :class:`GRDALinearSettings` (e.g. ``EXPERIMENT.presets["smoke"]``).
 
     Returns:
       A dict with
@@ -186,8 +174,8 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
       Chao et al. (2020), Theorem 3.1 (eq. 8, ``λ_{γ,t} = c√γ t^μ``), Definition 1.1,
       Proposition A.1, Section 4.3 (eq. 9).
     """
-    if not isinstance(config, LinearRegressionConfig):
-        raise TypeError(f"config must be a LinearRegressionConfig, got {type(config).__name__}")
+    if not isinstance(config, GRDALinearSettings):
+        raise TypeError(f"config: expected a GRDALinearSettings, got {type(config).__name__}")
     x, y, w0 = _data(config)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     eigenvalues, eigenvectors = np.linalg.eigh(x64.T @ x64 / config.n)
@@ -315,7 +303,7 @@ def linear_regression_table(results: dict[str, Any]) -> str:
 
 
 def run_grda_linear(
-    config: LinearRegressionConfig, out_dir: Path, progress: bool = True
+    config: GRDALinearSettings, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Run :func:`run_linear_regression`; write ``table.md``, ``results.json`` (the scalar
     figures) and ``grda_linear.png`` to ``out_dir``.
@@ -344,16 +332,19 @@ EXPERIMENT = Experiment(
     ),
     presets={
         # < 5 s on a CPU, compilation included.
-        "smoke": LinearRegressionConfig(
+        "smoke": GRDALinearSettings(
             n=20, d=60, noise=0.1, c=0.2, mu=0.6, learning_rate=0.05, num_steps=2000
         ),
-        "small": LinearRegressionConfig(
+        "small": GRDALinearSettings(
             n=50, d=200, noise=0.1, c=0.3, mu=0.6, learning_rate=0.02, num_steps=5000
         ),
         # Theorem 3.1's regime: small γ, long time, μ in (0.5, 1).
-        "paper": LinearRegressionConfig(
+        "paper": GRDALinearSettings(
             n=200, d=1000, noise=0.1, c=0.1, mu=0.6, learning_rate=0.005, num_steps=40_000
         ),
     },
     run=run_grda_linear,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"LinearRegressionConfig": GRDALinearSettings})

@@ -54,10 +54,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice, check_positive_int, check_real
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import mean_std, run_comparison, write_results
+from jaxprune.experiments.settings import (
+    check_methods,
+    check_positive_values,
+    check_seeds,
+    deprecated_names,
+)
 from jaxprune.optim.grda import grda
 from jaxprune.train import Bound, TrainConfig, build_model
 
@@ -65,8 +72,8 @@ __all__ = [
     "EXPERIMENT",
     "LR_SCHEDULES",
     "SETUPS",
+    "GRDASparsitySettings",
     "Setup",
-    "SparsityConfig",
     "learning_rate_schedule",
     "load_setup",
     "method_name",
@@ -117,8 +124,7 @@ def learning_rate_schedule(
     References:
       Chao et al. (2020), App. C.2 (the three phases of the schedule).
     """
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    check_choice(kind, LR_SCHEDULES, "lr_schedule")
     if kind == "constant":
         return base
 
@@ -150,7 +156,7 @@ def load_setup(name: str) -> tuple[Bound, Splits]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SparsityConfig:
+class GRDASparsitySettings:
     """Settings of the experiment (each is ``--set field=value`` on the command line).
 
     Attributes:
@@ -177,30 +183,19 @@ class SparsityConfig:
     seeds: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.setups if s not in SETUPS]
-        if not self.setups or unknown:
-            raise ValueError(
-                f"setups: unknown {unknown} in {self.setups!r}; expected a non-empty subset of "
-                f"{tuple(SETUPS)}"
-            )
-        for field in ("cs", "mus"):
-            values = getattr(self, field)
-            if not values or not all(np.isfinite(v) and v > 0 for v in values):
-                raise ValueError(f"{field} must be a non-empty tuple of numbers > 0, got {values}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check_methods(self.setups, tuple(SETUPS), "setups")
+        check_positive_values(self.cs, "cs")
+        check_positive_values(self.mus, "mus")
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for field in ("num_steps", "batch_size", "eval_every"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+            check_positive_int(getattr(self, field), field)
         if self.num_steps % self.eval_every:
             raise ValueError(
-                f"eval_every must divide num_steps={self.num_steps}, got {self.eval_every}"
+                f"eval_every: expected a divisor of num_steps={self.num_steps}, got "
+                f"{self.eval_every}"
             )
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+        check_seeds(self.seeds)
 
     def optimizers(self) -> dict[str, Callable[[], optax.GradientTransformation]]:
         """Method name -> optimizer factory: ``"SGD"`` first, then the gRDA grid."""
@@ -264,7 +259,7 @@ def _plot(
     figure.savefig(path, dpi=120)
 
 
-def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_grda_sparsity(config: GRDASparsitySettings, out_dir: Path, progress: bool = True) -> dict:
     """Train every setup with SGD and the gRDA grid; write ``table.md``, ``results.json`` and
     ``sparsity_<setup>.png`` (runs under ``<setup>/runs/``).
 
@@ -323,7 +318,7 @@ EXPERIMENT = Experiment(
         "weight sparsity, plots of sparsity over training and accuracy vs sparsity."
     ),
     presets={
-        "smoke": SparsityConfig(
+        "smoke": GRDASparsitySettings(
             setups=("mlp-digits",),
             cs=(0.01,),
             mus=(0.6,),
@@ -331,8 +326,8 @@ EXPERIMENT = Experiment(
             eval_every=50,
             seeds=(0,),
         ),
-        "small": SparsityConfig(),
-        "paper": SparsityConfig(
+        "small": GRDASparsitySettings(),
+        "paper": GRDASparsitySettings(
             setups=("vgg16-cifar10",),
             cs=(0.0005,),
             mus=(0.4, 0.51, 0.6, 0.7),
@@ -345,3 +340,6 @@ EXPERIMENT = Experiment(
     },
     run=run_grda_sparsity,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"SparsityConfig": GRDASparsitySettings})

@@ -23,6 +23,8 @@ __all__ = [
     "ComparisonSettings",
     "MethodComparisonSettings",
     "check_methods",
+    "check_positive_values",
+    "check_seeds",
     "check_step",
     "deprecated_names",
     "pl_options",
@@ -47,6 +49,19 @@ def check_methods(methods: Sequence[str], allowed: Sequence[str], name: str = "m
         raise ValueError(
             f"{name}: unknown {unknown}; expected a non-empty subset of {tuple(allowed)}"
         )
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Raise unless ``seeds`` names at least one seed."""
+    if not seeds:
+        raise ValueError(f"seeds: expected at least one seed, got {tuple(seeds)!r}")
+
+
+def check_positive_values(values: Sequence[float], name: str) -> tuple[float, ...]:
+    """``values`` as a non-empty tuple of finite numbers ``> 0`` (a grid of one setting)."""
+    if not values:
+        raise ValueError(f"{name}: expected a non-empty tuple of numbers > 0, got {values!r}")
+    return tuple(check_real(v, name, minimum=0.0, strict=True) for v in values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +93,7 @@ class ComparisonSettings:
                 f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
                 f"{self.report_steps!r}"
             )
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed, got ()")
+        check_seeds(self.seeds)
 
     def _check_shared(self) -> None:
         check_positive_int(self.num_steps, "num_steps")

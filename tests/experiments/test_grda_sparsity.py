@@ -73,11 +73,11 @@ def test_swa_schedule_phases():
     ("changes", "match"),
     [
         ({"setups": ("mlp-imagenet",)}, "setups: unknown"),
-        ({"cs": (0.0,)}, "cs must be a non-empty tuple of numbers > 0"),
-        ({"mus": ()}, "mus must be a non-empty tuple"),
-        ({"lr_schedule": "cosine"}, "lr_schedule must be one of"),
-        ({"eval_every": 30}, "eval_every must divide num_steps=200"),
-        ({"seeds": ()}, "seeds must name at least one seed"),
+        ({"cs": (0.0,)}, "cs: expected a number in \\(0, inf\\), got 0"),
+        ({"mus": ()}, "mus: expected a non-empty tuple"),
+        ({"lr_schedule": "cosine"}, "lr_schedule: expected one of"),
+        ({"eval_every": 30}, "eval_every: expected a divisor of num_steps=200"),
+        ({"seeds": ()}, "seeds: expected at least one seed"),
     ],
 )
 def test_config_validation(changes, match):

@@ -68,11 +68,11 @@ def test_dataset_metric_is_the_mean_over_all_examples():
     ("changes", "match"),
     [
         ({"setup": "wrn28x10-cifar100"}, "has BatchNorm"),
-        ({"setup": "mnist"}, "setup must be one of"),
-        ({"c": 0.0}, "c must be finite and > 0"),
-        ({"mus": ()}, "mus must be a non-empty tuple"),
-        ({"num_points": 2}, "num_points must be an int >= 3"),
-        ({"top_k": -1}, "top_k must be an int >= 0"),
+        ({"setup": "mnist"}, "setup: expected one of"),
+        ({"c": 0.0}, "c: expected a number in \\(0, inf\\)"),
+        ({"mus": ()}, "mus: expected a non-empty tuple"),
+        ({"num_points": 2}, "num_points: expected an int >= 3"),
+        ({"top_k": -1}, "top_k: expected an int >= 0"),
     ],
 )
 def test_config_validation(changes, match):

@@ -96,6 +96,9 @@ def test_mean_std_cells():
         ("pl_bert", "PLBertConfig", "PLBertSettings"),
         ("pl_bert", "make_pruner", "method_pruner"),
         ("pl_ablations", "PLAblationConfig", "PLAblationSettings"),
+        ("grda_linear", "LinearRegressionConfig", "GRDALinearSettings"),
+        ("grda_sparsity", "SparsityConfig", "GRDASparsitySettings"),
+        ("grda_valley", "ValleyConfig", "GRDAValleySettings"),
     ],
 )
 def test_old_names_are_deprecated_aliases(module, old, new):
