@@ -64,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "Train a built-in MLP briefly on a built-in dataset, then on a fixed probe batch "
             "compute: the empirical NTK spectrum and PL condition number L_f/mu; for every "
             "hidden neuron, its own NTK's smallest eigenvalue and spectral entropy (the gating "
-            "features of PL gating, Chen et al. (2023), Sec. 3.2.2); the Hutchinson trace of the "
+            "features of Chen et al. (2023), Sec. 3.2.2); the Hutchinson trace of the "
             "loss and output Hessians; and the top Hessian eigenvalues by Lanczos. Prints a "
             "table and writes summary.json, spectrum.png and groups.png to --out."
         ),
@@ -77,42 +77,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="built-in dataset (no network needed)",
     )
     analyze.add_argument(
-        "--hidden",
-        type=_widths,
-        default=defaults.hidden,
-        help="hidden widths of the MLP, comma separated, e.g. 64,64",
-    )
-    analyze.add_argument(
         "--activation",
         choices=sorted(ACTIVATIONS),
         default=defaults.activation,
         help="hidden nonlinearity (with relu, a neuron inactive on some probe example has a "
         "rank-deficient kernel: lambda_min = 0)",
     )
-    analyze.add_argument(
-        "--train-steps",
-        type=_non_negative,
-        default=defaults.train_steps,
-        help="Adam steps before the analysis (0 analyzes the initialization)",
-    )
-    analyze.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
-    analyze.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    analyze.add_argument(
-        "--probe-examples",
-        type=_positive,
-        default=defaults.probe_examples,
-        help="examples n of the probe batch (kernels are n x n)",
-    )
-    analyze.add_argument(
-        "--num-probes",
-        type=_positive,
-        default=defaults.num_probes,
-        help="Hutchinson probe vectors for the Hessian traces",
-    )
-    analyze.add_argument(
-        "--top-k", type=_positive, default=defaults.top_k, help="number of top Hessian eigenvalues"
-    )
-    analyze.add_argument("--seed", type=int, default=defaults.seed)
+    for flag, parse, help_text in (
+        ("--hidden", _widths, "hidden widths of the MLP, comma separated, e.g. 64,64"),
+        ("--train-steps", _non_negative, "Adam steps before the analysis (0: the initialization)"),
+        ("--batch-size", _positive, None),
+        ("--learning-rate", float, None),
+        ("--probe-examples", _positive, "examples n of the probe batch (kernels are n x n)"),
+        ("--num-probes", _positive, "Hutchinson probe vectors for the Hessian traces"),
+        ("--top-k", _positive, "number of top Hessian eigenvalues"),
+        ("--seed", int, None),
+    ):
+        field = flag.removeprefix("--").replace("-", "_")
+        analyze.add_argument(flag, type=parse, default=getattr(defaults, field), help=help_text)
     analyze.add_argument(
         "--float64",
         action="store_true",
@@ -172,16 +154,32 @@ def _steps(text: str) -> tuple[int, ...]:
 OPTIMIZERS = ("adam", "sgd", "momentum", "adamw")
 NO_PRUNING = "none"
 
-#: Method option -> its ``jaxprune train`` flag (the argparse destination is the option name).
-METHOD_FLAGS = {
-    "per_layer": "--per-layer",
-    "num_batches": "--num-batches",
-    "num_probes": "--num-probes",
-    "gating_steps": "--gating-steps",
-    "feature_batch_size": "--feature-batch-size",
-    "output_projections": "--output-projections",
-    "alpha": "--alpha",
+#: Method option -> its ``jaxprune train`` flag, type and help (``--per-layer`` is a switch).
+METHOD_OPTIONS = {
+    "num_batches": (
+        "--num-batches",
+        _positive,
+        "criteria: training batches the scores average over",
+    ),
+    "num_probes": ("--num-probes", _positive, "hessian_diag, pl: Hutchinson probe vectors"),
+    "gating_steps": (
+        "--gating-steps",
+        _positive,
+        "pl: batches the gating network trains on per event",
+    ),
+    "feature_batch_size": (
+        "--feature-batch-size",
+        _positive,
+        "pl: examples of the per-group NTK features (at most gating steps x batch size)",
+    ),
+    "output_projections": (
+        "--output-projections",
+        _positive,
+        "pl: random output projections of the feature kernels (default: all outputs)",
+    ),
+    "alpha": ("--alpha", float, "pl: weight of the Hessian-trace term of the gating loss"),
 }
+METHOD_FLAGS = {"per_layer": "--per-layer", **{n: o[0] for n, o in METHOD_OPTIONS.items()}}
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -268,28 +266,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     options = train.add_argument_group(
         "method options", "passed to the method when given (each method takes some of them)"
     )
-    options.add_argument(
-        "--num-batches", type=_positive, help="criteria: training batches the scores average over"
-    )
-    options.add_argument(
-        "--num-probes", type=_positive, help="hessian_diag, pl: Hutchinson probe vectors"
-    )
-    options.add_argument(
-        "--gating-steps", type=_positive, help="pl: batches the gating network trains on per event"
-    )
-    options.add_argument(
-        "--feature-batch-size",
-        type=_positive,
-        help="pl: examples of the per-group NTK features (at most gating steps x batch size)",
-    )
-    options.add_argument(
-        "--output-projections",
-        type=_positive,
-        help="pl: random output projections of the feature kernels (default: all outputs)",
-    )
-    options.add_argument(
-        "--alpha", type=float, help="pl: weight of the Hessian-trace term of the gating loss"
-    )
+    for name, (flag, parse, help_text) in METHOD_OPTIONS.items():
+        options.add_argument(flag, dest=name, type=parse, help=help_text)
     train.add_argument("--compact", action="store_true", help="physically remove pruned groups")
     train.add_argument("--eval-every", type=_non_negative, default=0, help="0: at the end only")
     train.add_argument("--log-every", type=_positive, default=25)

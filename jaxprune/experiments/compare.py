@@ -417,12 +417,9 @@ def run_method_comparison(
     methods: Mapping[str, MethodFactory],
     out_dir: Path,
     *,
-    model: str,
-    optimizer: Callable[[], optax.GradientTransformation],
     note: str | Callable[[Comparison], str] = "",
     table: Callable[[Comparison], str] | None = None,
     plot: str = "curves.png",
-    progress: bool = True,
     **options: Any,
 ) -> Comparison:
     """An experiment's comparison: :func:`compare_methods`, then its table, results and plot.
@@ -432,22 +429,21 @@ def run_method_comparison(
     (:func:`plot_comparison`).
 
     Args:
-      settings, methods, out_dir, model, optimizer, progress: as in :func:`compare_methods`.
+      settings, methods, out_dir: as in :func:`compare_methods`.
       note: text after the table (the run's settings in words), or ``note(comparison)``.
       table: ``table(comparison) -> str`` (default: :func:`comparison_table` of the report
         steps and the test metric).
       plot: file name of the curves plot.
-      **options: ``splits``, ``model_options``, ``train_options``, ``run_settings`` of
-        :func:`compare_methods`.
+      **options: the keyword arguments of :func:`compare_methods` (``model`` and
+        ``optimizer``; ``splits``, ``model_options``, ``train_options``, ``run_settings``,
+        ``progress``).
 
     Returns:
       The :class:`Comparison`, its ``table`` the written one.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    found = compare_methods(
-        settings, methods, out_dir, model=model, optimizer=optimizer, progress=progress, **options
-    )
+    found = compare_methods(settings, methods, out_dir, **options)
     text = (
         table(found)
         if table is not None

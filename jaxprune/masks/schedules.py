@@ -42,6 +42,8 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 
+from jaxprune._validation import check_int, check_ratio, check_real
+
 __all__ = [
     "PruningSchedule",
     "iterative_magnitude",
@@ -54,25 +56,6 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_ratio(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    in_range = (0.0 <= value < 1.0) if allow_zero else (0.0 < value < 1.0)
-    if not in_range:  # NaN lands here too
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
-
-
 def _as_tuple(name: str, values: object) -> tuple:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise TypeError(f"{name} must be a sequence, got {values!r} ({type(values).__name__})")
@@ -81,7 +64,9 @@ def _as_tuple(name: str, values: object) -> tuple:
 
 def _check_steps(name: str, values: object) -> tuple[int, ...]:
     """Non-negative, strictly increasing integer steps (at least one)."""
-    steps = tuple(_check_int(f"{name}[{i}]", s, 0) for i, s in enumerate(_as_tuple(name, values)))
+    steps = tuple(
+        check_int(s, f"{name}[{i}]", minimum=0) for i, s in enumerate(_as_tuple(name, values))
+    )
     if not steps:
         raise ValueError(f"{name} must hold at least one step, got ()")
     for i in range(1, len(steps)):
@@ -124,7 +109,7 @@ class PruningSchedule:
     def __post_init__(self) -> None:
         steps = _check_steps("event_steps", self.event_steps)
         ratios = tuple(
-            _check_ratio(f"event_ratios[{i}]", r, allow_zero=True)
+            check_ratio(r, f"event_ratios[{i}]", allow_zero=True)
             for i, r in enumerate(_as_tuple("event_ratios", self.event_ratios))
         )
         if len(ratios) != len(steps):
@@ -139,7 +124,7 @@ class PruningSchedule:
                     f"at positions {i - 1} and {i}"
                 )
         if self.rewind_step is not None:
-            rewind = _check_int("rewind_step", self.rewind_step, 0)
+            rewind = check_int(self.rewind_step, "rewind_step", minimum=0)
             if rewind >= steps[0]:
                 raise ValueError(
                     f"rewind_step must precede the first event step {steps[0]}, got {rewind}"
@@ -200,7 +185,7 @@ def num_pruned(ratio: float | jax.Array, num_groups: int) -> jax.Array:
     References:
       Chen et al. (2023), App. E.4 ("prune the same number of filters at each epoch").
     """
-    num_groups = _check_int("num_groups", num_groups, 1)
+    num_groups = check_int(num_groups, "num_groups", minimum=1)
     return jnp.ceil(jnp.asarray(ratio) * num_groups - 0.5).astype(jnp.int32)
 
 
@@ -213,7 +198,7 @@ def one_shot(step: int, ratio: float) -> PruningSchedule:
     References:
       Chen et al. (2023), Sec. 3.2, Sec. 5.1 (Table 1) and App. F.3.
     """
-    return PruningSchedule((_check_int("step", step, 0),), (_check_ratio("ratio", ratio),))
+    return PruningSchedule((check_int(step, "step", minimum=0),), (check_ratio(ratio, "ratio"),))
 
 
 def linear(times: Iterable[int], final_ratio: float) -> PruningSchedule:
@@ -231,7 +216,7 @@ def linear(times: Iterable[int], final_ratio: float) -> PruningSchedule:
       (2021), "Sparsity in deep learning").
     """
     steps = _check_steps("times", times)
-    final_ratio = _check_ratio("final_ratio", final_ratio)
+    final_ratio = check_ratio(final_ratio, "final_ratio")
     q = len(steps)
     return PruningSchedule(steps, tuple(final_ratio * (j / q) for j in range(1, q + 1)))
 
@@ -264,13 +249,13 @@ def per_epoch_from(
       Chen et al. (2023), Sec. 5.3 and App. E.4 / F.1 ("starting from epoch-15, we prune the same
       number of filters at each epoch until the target sparsity is reached").
     """
-    start = _check_int("start", start, 0)
-    end = _check_int("end", end, start)
-    target = _check_ratio("target", target)
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
+    start = check_int(start, "start", minimum=0)
+    end = check_int(end, "end", minimum=start)
+    target = check_ratio(target, "target")
+    steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", minimum=1)
     epochs = end - start + 1
     if num_groups is not None:
-        num_groups = _check_int("num_groups", num_groups, 1)
+        num_groups = check_int(num_groups, "num_groups", minimum=1)
         total = target * num_groups
         count = round(total)
         if abs(total - count) > 1e-9 * num_groups:
@@ -315,21 +300,18 @@ def polynomial(
       Zhu & Gupta (2017), "To prune, or not to prune", eq. (1).  Lee et al. (2024), JaxPruner
       (``sparsity_schedules.PolynomialSchedule``).
     """
-    initial_ratio = _check_ratio("initial_ratio", initial_ratio, allow_zero=True)
-    final_ratio = _check_ratio("final_ratio", final_ratio)
+    initial_ratio = check_ratio(initial_ratio, "initial_ratio", allow_zero=True)
+    final_ratio = check_ratio(final_ratio, "final_ratio")
     if initial_ratio >= final_ratio:
         raise ValueError(
             f"initial_ratio must be below final_ratio={final_ratio}, got {initial_ratio}"
         )
-    begin_step = _check_int("begin_step", begin_step, 0)
-    end_step = _check_int("end_step", end_step, 0)
+    begin_step = check_int(begin_step, "begin_step", minimum=0)
+    end_step = check_int(end_step, "end_step", minimum=0)
     if end_step <= begin_step:
         raise ValueError(f"end_step must exceed begin_step={begin_step}, got {end_step}")
-    frequency = _check_int("frequency", frequency, 1)
-    if isinstance(power, bool) or not isinstance(power, numbers.Real):
-        raise TypeError(f"power must be a real number, got {power!r} ({type(power).__name__})")
-    if not power > 0:  # NaN lands here too
-        raise ValueError(f"power must be > 0, got {power}")
+    frequency = check_int(frequency, "frequency", minimum=1)
+    power = check_real(power, "power", minimum=0.0, strict=True)
     if (end_step - begin_step) % frequency:
         raise ValueError(
             f"end_step - begin_step = {end_step - begin_step} must be a multiple of "
@@ -380,9 +362,9 @@ def iterative_magnitude(
       connectivity and the lottery ticket hypothesis" (rewinding).  Chen et al. (2023), App. E.3
       (LTH baselines rewind to 5% of the maximum epochs; Chen et al. 2020).
     """
-    rounds = _check_int("rounds", rounds, 1)
-    round_length = _check_int("round_length", round_length, 1)
-    rewind_step = _check_int("rewind_step", rewind_step, 0)
+    rounds = check_int(rounds, "rounds", minimum=1)
+    round_length = check_int(round_length, "round_length", minimum=1)
+    rewind_step = check_int(rewind_step, "rewind_step", minimum=0)
     if rewind_step >= round_length:
         raise ValueError(
             f"rewind_step must be below round_length={round_length}, got {rewind_step}"
@@ -393,9 +375,9 @@ def iterative_magnitude(
             f"ratio_per_round={ratio_per_round!r}, final_ratio={final_ratio!r}"
         )
     if ratio_per_round is not None:
-        kept_per_round = 1.0 - _check_ratio("ratio_per_round", ratio_per_round)
+        kept_per_round = 1.0 - check_ratio(ratio_per_round, "ratio_per_round")
     else:
-        kept_per_round = (1.0 - _check_ratio("final_ratio", final_ratio)) ** (1.0 / rounds)
+        kept_per_round = (1.0 - check_ratio(final_ratio, "final_ratio")) ** (1.0 / rounds)
     steps = tuple(round_length + j * (round_length - rewind_step) for j in range(rounds))
     ratios = tuple(1.0 - kept_per_round**j for j in range(1, rounds + 1))
     return PruningSchedule(steps, ratios, rewind_step=rewind_step)
@@ -427,9 +409,9 @@ def lth_schedule(
       Chen et al. (2023), App. E.3 (LTH rewinds to 5% of the maximum epochs); reading PL-9
       (docs/readings.md).  Frankle et al. (2020) (rewinding).
     """
-    num_steps = _check_int("num_steps", num_steps, 1)
-    rounds = _check_int("rounds", rounds, 1)
-    rewind_fraction = _check_ratio("rewind_fraction", rewind_fraction)
+    num_steps = check_int(num_steps, "num_steps", minimum=1)
+    rounds = check_int(rounds, "rounds", minimum=1)
+    rewind_fraction = check_ratio(rewind_fraction, "rewind_fraction")
     rewind = max(1, round(rewind_fraction * num_steps))
     length = (num_steps + rounds * rewind) // (rounds + 1)
     if length <= rewind:

@@ -11,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from jaxprune.experiments import get_experiment
 from jaxprune.experiments.grda_sparsity import (
     EXPERIMENT,
     learning_rate_schedule,
@@ -21,12 +20,6 @@ from jaxprune.optim import grda
 from jaxprune.train import TrainConfig, train
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grda_sparsity")
-    return out, get_experiment("grda_sparsity").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plot(smoke):

@@ -11,18 +11,11 @@ import numpy as np
 import optax
 import pytest
 
-from jaxprune.experiments import get_experiment
 from jaxprune.experiments.grda_sparsity import load_setup
 from jaxprune.experiments.grda_valley import EXPERIMENT, dataset_metric
 from jaxprune.train.tasks import make_task
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("grda_valley")
-    return out, get_experiment("grda_valley").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plot(smoke):

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 
-from jaxprune.experiments import get_experiment
 from jaxprune.experiments.pl_switch import (
     EXPERIMENT,
     PLSwitchSettings,
@@ -21,12 +20,6 @@ from jaxprune.masks import lth_schedule, ratio_to_k
 from jaxprune.train import build_model
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pl_switch")
-    return out, get_experiment("pl_switch").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plots(smoke):

@@ -9,16 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxprune.experiments import get_experiment
 from jaxprune.experiments.pl_vgg import EXPERIMENT, PLVGGSettings, linear_schedule
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pl_vgg")
-    return out, get_experiment("pl_vgg").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plots(smoke):
