@@ -60,9 +60,9 @@ from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import mean_std, run_comparison, write_results
 from jaxprune.experiments.settings import (
-    check_methods,
     check_positive_values,
     check_seeds,
+    check_subset,
     deprecated_names,
 )
 from jaxprune.optim.grda import grda
@@ -183,7 +183,7 @@ class GRDASparsitySettings:
     seeds: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
-        check_methods(self.setups, tuple(SETUPS), "setups")
+        check_subset(self.setups, tuple(SETUPS), "setups")
         check_positive_values(self.cs, "cs")
         check_positive_values(self.mus, "mus")
         check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)

@@ -22,10 +22,10 @@ __all__ = [
     "PL_FIELDS",
     "ComparisonSettings",
     "MethodComparisonSettings",
-    "check_methods",
     "check_positive_values",
     "check_seeds",
     "check_step",
+    "check_subset",
     "deprecated_names",
     "pl_options",
 ]
@@ -42,10 +42,10 @@ def check_step(step: Any, num_steps: int, name: str) -> int:
     return step
 
 
-def check_methods(methods: Sequence[str], allowed: Sequence[str], name: str = "methods") -> None:
-    """Raise unless ``methods`` is a non-empty subset of ``allowed``."""
-    unknown = [m for m in methods if m not in allowed]
-    if not methods or unknown:
+def check_subset(values: Sequence[str], allowed: Sequence[str], name: str) -> None:
+    """Raise unless ``values`` is a non-empty subset of ``allowed`` (methods, setups, ...)."""
+    unknown = [v for v in values if v not in allowed]
+    if not values or unknown:
         raise ValueError(
             f"{name}: unknown {unknown}; expected a non-empty subset of {tuple(allowed)}"
         )
@@ -122,7 +122,7 @@ class MethodComparisonSettings(ComparisonSettings):
     ratio: float = 0.5
 
     def _check_shared(self) -> None:
-        check_methods(self.methods, self.METHODS)
+        check_subset(self.methods, self.METHODS, "methods")
         check_ratio(self.ratio, "ratio")
         super()._check_shared()
 
