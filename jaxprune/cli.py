@@ -16,16 +16,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
-    return widths
+def _integer_list(minimum: int, items: str, label: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated ``items`` (integers ``>= minimum``) named ``label``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {items}, got {text!r}"
+            ) from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{label} must be >= {minimum}, got {text!r}")
+        return values
+
+    return parse
+
+
+_widths = _integer_list(1, "integers", "widths")
+_steps = _integer_list(0, "step numbers", "steps")
 
 
 def _integer_at_least(minimum: int) -> Callable[[str], int]:
@@ -137,18 +146,6 @@ def _float_in_unit(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1), got {value}")
     return value
-
-
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated step numbers, got {text!r}"
-        ) from None
-    if min(steps) < 0:
-        raise argparse.ArgumentTypeError(f"steps must be >= 0, got {text!r}")
-    return steps
 
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "adamw")
