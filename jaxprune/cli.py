@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -16,36 +16,44 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be >= 1, got {text!r}")
-    return widths
+def _integer_list(minimum: int, items: str, label: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: comma-separated ``items`` (integers ``>= minimum``) named ``label``."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {items}, got {text!r}"
+            ) from None
+        if min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"{label} must be >= {minimum}, got {text!r}")
+        return values
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+_widths = _integer_list(1, "integers", "widths")
+_steps = _integer_list(0, "step numbers", "steps")
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _integer_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer ``>= minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_positive = _integer_at_least(1)
+_non_negative = _integer_at_least(0)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -65,7 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
             "Train a built-in MLP briefly on a built-in dataset, then on a fixed probe batch "
             "compute: the empirical NTK spectrum and PL condition number L_f/mu; for every "
             "hidden neuron, its own NTK's smallest eigenvalue and spectral entropy (the gating "
-            "features of the PL-pruning paper, Section 3.2.2); the Hutchinson trace of the "
+            "features of Chen et al. (2023), Sec. 3.2.2); the Hutchinson trace of the "
             "loss and output Hessians; and the top Hessian eigenvalues by Lanczos. Prints a "
             "table and writes summary.json, spectrum.png and groups.png to --out."
         ),
@@ -78,42 +86,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="built-in dataset (no network needed)",
     )
     analyze.add_argument(
-        "--hidden",
-        type=_widths,
-        default=defaults.hidden,
-        help="hidden widths of the MLP, comma separated, e.g. 64,64",
-    )
-    analyze.add_argument(
         "--activation",
         choices=sorted(ACTIVATIONS),
         default=defaults.activation,
         help="hidden nonlinearity (with relu, a neuron inactive on some probe example has a "
         "rank-deficient kernel: lambda_min = 0)",
     )
-    analyze.add_argument(
-        "--train-steps",
-        type=_non_negative,
-        default=defaults.train_steps,
-        help="Adam steps before the analysis (0 analyzes the initialization)",
-    )
-    analyze.add_argument("--batch-size", type=_positive, default=defaults.batch_size)
-    analyze.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    analyze.add_argument(
-        "--probe-examples",
-        type=_positive,
-        default=defaults.probe_examples,
-        help="examples n of the probe batch (kernels are n x n)",
-    )
-    analyze.add_argument(
-        "--num-probes",
-        type=_positive,
-        default=defaults.num_probes,
-        help="Hutchinson probe vectors for the Hessian traces",
-    )
-    analyze.add_argument(
-        "--top-k", type=_positive, default=defaults.top_k, help="number of top Hessian eigenvalues"
-    )
-    analyze.add_argument("--seed", type=int, default=defaults.seed)
+    for flag, parse, help_text in (
+        ("--hidden", _widths, "hidden widths of the MLP, comma separated, e.g. 64,64"),
+        ("--train-steps", _non_negative, "Adam steps before the analysis (0: the initialization)"),
+        ("--batch-size", _positive, None),
+        ("--learning-rate", float, None),
+        ("--probe-examples", _positive, "examples n of the probe batch (kernels are n x n)"),
+        ("--num-probes", _positive, "Hutchinson probe vectors for the Hessian traces"),
+        ("--top-k", _positive, "number of top Hessian eigenvalues"),
+        ("--seed", int, None),
+    ):
+        field = flag.removeprefix("--").replace("-", "_")
+        analyze.add_argument(flag, type=parse, default=getattr(defaults, field), help=help_text)
     analyze.add_argument(
         "--float64",
         action="store_true",
@@ -129,11 +119,10 @@ def _build_parser() -> argparse.ArgumentParser:
         help="dense vs PL gating vs baseline pruning criteria on built-in data (minutes on a CPU)",
         description=(
             "Train a 64-256-256-10 MLP on the scikit-learn digits densely and with PL gating "
-            "(paper 000), random, magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH pruning at "
-            "75%% of the neurons "
-            "(3 seeds each), then print the comparison table (training loss at fixed steps, "
-            "test accuracy, wall time, sparsity) and save plots. Same as `jaxprune experiment "
-            "demo --preset small`."
+            "(Chen et al. 2023), random, magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH "
+            "pruning at 75% of the neurons (3 seeds each), then print the comparison table "
+            "(training loss at fixed steps, test accuracy, wall time, sparsity) and save plots. "
+            "Same as `jaxprune experiment demo --preset small`."
         ),
     )
     demo.add_argument("--out", default="runs/demo", help="output directory")
@@ -159,24 +148,45 @@ def _float_in_unit(text: str) -> float:
     return value
 
 
-def _steps(text: str) -> tuple[int, ...]:
-    try:
-        steps = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated step numbers, got {text!r}"
-        ) from None
-    if min(steps) < 0:
-        raise argparse.ArgumentTypeError(f"steps must be >= 0, got {text!r}")
-    return steps
-
-
 OPTIMIZERS = ("adam", "sgd", "momentum", "adamw")
+NO_PRUNING = "none"
+
+#: Method option -> its ``jaxprune train`` flag, type and help (``--per-layer`` is a switch).
+METHOD_OPTIONS = {
+    "num_batches": (
+        "--num-batches",
+        _positive,
+        "criteria: training batches the scores average over",
+    ),
+    "num_probes": ("--num-probes", _positive, "hessian_diag, pl: Hutchinson probe vectors"),
+    "gating_steps": (
+        "--gating-steps",
+        _positive,
+        "pl: batches the gating network trains on per event",
+    ),
+    "feature_batch_size": (
+        "--feature-batch-size",
+        _positive,
+        "pl: examples of the per-group NTK features (at most gating steps x batch size)",
+    ),
+    "output_projections": (
+        "--output-projections",
+        _positive,
+        "pl: random output projections of the feature kernels (default: all outputs)",
+    ),
+    "alpha": ("--alpha", float, "pl: weight of the Hessian-trace term of the gating loss"),
+}
+METHOD_FLAGS = {"per_layer": "--per-layer", **{n: o[0] for n, o in METHOD_OPTIONS.items()}}
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
     from jaxprune.data import DATASET_NAMES
-    from jaxprune.train import CRITERIA, MODEL_NAMES
+    from jaxprune.train import MODEL_NAMES, pruner_entry, pruner_names
+
+    width = max(len(name) for name in (NO_PRUNING, *pruner_names()))
+    listing = "\n".join(
+        f"  {name:<{width}}  {pruner_entry(name).description}" for name in pruner_names()
+    )
 
     train = commands.add_parser(
         "train",
@@ -196,7 +206,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
             "  jaxprune train --model mlp --method snip --prune-at 0 --ratio 0.5\n"
             "  jaxprune train --model bert --dataset docstrings --method taylor "
             "--prune-at 200 --ratio 0.5 --compact\n"
-            "  jaxprune train --method lth --prune-at 300,600,900 --ratio 0.75 --rewind-step 15"
+            "  jaxprune train --method lth --prune-at 300,600,900 --ratio 0.75 --rewind-step 15\n"
+            "  jaxprune train --method lth --steps 1200 --ratio 0.75\n"
+            "  jaxprune train --method pl --prune-at 100 --ratio 0.75 --gating-steps 20\n"
+            "\n"
+            f"methods (--method):\n  {NO_PRUNING:<{width}}  dense training, no pruning\n{listing}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -221,11 +235,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--learning-rate", type=float, default=1e-3)
     train.add_argument(
         "--method",
-        default="none",
-        help=f"pruning method: none, lth, or a criterion ({', '.join(CRITERIA)})",
+        default=NO_PRUNING,
+        help=f"pruning method: {NO_PRUNING} (dense) or a registered method (listed below)",
     )
     train.add_argument(
-        "--prune-at", type=_steps, default=None, help="pruning step(s), comma separated"
+        "--prune-at",
+        type=_steps,
+        default=None,
+        help="pruning step(s), comma separated (lth without it: 3 rounds fitted into --steps, "
+        "rewinding to 5%% of them, Chen et al. (2023), App. E.3)",
     )
     train.add_argument(
         "--ratio", type=_float_in_unit, default=0.5, help="final pruned fraction of the groups"
@@ -237,8 +255,16 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="LTH: step whose weights are restored (masked) after each event",
     )
     train.add_argument(
-        "--per-layer", action="store_true", help="prune the same fraction in every layer"
+        "--per-layer",
+        action="store_true",
+        default=None,
+        help="prune the same fraction in every layer",
     )
+    options = train.add_argument_group(
+        "method options", "passed to the method when given (each method takes some of them)"
+    )
+    for name, (flag, parse, help_text) in METHOD_OPTIONS.items():
+        options.add_argument(flag, dest=name, type=parse, help=help_text)
     train.add_argument("--compact", action="store_true", help="physically remove pruned groups")
     train.add_argument("--eval-every", type=_non_negative, default=0, help="0: at the end only")
     train.add_argument("--log-every", type=_positive, default=25)
@@ -314,32 +340,63 @@ def _optimizer(name: str, learning_rate: float):
 
 
 def _schedule(args: argparse.Namespace):
-    from jaxprune.masks import PruningSchedule, one_shot
+    """The pruning schedule of ``--prune-at``, ``--ratio`` and ``--rewind-step``.
 
+    One step without rewinding: one-shot.  Several steps: the ratio reached linearly, or for
+    ``lth`` geometrically (each round prunes the same share of what is left, as
+    :func:`~jaxprune.masks.iterative_magnitude`).  ``lth`` without ``--prune-at`` and
+    ``--rewind-step``: :func:`~jaxprune.masks.lth_schedule` fitted into ``--steps``.
+    """
+    from jaxprune.masks import PruningSchedule, iterative_magnitude, lth_schedule, one_shot
+
+    if args.ratio <= 0:
+        raise ValueError(f"--ratio must be > 0 when pruning, got {args.ratio}")
+    lth = args.method == "lth"
+    if lth and args.prune_at is None and args.rewind_step is None:
+        return lth_schedule(args.steps, args.ratio)
+    if lth and args.rewind_step is None:
+        raise ValueError("--method lth needs --rewind-step (e.g. 5% of the steps)")
     if args.prune_at is None:
         raise ValueError(f"--method {args.method} needs --prune-at STEP[,STEP...]")
     steps = args.prune_at
-    if args.ratio <= 0:
-        raise ValueError(f"--ratio must be > 0 when pruning, got {args.ratio}")
     if len(steps) == 1 and args.rewind_step is None:
         return one_shot(steps[0], args.ratio)
-    if args.method == "lth":  # geometric: each round prunes the same share of what is left
-        keep = (1 - args.ratio) ** (1 / len(steps))
-        ratios = tuple(1 - keep ** (j + 1) for j in range(len(steps)))
+    if lth:  # the ratios of IMP rounds do not depend on the round length or the rewind step
+        ratios = iterative_magnitude(len(steps), 1, 0, final_ratio=args.ratio).event_ratios
     else:
         ratios = tuple(args.ratio * (j + 1) / len(steps) for j in range(len(steps)))
     return PruningSchedule(steps, ratios, args.rewind_step)
 
 
+def _pruner(args: argparse.Namespace):
+    """The ``--method`` through the pruner registry (``None`` for dense training)."""
+    from jaxprune._validation import check_choice
+    from jaxprune.train import make_pruner, pruner_entry, pruner_names
+
+    check_choice(args.method, (NO_PRUNING, *pruner_names()), "--method")
+    given = {name: getattr(args, name) for name in METHOD_FLAGS if getattr(args, name) is not None}
+    if args.method == NO_PRUNING:
+        if args.prune_at is not None:
+            raise ValueError("--prune-at needs a pruning --method")
+        if given:
+            raise ValueError(f"{METHOD_FLAGS[next(iter(given))]} needs a pruning --method")
+        return None
+    accepted = pruner_entry(args.method).options
+    refused = [METHOD_FLAGS[name] for name in given if name not in accepted]
+    if refused:
+        takes = [METHOD_FLAGS[name] for name in accepted if name in METHOD_FLAGS]
+        raise ValueError(
+            f"{refused[0]}: not an option of --method {args.method}, which takes "
+            f"{', '.join(takes) or 'none of them'}"
+        )
+    return make_pruner(args.method, _schedule(args), **given)
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from jaxprune.data import DataConfig, load_dataset
-    from jaxprune.train import CRITERIA, TrainConfig, build_model, criterion_pruner, train
+    from jaxprune.train import TrainConfig, build_model, train
 
-    methods = ("none", "lth", *CRITERIA)
-    if args.method not in methods:
-        raise ValueError(f"unknown method {args.method!r}; expected one of {', '.join(methods)}")
-    if args.method == "lth" and args.rewind_step is None:
-        raise ValueError("--method lth needs --rewind-step (e.g. 5% of the steps)")
+    pruner = _pruner(args)
     config = TrainConfig(
         num_steps=args.steps,
         batch_size=args.batch_size,
@@ -354,12 +411,6 @@ def _run_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         progress=not args.quiet,
     )
-    pruner = None
-    if args.method != "none":
-        criterion = "magnitude" if args.method == "lth" else args.method
-        pruner = criterion_pruner(criterion, _schedule(args), per_layer=args.per_layer)
-    elif args.prune_at is not None:
-        raise ValueError("--prune-at needs a pruning --method")
     splits = load_dataset(DataConfig(name=args.dataset, seed=args.seed, data_dir=args.data_dir))
     model = build_model(
         args.model,

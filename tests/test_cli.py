@@ -72,8 +72,14 @@ def test_help_explains_the_job():
         (["train", "--dataset", "imagenet"], "unknown dataset 'imagenet'; expected one of digits"),
         (
             ["train", "--method", "obs"],
-            "unknown method 'obs'; expected one of none, lth, magnitude",
+            "--method: expected one of ('none', 'magnitude', 'random'",
         ),
+        (
+            ["train", "--method", "snip", "--prune-at", "3", "--gating-steps", "3"],
+            "--gating-steps: not an option of --method snip, which takes --num-batches",
+        ),
+        (["train", "--gating-steps", "3"], "--gating-steps needs a pruning --method"),
+        (["train", "--method", "lth", "--rewind-step", "3"], "--method lth needs --prune-at"),
         (["train", "--method", "snip"], "needs --prune-at"),
         (["train", "--prune-at", "3"], "--prune-at needs a pruning --method"),
         (["train", "--method", "lth", "--prune-at", "3"], "needs --rewind-step"),
@@ -92,9 +98,9 @@ def test_help_explains_the_job():
         (["experiment", "demo", "--set", "depth=3"], "unknown field 'depth'; fields are: dataset"),
         (["experiment", "demo", "--set", "ratio=high"], "--set ratio: expected float"),
         (["experiment", "demo", "--set", "per_layer=maybe"], "expected true or false"),
-        (["experiment", "demo", "--set", "ratio=1.5"], "ratio must lie in (0, 1)"),
+        (["experiment", "demo", "--set", "ratio=1.5"], "ratio: expected a fraction in (0, 1)"),
         (["experiment", "demo", "--set", "methods=dense,obd"], "methods: unknown ['obd']"),
-        (["demo", "--set", "num_steps=10"], "prune_step must lie in [0, num_steps=10)"),
+        (["demo", "--set", "num_steps=10"], "prune_step: expected a step in [0, num_steps=10)"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
@@ -183,3 +189,29 @@ def test_demo_smoke_preset_runs_every_default_kind_of_method(tmp_path, capsys):
         assert f"| {method} |" in table
     results = json.loads((out / "results.json").read_text())["results"]
     assert results["pl"]["group_sparsity"] == [0.75]
+
+
+def test_train_pl_end_to_end(tmp_path, capsys):
+    """``--method pl`` goes through the pruner registry with its gating options."""
+    out = tmp_path / "pl"
+    args = ["train", "--model", "mlp", "--model-preset", "8", "--steps", "4", "--batch-size"]
+    args += ["16", "--method", "pl", "--prune-at", "2", "--ratio", "0.5", "--gating-steps", "1"]
+    args += ["--feature-batch-size", "4", "--log-every", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "groups pruned 50.0%" in capsys.readouterr().out
+    event = np.load(out / "event_2.npz")
+    assert event["mask"].sum() == 4 and "gates" in event
+
+
+def test_train_lth_without_steps_fits_the_paper_schedule(tmp_path, capsys):
+    """``--method lth`` alone: ``lth_schedule`` (3 rounds, rewinding to 5% of the steps)."""
+    out = tmp_path / "lth"
+    args = ["train", "--model-preset", "8", "--steps", "40", "--batch-size", "16"]
+    args += ["--method", "lth", "--ratio", "0.5", "--log-every", "10", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "groups pruned 50.0%" in capsys.readouterr().out
+    assert sorted(p.name for p in out.glob("event_*.npz")) == [
+        "event_11.npz",
+        "event_20.npz",
+        "event_29.npz",
+    ]

@@ -39,7 +39,7 @@ import numpy as np
 
 from jaxprune.experiments import get_experiment
 from jaxprune.experiments.compare import load_splits, run_comparison
-from jaxprune.experiments.pl_bert import make_optimizer, make_pruner
+from jaxprune.experiments.pl_bert import make_optimizer, method_pruner
 from jaxprune.train import Pruner, TrainConfig, build_model
 
 TARGET_SHARE = 0.02
@@ -90,7 +90,7 @@ def measure(
     warm: list[float] = []
     methods = {
         "dense": lambda: None,
-        "pl": lambda: _selecting_twice(make_pruner("pl", config), warm),
+        "pl": lambda: _selecting_twice(method_pruner("pl", config), warm),
     }
     with tempfile.TemporaryDirectory() as out:
         for seed in seeds:

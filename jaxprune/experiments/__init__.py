@@ -1,10 +1,17 @@
 """Named experiments with presets ``smoke`` (seconds, run by the tests), ``small`` (minutes on a
 CPU, built-in data) and ``paper`` (the paper's configuration, for accelerators).
 
-Each experiment module defines ``EXPERIMENT``, an :class:`Experiment`: a frozen config
-dataclass per preset and ``run(config, out_dir, progress) -> dict``, which writes its table
-and plots to ``out_dir`` and returns its figures.  ``jaxprune experiment NAME --preset P
---set field=value`` runs one from the command line.
+Each experiment module defines ``EXPERIMENT``, an :class:`Experiment`: one frozen settings
+dataclass per preset (``<Experiment>Settings``) and ``run(settings, out_dir, progress) ->
+dict``, which writes its table and plots to ``out_dir`` and returns its figures.  ``jaxprune
+experiment NAME --preset P --set field=value`` runs one from the command line.
+
+The experiments that compare pruning methods on a model share one settings base
+(:class:`~jaxprune.experiments.settings.ComparisonSettings`, validated once) and one runner
+(:func:`~jaxprune.experiments.compare.run_method_comparison`: data, model, training of every
+method and seed, table, ``results.json``, plot); their methods come from the pruner registry
+(:func:`jaxprune.train.make_pruner`).  A module keeps only what differs: its extra fields,
+schedules and method options, and its own tables or plots.
 """
 
 from __future__ import annotations
@@ -41,9 +48,9 @@ class Experiment:
     Attributes:
       name: registry name.
       description: one paragraph for ``--help`` and listings.
-      presets: ``{"smoke": config, "small": config, "paper": config}``, frozen dataclasses of
-        one type.
-      run: ``run(config, out_dir, progress) -> dict`` of results.
+      presets: ``{"smoke": settings, "small": settings, "paper": settings}``, frozen
+        dataclasses of one type.
+      run: ``run(settings, out_dir, progress) -> dict`` of results.
     """
 
     name: str

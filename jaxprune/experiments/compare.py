@@ -1,4 +1,9 @@
-"""Method comparisons in the layout of paper 000's Tables 1-3, shared by the experiments.
+"""Method comparisons in the layout of Chen et al. (2023)'s Tables 1-3, shared by the experiments.
+
+:func:`run_method_comparison` is an experiment's whole comparison: the data and model of its
+settings (:class:`~jaxprune.experiments.settings.ComparisonSettings`), every method and seed
+trained, the table, ``results.json`` and the plot; :func:`compare_methods` is its training part
+alone, and :func:`pruner_factories` builds the methods through the pruner registry.
 
 :func:`run_comparison` trains one model on one dataset with each method and seed (same
 initialization, data order and optimizer per seed) through :func:`jaxprune.train.train`, and
@@ -11,7 +16,7 @@ means ± standard deviations over seeds, :func:`plot_comparison` draws training 
 condition number over training (Figures 3 and 5) and the test metric.
 
 References:
-  Paper 000, Section 4 (Tables 1-3), Appendix D (condition number of the empirical NTK).
+  Chen et al. (2023), Sec. 4 (Tables 1-3), App. D (condition number of the empirical NTK).
 """
 
 from __future__ import annotations
@@ -21,58 +26,62 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optax
 
 from jaxprune.data.registry import DataConfig, Splits, load_dataset
-from jaxprune.masks import PruningSchedule, iterative_magnitude
-from jaxprune.train import Bound, Pruner, TrainConfig, train
+from jaxprune.experiments.settings import ComparisonSettings
+from jaxprune.masks import PruningSchedule
+from jaxprune.masks import lth_schedule as _lth_schedule
+from jaxprune.train import Bound, Pruner, TrainConfig, build_model, make_pruner, train
 
 __all__ = [
+    "DENSE",
+    "Comparison",
+    "MethodFactory",
+    "compare_methods",
     "comparison_table",
     "load_splits",
     "lth_schedule",
+    "mean_std",
     "plot_comparison",
+    "pruner_factories",
     "run_comparison",
+    "run_method_comparison",
     "test_metric_name",
     "write_results",
 ]
 
+#: The method name of training without pruning.
+DENSE = "dense"
+
+#: ``factory() -> Pruner | None``: a fresh pruner per run (``None``: dense training).
+MethodFactory = Callable[[], Pruner | None]
+
+#: Settings fields that :func:`load_splits` passes to :class:`~jaxprune.data.DataConfig`.
+_DATA_FIELDS = ("seq_len", "vocab_size", "max_chars")
+
 
 def lth_schedule(num_steps: int, ratio: float, rounds: int = 3) -> PruningSchedule:
-    """The LTH baseline fitted into a run: ``rounds`` rounds of iterative magnitude pruning to
-    ``ratio``, rewinding to ``k = max(1, round(5% of num_steps))``, with the longest round
-    length ``L`` such that ``L + rounds (L - k) <= num_steps``.
-
-    Raises:
-      ValueError: ``num_steps`` too short for ``rounds`` rounds after the rewind step.
-
-    References:
-      Paper 000, Appendix E.3 (LTH: IMP with rewinding to 5% of the maximum epochs);
-      Frankle et al. (2020).
-    """
-    rewind = max(1, round(0.05 * num_steps))
-    length = (num_steps + rounds * rewind) // (rounds + 1)
-    if length <= rewind:
-        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
-    return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)
+    """Deprecated: use :func:`jaxprune.masks.lth_schedule` (``rounds`` keyword-only)."""
+    warnings.warn(
+        "jaxprune.experiments.compare.lth_schedule is deprecated; use jaxprune.masks.lth_schedule",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _lth_schedule(num_steps, ratio, rounds=rounds)
 
 
 def load_splits(config: Any) -> Splits:
-    """The dataset of an experiment config with fields ``dataset``, ``seq_len``,
-    ``vocab_size`` and ``max_chars`` (the text settings are ignored by non-text datasets)."""
-    return load_dataset(
-        DataConfig(
-            name=config.dataset,
-            seq_len=config.seq_len,
-            vocab_size=config.vocab_size,
-            max_chars=config.max_chars,
-        )
-    )
+    """The dataset of an experiment's settings: ``config.dataset``, and its ``seq_len``,
+    ``vocab_size`` and ``max_chars`` where it has them (text datasets use them)."""
+    text = {name: getattr(config, name) for name in _DATA_FIELDS if hasattr(config, name)}
+    return load_dataset(DataConfig(name=config.dataset, **text))
 
 
 def test_metric_name(task: str) -> str:
@@ -164,9 +173,9 @@ def run_comparison(
     """
     results: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, list[list[dict]]] = {}
-    for name, make_pruner in methods.items():
+    for name, new_pruner in methods.items():
         for seed in seeds:
-            pruner = make_pruner()
+            pruner = new_pruner()
             run_config = dataclasses.replace(
                 config, seed=seed, progress=progress, compact=config.compact and pruner is not None
             )
@@ -211,8 +220,9 @@ def _train_one(
     return {k: float(v) for k, v in figures.items()}, result.rows
 
 
-def _cell(values: list[float], digits: int) -> str:
-    values = np.asarray(values, float)
+def mean_std(values: Sequence[float], digits: int, *, scale: float = 1.0) -> str:
+    """A table cell: ``scale * values`` as ``mean ± sample std`` (one value: the value)."""
+    values = scale * np.asarray(values, float)
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
@@ -236,13 +246,13 @@ def comparison_table(
     header += ["wall s", "groups pruned", "params"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, figures in results.items():
-        cells = [method, *(_cell(figures[f"train_loss@{s}"], 3) for s in report_steps)]
-        cells.append(_cell(figures[metric], 4))
+        cells = [method, *(mean_std(figures[f"train_loss@{s}"], 3) for s in report_steps)]
+        cells.append(mean_std(figures[metric], 4))
         if has_baseline:
             delta = np.mean(figures[metric]) - np.mean(results[baseline][metric])
             cells.append(f"{delta:+.4f}")
         cells += [
-            _cell(figures["wall_seconds"], 1),
+            mean_std(figures["wall_seconds"], 1),
             f"{np.mean(figures['group_sparsity']):.0%}",
             f"{int(np.mean(figures['parameters'])):,}",
         ]
@@ -291,3 +301,156 @@ def write_results(out_dir: Path, config: dict, results: dict, table: str) -> Non
     (out_dir / "results.json").write_text(
         json.dumps({"config": config, "results": results}, indent=1, default=str)
     )
+
+
+class Comparison(NamedTuple):
+    """What :func:`compare_methods` (and :func:`run_method_comparison`) found.
+
+    Attributes:
+      model, splits: what was trained.
+      metric: the headline test metric (:func:`test_metric_name` of the task).
+      results: ``results[method][figure]``, one value per seed (see :func:`run_comparison`).
+      curves: ``curves[method]``, the logged rows of every seed.
+      table: the Markdown table written to ``table.md`` (``""`` before it is made).
+    """
+
+    model: Bound
+    splits: Splits
+    metric: str
+    results: dict[str, dict[str, list[float]]]
+    curves: dict[str, list[list[dict]]]
+    table: str = ""
+
+    def report(self) -> dict:
+        """``{"table", "results", "metric"}``: what an experiment's ``run`` returns."""
+        return {"table": self.table, "results": self.results, "metric": self.metric}
+
+
+def pruner_factories(
+    methods: Sequence[str],
+    schedule: Callable[[str], PruningSchedule],
+    options: Callable[[str], Mapping[str, Any]] | None = None,
+) -> dict[str, MethodFactory]:
+    """Method name -> factory of a fresh pruner, through the pruner registry.
+
+    Args:
+      methods: :data:`DENSE` (no pruner) or :func:`jaxprune.train.pruner_names` entries.
+      schedule: ``schedule(method)``, the method's pruning schedule.
+      options: ``options(method)``, the method's registry options (default: none).
+
+    Returns:
+      ``{method: factory}``; ``factory()`` is ``make_pruner(method, schedule(method),
+      **options(method))``, or ``None`` for :data:`DENSE`.
+    """
+
+    def factory(method: str) -> Pruner | None:
+        if method == DENSE:
+            return None
+        return make_pruner(method, schedule(method), **({} if options is None else options(method)))
+
+    return {method: functools.partial(factory, method) for method in methods}
+
+
+def compare_methods(
+    settings: ComparisonSettings,
+    methods: Mapping[str, MethodFactory],
+    out_dir: Path,
+    *,
+    model: str,
+    optimizer: Callable[[], optax.GradientTransformation],
+    splits: Splits | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    train_options: Mapping[str, Any] | None = None,
+    run_settings: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Train the model of ``settings`` with every method and seed (:func:`run_comparison`).
+
+    Args:
+      settings: the experiment's settings (``dataset``, ``model_preset``, ``num_steps``,
+        ``batch_size``, ``report_steps``, ``seeds``; ``seq_len``, ``vocab_size``,
+        ``max_chars`` where it has them).
+      methods: name -> factory of a fresh pruner (``None``: dense training).
+      out_dir: runs go to ``out_dir/runs/<method>_seed<seed>``; finished ones are reused.
+      model: registry name of the model (:func:`jaxprune.train.build_model`).
+      optimizer: factory of the optimizer.
+      splits: the data (default: :func:`load_splits` of ``settings``).
+      model_options: further :func:`~jaxprune.train.build_model` arguments (``kind``,
+        ``overrides``).
+      train_options: further :class:`~jaxprune.train.TrainConfig` fields (the steps, batch
+        size and ``log_every``, the gcd of the report steps, come from ``settings``).
+      run_settings: more settings that identify the runs (e.g. the group kind), added to
+        ``dataclasses.asdict(settings)`` for the reuse of finished runs.
+      progress: print one line per run and show progress bars.
+    """
+    splits = load_splits(settings) if splits is None else splits
+    bound = build_model(
+        model,
+        num_outputs=splits.num_outputs,
+        input_shape=splits.train["x"].shape[1:],
+        preset=settings.model_preset,
+        **(model_options or {}),
+    )
+    config = TrainConfig(
+        num_steps=settings.num_steps,
+        batch_size=settings.batch_size,
+        log_every=int(np.gcd.reduce([*settings.report_steps, settings.num_steps])),
+        **(train_options or {}),
+    )
+    results, curves = run_comparison(
+        bound,
+        splits,
+        dict(methods),
+        optimizer=optimizer,
+        config=config,
+        seeds=settings.seeds,
+        report_steps=settings.report_steps,
+        out_dir=Path(out_dir),
+        progress=progress,
+        settings={**dataclasses.asdict(settings), **(run_settings or {})},
+    )
+    return Comparison(bound, splits, test_metric_name(splits.task), results, curves)
+
+
+def run_method_comparison(
+    settings: ComparisonSettings,
+    methods: Mapping[str, MethodFactory],
+    out_dir: Path,
+    *,
+    note: str | Callable[[Comparison], str] = "",
+    table: Callable[[Comparison], str] | None = None,
+    plot: str = "curves.png",
+    **options: Any,
+) -> Comparison:
+    """An experiment's comparison: :func:`compare_methods`, then its table, results and plot.
+
+    Writes ``table.md`` and ``results.json`` (:func:`write_results`, with
+    ``dataclasses.asdict(settings)`` as ``config``) and ``out_dir/plot``
+    (:func:`plot_comparison`).
+
+    Args:
+      settings, methods, out_dir: as in :func:`compare_methods`.
+      note: text after the table (the run's settings in words), or ``note(comparison)``.
+      table: ``table(comparison) -> str`` (default: :func:`comparison_table` of the report
+        steps and the test metric).
+      plot: file name of the curves plot.
+      **options: the keyword arguments of :func:`compare_methods` (``model`` and
+        ``optimizer``; ``splits``, ``model_options``, ``train_options``, ``run_settings``,
+        ``progress``).
+
+    Returns:
+      The :class:`Comparison`, its ``table`` the written one.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    found = compare_methods(settings, methods, out_dir, **options)
+    text = (
+        table(found)
+        if table is not None
+        else comparison_table(found.results, settings.report_steps, found.metric)
+    )
+    note = note(found) if callable(note) else note
+    found = found._replace(table=f"{text}\n\n{note}" if note else text)
+    write_results(out_dir, dataclasses.asdict(settings), found.results, found.table)
+    plot_comparison(found.curves, found.results, found.metric, out_dir / plot)
+    return found

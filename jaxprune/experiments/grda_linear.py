@@ -3,12 +3,12 @@ least squares.
 
 With ``ℓ(w) = ‖Xw − y‖² / (2n)``, ``X`` of shape ``(n, d)`` and ``d > n``, the Hessian
 ``H = XᵀX / n`` is constant with rank ``n``: its null space (dimension ``d − n``) is exactly the
-valley of minimizers, the flat directions ``P_0`` of paper 003.  :func:`run_linear_regression`
-trains gRDA and SGD (full batch, so the two see the same "minibatches") from the same
-initialization, computes the directional-pruning solution of the SGD iterate with the exact
-``Π_0`` (from an eigendecomposition of ``H``) and ``λ`` equal to gRDA's threshold, and reports
-how close gRDA lands to it.  The experiment writes ``table.md``, ``results.json`` and
-``grda_linear.png``.
+valley of minimizers, the flat directions ``P_0`` of Chao et al. (2020).
+:func:`run_linear_regression` trains gRDA and SGD (full batch, so the two see the same
+"minibatches") from the same initialization, computes the directional-pruning solution of the
+SGD iterate with the exact ``Π_0`` (from an eigendecomposition of ``H``) and ``λ`` equal to
+gRDA's threshold, and reports how close gRDA lands to it. The experiment writes ``table.md``,
+``results.json`` and ``grda_linear.png``.
 
 The correspondence (Theorem 3.1, eq. 8): after ``N`` steps at rate ``γ`` (time ``t = Nγ``),
 ``w^gRDA ≈ argmin_w ½‖w^SGD − w‖² + λ_{γ,t} Σ_j s̄_j |w_j|`` with ``λ_{γ,t} = c√γ t^μ =
@@ -18,10 +18,10 @@ state; the scores use the SGD iterate's signs (the theorem assumes they agree wi
 flow's, (A5)).
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 3 (Theorem 3.1, eq. 8, assumption (A3): the zero-eigenvalue eigenspace of the limiting
-  Hessian is ``P_0``), Appendix B.2 (``λ_{γ,t} = c√γ t^μ``), Definition 1.1 and Proposition A.1,
-  Section 4.3 (the fraction of ``Δ`` in the top eigenspace).
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 3 (Theorem 3.1, eq. 8,
+  assumption (A3): the zero-eigenvalue eigenspace of the limiting Hessian is ``P_0``), Appendix
+  B.2 (``λ_{γ,t} = c√γ t^μ``), Definition 1.1 and Proposition A.1, Section 4.3 (the fraction of
+  ``Δ`` in the top eigenspace).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_int, check_positive_int, check_real
 from jaxprune.experiments import Experiment
+from jaxprune.experiments.settings import deprecated_names
 from jaxprune.methods.directional import (
     directional_pruning_solution,
     projection_scores,
@@ -47,7 +49,7 @@ from jaxprune.optim.grda import grda
 
 __all__ = [
     "EXPERIMENT",
-    "LinearRegressionConfig",
+    "GRDALinearSettings",
     "linear_regression_table",
     "plot_linear_regression",
     "run_grda_linear",
@@ -56,7 +58,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class LinearRegressionConfig:
+class GRDALinearSettings:
     """One over-parameterized least-squares run (each field is ``--set field=value``).
 
     Attributes:
@@ -83,35 +85,21 @@ class LinearRegressionConfig:
     init_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("n", "d", "num_steps", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        if self.n < 1 or self.num_steps < 1 or self.seed < 0:
+        check_positive_int(self.n, "n")
+        check_positive_int(self.num_steps, "num_steps")
+        check_int(self.seed, "seed", minimum=0)
+        if check_int(self.d, "d") <= self.n:
             raise ValueError(
-                f"n and num_steps must be >= 1 and seed >= 0, got n={self.n}, "
-                f"num_steps={self.num_steps}, seed={self.seed}"
+                f"d: expected more parameters than n={self.n} (over-parameterized, so the "
+                f"Hessian has a null space), got {self.d}"
             )
-        if self.d <= self.n:
-            raise ValueError(
-                f"d must exceed n (over-parameterized, so the Hessian has a null space), got "
-                f"d={self.d}, n={self.n}"
-            )
-        checks = {
-            "noise": self.noise >= 0,
-            "c": self.c >= 0,
-            "mu": self.mu > 0,
-            "learning_rate": self.learning_rate > 0,
-            "init_scale": self.init_scale >= 0,
-        }
-        for name, ok in checks.items():
-            value = getattr(self, name)
-            if not (math.isfinite(value) and ok):
-                expected = "> 0" if name in ("mu", "learning_rate") else ">= 0"
-                raise ValueError(f"{name} must be finite and {expected}, got {value}")
+        for name in ("noise", "c", "init_scale"):
+            check_real(getattr(self, name), name, minimum=0.0)
+        for name in ("mu", "learning_rate"):
+            check_real(getattr(self, name), name, minimum=0.0, strict=True)
 
 
-def _data(config: LinearRegressionConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _data(config: GRDALinearSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(config.seed)
     x = rng.normal(size=(config.n, config.d)).astype(np.float32)
     w_true = rng.normal(size=config.d)
@@ -147,7 +135,7 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b > 0 else math.nan
 
 
-def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
+def run_linear_regression(config: GRDALinearSettings) -> dict[str, Any]:
     """Train gRDA and SGD on over-parameterized least squares and compare gRDA with the
     directional-pruning solution of the SGD iterate.
 
@@ -158,7 +146,7 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
     final threshold ``c·γ^{1/2}(Nγ)^μ`` (see the module docstring for why).
 
     Args:
-      config: a :class:`LinearRegressionConfig` (e.g. ``EXPERIMENT.presets["smoke"]``).
+      config: a :class:`GRDALinearSettings` (e.g. ``EXPERIMENT.presets["smoke"]``).
 
     Returns:
       A dict with
@@ -183,11 +171,11 @@ def run_linear_regression(config: LinearRegressionConfig) -> dict[str, Any]:
       ValueError: ``learning_rate >= 2/λ_max(H)`` (gradient descent would diverge).
 
     References:
-      Paper 003, Theorem 3.1 (eq. 8, ``λ_{γ,t} = c√γ t^μ``), Definition 1.1, Proposition A.1,
-      Section 4.3 (eq. 9).
+      Chao et al. (2020), Theorem 3.1 (eq. 8, ``λ_{γ,t} = c√γ t^μ``), Definition 1.1,
+      Proposition A.1, Section 4.3 (eq. 9).
     """
-    if not isinstance(config, LinearRegressionConfig):
-        raise TypeError(f"config must be a LinearRegressionConfig, got {type(config).__name__}")
+    if not isinstance(config, GRDALinearSettings):
+        raise TypeError(f"config: expected a GRDALinearSettings, got {type(config).__name__}")
     x, y, w0 = _data(config)
     x64, y64 = x.astype(np.float64), y.astype(np.float64)
     eigenvalues, eigenvectors = np.linalg.eigh(x64.T @ x64 / config.n)
@@ -251,7 +239,7 @@ def plot_linear_regression(results: dict[str, Any], path: Path) -> None:
     ``w^SGD`` (gRDA performing directional pruning puts the two marks on top of each other).
 
     References:
-      Paper 003, Theorem 3.1 and Figure 1 (left: the directional-pruning path).
+      Chao et al. (2020), Theorem 3.1 and Figure 1 (left: the directional-pruning path).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -315,7 +303,7 @@ def linear_regression_table(results: dict[str, Any]) -> str:
 
 
 def run_grda_linear(
-    config: LinearRegressionConfig, out_dir: Path, progress: bool = True
+    config: GRDALinearSettings, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Run :func:`run_linear_regression`; write ``table.md``, ``results.json`` (the scalar
     figures) and ``grda_linear.png`` to ``out_dir``.
@@ -338,22 +326,25 @@ def run_grda_linear(
 EXPERIMENT = Experiment(
     name="grda_linear",
     description=(
-        "Theorem 3.1 of paper 003 on over-parameterized least squares: gRDA and SGD from one "
-        "initialization; distance of gRDA to the directional-pruning solution of SGD (exact "
+        "Theorem 3.1 of Chao et al. (2020) on over-parameterized least squares: gRDA and SGD from "
+        "one initialization; distance of gRDA to the directional-pruning solution of SGD (exact "
         "Hessian null space), the share of gRDA − SGD in flat directions, sparsity and losses."
     ),
     presets={
         # < 5 s on a CPU, compilation included.
-        "smoke": LinearRegressionConfig(
+        "smoke": GRDALinearSettings(
             n=20, d=60, noise=0.1, c=0.2, mu=0.6, learning_rate=0.05, num_steps=2000
         ),
-        "small": LinearRegressionConfig(
+        "small": GRDALinearSettings(
             n=50, d=200, noise=0.1, c=0.3, mu=0.6, learning_rate=0.02, num_steps=5000
         ),
         # Theorem 3.1's regime: small γ, long time, μ in (0.5, 1).
-        "paper": LinearRegressionConfig(
+        "paper": GRDALinearSettings(
             n=200, d=1000, noise=0.1, c=0.1, mu=0.6, learning_rate=0.005, num_steps=40_000
         ),
     },
     run=run_grda_linear,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"LinearRegressionConfig": GRDALinearSettings})

@@ -29,17 +29,17 @@ CIFAR-100, 200 epochs = 78,000 steps, ``c = 0.001``, ``μ ∈ {0.501, 0.55, 0.6,
         --set cs=0.001 --set mus=0.501,0.55,0.6,0.65 --set num_steps=78000 \
         --set eval_every=3900
 
-and Table 5 the same with ``setups=wrn28x10-cifar10``.  Paper 003's headline run, ResNet-50 on
-ImageNet (Section 4.1, Appendix C.1: batch 256, SGD and gRDA without momentum or weight decay,
-``γ = 0.1`` constant until epoch 140 then 0.01, ``c = 0.005``, ``μ ∈ {0.501, 0.51, 0.55, 0.6}``,
-about 150 epochs; 92% sparsity at 73% top-1 with ``μ = 0.55``) is not available here: the zoo
-has no ResNet-50 and the registry no ImageNet.
+and Table 5 the same with ``setups=wrn28x10-cifar10``. Chao et al. (2020)'s headline run,
+ResNet-50 on ImageNet (Sec. 4.1, App. C.1: batch 256, SGD and gRDA without momentum or weight
+decay, ``γ = 0.1`` constant until epoch 140 then 0.01, ``c = 0.005``, ``μ ∈ {0.501, 0.51, 0.55,
+0.6}``, about 150 epochs; 92% sparsity at 73% top-1 with ``μ = 0.55``) is not available here:
+the zoo has no ResNet-50 and the registry no ImageNet.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 4.1 (Figure 3: accuracy and sparsity over training), Appendix C.1 (ResNet-50 on
-  ImageNet, Table 1), Appendix C.2 (CIFAR settings, Table 2, learning-rate schedule), Tables 4-6;
-  ERRATA.md (no momentum or weight decay).  Garipov et al. (2018), the schedule of their code.
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 4.1 (Figure 3:
+  accuracy and sparsity over training), Appendix C.1 (ResNet-50 on ImageNet, Table 1), Appendix
+  C.2 (CIFAR settings, Table 2, learning-rate schedule), Tables 4-6; reading DP-3 (no momentum
+  or weight decay) in docs/readings.md.  Garipov et al. (2018), the schedule of their code.
 """
 
 from __future__ import annotations
@@ -54,10 +54,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice, check_positive_int, check_real
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import run_comparison, write_results
+from jaxprune.experiments.compare import mean_std, run_comparison, write_results
+from jaxprune.experiments.settings import (
+    check_positive_values,
+    check_seeds,
+    check_subset,
+    deprecated_names,
+)
 from jaxprune.optim.grda import grda
 from jaxprune.train import Bound, TrainConfig, build_model
 
@@ -65,8 +72,8 @@ __all__ = [
     "EXPERIMENT",
     "LR_SCHEDULES",
     "SETUPS",
+    "GRDASparsitySettings",
     "Setup",
-    "SparsityConfig",
     "learning_rate_schedule",
     "load_setup",
     "method_name",
@@ -107,7 +114,7 @@ def learning_rate_schedule(
     Args:
       base: base rate ``γ``.
       kind: ``"constant"`` (``γ`` throughout) or ``"swa"`` (Garipov et al.'s schedule used by
-        paper 003 on CIFAR: ``γ`` for the first half of the steps, then linearly down to
+        Chao et al. (2020) on CIFAR: ``γ`` for the first half of the steps, then linearly down to
         ``0.01 γ`` at 90%, then ``0.01 γ``).
       num_steps: length of training ``n`` (the schedule is a function of ``step / n``).
 
@@ -115,10 +122,9 @@ def learning_rate_schedule(
       A float, or an optax schedule ``count -> rate``.
 
     References:
-      Paper 003, Appendix C.2 (the three phases of the schedule).
+      Chao et al. (2020), App. C.2 (the three phases of the schedule).
     """
-    if kind not in LR_SCHEDULES:
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {kind!r}")
+    check_choice(kind, LR_SCHEDULES, "lr_schedule")
     if kind == "constant":
         return base
 
@@ -150,7 +156,7 @@ def load_setup(name: str) -> tuple[Bound, Splits]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SparsityConfig:
+class GRDASparsitySettings:
     """Settings of the experiment (each is ``--set field=value`` on the command line).
 
     Attributes:
@@ -177,30 +183,19 @@ class SparsityConfig:
     seeds: tuple[int, ...] = (0, 1)
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.setups if s not in SETUPS]
-        if not self.setups or unknown:
-            raise ValueError(
-                f"setups: unknown {unknown} in {self.setups!r}; expected a non-empty subset of "
-                f"{tuple(SETUPS)}"
-            )
-        for field in ("cs", "mus"):
-            values = getattr(self, field)
-            if not values or not all(np.isfinite(v) and v > 0 for v in values):
-                raise ValueError(f"{field} must be a non-empty tuple of numbers > 0, got {values}")
-        if not (np.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check_subset(self.setups, tuple(SETUPS), "setups")
+        check_positive_values(self.cs, "cs")
+        check_positive_values(self.mus, "mus")
+        check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         for field in ("num_steps", "batch_size", "eval_every"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
+            check_positive_int(getattr(self, field), field)
         if self.num_steps % self.eval_every:
             raise ValueError(
-                f"eval_every must divide num_steps={self.num_steps}, got {self.eval_every}"
+                f"eval_every: expected a divisor of num_steps={self.num_steps}, got "
+                f"{self.eval_every}"
             )
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+        check_seeds(self.seeds)
 
     def optimizers(self) -> dict[str, Callable[[], optax.GradientTransformation]]:
         """Method name -> optimizer factory: ``"SGD"`` first, then the gRDA grid."""
@@ -210,13 +205,6 @@ class SparsityConfig:
             for mu in self.mus:
                 methods[method_name(c, mu)] = lambda c=c, mu=mu: grda(rate, c, mu)
         return methods
-
-
-def _cell(values: list[float], digits: int, scale: float = 1.0) -> str:
-    values = scale * np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -> str:
@@ -229,11 +217,11 @@ def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -
         delta = 100 * (np.mean(figures["test_accuracy"]) - sgd)
         cells = [
             method,
-            _cell(figures[f"train_loss@{num_steps}"], 4),
-            _cell(figures["test_accuracy"], 2, 100),
+            mean_std(figures[f"train_loss@{num_steps}"], 4),
+            mean_std(figures["test_accuracy"], 2, scale=100),
             f"{delta:+.2f}",
-            _cell(figures["weight_sparsity"], 1, 100),
-            _cell(figures["wall_seconds"], 1),
+            mean_std(figures["weight_sparsity"], 1, scale=100),
+            mean_std(figures["wall_seconds"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -271,7 +259,7 @@ def _plot(
     figure.savefig(path, dpi=120)
 
 
-def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_grda_sparsity(config: GRDASparsitySettings, out_dir: Path, progress: bool = True) -> dict:
     """Train every setup with SGD and the gRDA grid; write ``table.md``, ``results.json`` and
     ``sparsity_<setup>.png`` (runs under ``<setup>/runs/``).
 
@@ -325,12 +313,12 @@ def run_grda_sparsity(config: SparsityConfig, out_dir: Path, progress: bool = Tr
 EXPERIMENT = Experiment(
     name="grda_sparsity",
     description=(
-        "Paper 003 (gRDA): sparsity vs accuracy of gRDA over a (c, μ) grid against SGD with the "
-        "same initialization and minibatches; table of training loss, test accuracy and weight "
-        "sparsity, plots of sparsity over training and accuracy vs sparsity."
+        "Chao et al. (2020) (gRDA): sparsity vs accuracy of gRDA over a (c, μ) grid against SGD "
+        "with the same initialization and minibatches; table of training loss, test accuracy and "
+        "weight sparsity, plots of sparsity over training and accuracy vs sparsity."
     ),
     presets={
-        "smoke": SparsityConfig(
+        "smoke": GRDASparsitySettings(
             setups=("mlp-digits",),
             cs=(0.01,),
             mus=(0.6,),
@@ -338,8 +326,8 @@ EXPERIMENT = Experiment(
             eval_every=50,
             seeds=(0,),
         ),
-        "small": SparsityConfig(),
-        "paper": SparsityConfig(
+        "small": GRDASparsitySettings(),
+        "paper": GRDASparsitySettings(
             setups=("vgg16-cifar10",),
             cs=(0.0005,),
             mus=(0.4, 0.51, 0.6, 0.7),
@@ -352,3 +340,6 @@ EXPERIMENT = Experiment(
     },
     run=run_grda_sparsity,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"SparsityConfig": GRDASparsitySettings})

@@ -22,11 +22,11 @@ paper's other panel) has BatchNorm and is not supported.  The setups and the lea
 schedule are those of :mod:`jaxprune.experiments.grda_sparsity`.
 
 References:
-  Paper 003 (Chao, Xing, Wang & Cheng (2020), "Directional pruning of deep neural networks"),
-  Section 4.2 and Figure 5 (minimal-loss Bézier curve between the SGD and gRDA minima),
-  Appendix C.3 (curve training, Table 3), Section 4.3 (eq. 9, Figure 6), Remark 3.3 (Figure 2).
-  Garipov, Izmailov, Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity, and
-  fast ensembling of DNNs", Section 3.
+  Chao et al. (2020), "Directional pruning of deep neural networks", Sec. 4.2 and Figure 5
+  (minimal-loss Bézier curve between the SGD and gRDA minima), Appendix C.3 (curve training,
+  Table 3), Section 4.3 (eq. 9, Figure 6), Remark 3.3 (Figure 2). Garipov, Izmailov,
+  Podoprikhin, Vetrov & Wilson (2018), "Loss surfaces, mode connectivity, and fast ensembling of
+  DNNs", Section 3.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
 from jaxprune.data.batches import iterate_batches
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import write_results
@@ -51,6 +51,7 @@ from jaxprune.experiments.grda_sparsity import (
     load_setup,
     method_name,
 )
+from jaxprune.experiments.settings import check_positive_values, deprecated_names
 from jaxprune.methods.directional import (
     curve_losses,
     fit_bezier_midpoint,
@@ -62,14 +63,13 @@ from jaxprune.optim import grda
 from jaxprune.spectra.lanczos import hessian_eigenvalues
 from jaxprune.train import Bound, TrainConfig, train
 from jaxprune.train.tasks import Task, make_task
+from jaxprune.typing import PyTree
 
-__all__ = ["EXPERIMENT", "ValleyConfig", "dataset_metric", "run_grda_valley", "valley_table"]
-
-PyTree = Any
+__all__ = ["EXPERIMENT", "GRDAValleySettings", "dataset_metric", "run_grda_valley", "valley_table"]
 
 
 @dataclasses.dataclass(frozen=True)
-class ValleyConfig:
+class GRDAValleySettings:
     """Settings of the experiment (each is ``--set field=value`` on the command line).
 
     Attributes:
@@ -103,32 +103,21 @@ class ValleyConfig:
     top_k: int = 10
 
     def __post_init__(self) -> None:
-        if self.setup not in SETUPS:
-            raise ValueError(f"setup must be one of {tuple(SETUPS)}, got {self.setup!r}")
+        check_choice(self.setup, SETUPS, "setup")
         if SETUPS[self.setup].model in ("resnet",) or "bn" in SETUPS[self.setup].preset:
             raise ValueError(
                 f"setup {self.setup!r} has BatchNorm; expected a model without it (points on "
                 "the curve would need their own batch statistics)"
             )
-        if not (np.isfinite(self.c) and self.c > 0):
-            raise ValueError(f"c must be finite and > 0, got {self.c}")
-        if not self.mus or not all(np.isfinite(m) and m > 0 for m in self.mus):
-            raise ValueError(f"mus must be a non-empty tuple of numbers > 0, got {self.mus}")
-        for field in ("learning_rate", "curve_learning_rate"):
-            value = getattr(self, field)
-            if not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{field} must be finite and > 0, got {value}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        for field in ("c", "learning_rate", "curve_learning_rate"):
+            check_real(getattr(self, field), field, minimum=0.0, strict=True)
+        check_positive_values(self.mus, "mus")
+        check_choice(self.lr_schedule, LR_SCHEDULES, "lr_schedule")
         positive = ("num_steps", "batch_size", "curve_steps", "curve_batch_size")
         for field in (*positive, "eval_batch_size"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field} must be an int >= 1, got {value!r}")
-        if not isinstance(self.num_points, int) or self.num_points < 3:
-            raise ValueError(f"num_points must be an int >= 3, got {self.num_points!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {self.top_k!r}")
+            check_positive_int(getattr(self, field), field)
+        check_int(self.num_points, "num_points", minimum=3)
+        check_int(self.top_k, "top_k", minimum=0)
 
 
 def _apply(model: Bound, params: PyTree, x: jax.Array) -> jax.Array:
@@ -224,7 +213,7 @@ def _plot(ts: np.ndarray, paths: dict[str, dict[str, np.ndarray]], path: Path) -
     figure.savefig(path, dpi=120)
 
 
-def run_grda_valley(config: ValleyConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_grda_valley(config: GRDAValleySettings, out_dir: Path, progress: bool = True) -> dict:
     """Train the endpoints, fit one Bézier curve per ``μ``, evaluate curves and lines; write
     ``table.md``, ``results.json`` and ``valley.png`` (endpoint runs under ``runs/``).
 
@@ -339,12 +328,12 @@ def run_grda_valley(config: ValleyConfig, out_dir: Path, progress: bool = True) 
 EXPERIMENT = Experiment(
     name="grda_valley",
     description=(
-        "Paper 003 (gRDA), Section 4.2: SGD and gRDA minima from one initialization, joined by "
-        "a trained quadratic Bézier curve; training loss and test error along curve and "
+        "Chao et al. (2020) (gRDA), Sec. 4.2: SGD and gRDA minima from one initialization, joined "
+        "by a trained quadratic Bézier curve; training loss and test error along curve and "
         "straight line (barriers), eq. 9 fraction in the top Hessian eigenspace, ‖w‖₂/‖w‖₁."
     ),
     presets={
-        "smoke": ValleyConfig(
+        "smoke": GRDAValleySettings(
             c=0.01,
             mus=(0.6,),
             num_steps=200,
@@ -352,8 +341,8 @@ EXPERIMENT = Experiment(
             num_points=5,
             top_k=2,
         ),
-        "small": ValleyConfig(),
-        "paper": ValleyConfig(
+        "small": GRDAValleySettings(),
+        "paper": GRDAValleySettings(
             setup="vgg16-cifar10",
             c=0.0005,
             mus=(0.4, 0.51, 0.6, 0.7),
@@ -369,3 +358,6 @@ EXPERIMENT = Experiment(
     },
     run=run_grda_valley,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"ValleyConfig": GRDAValleySettings})

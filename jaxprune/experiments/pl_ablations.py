@@ -1,4 +1,4 @@
-"""Ablations of PL-gating pruning (paper 000, Appendix F.3-F.4 and the ERRATA's open choices).
+"""Ablations of PL-gating pruning (Chen et al. (2023), App. F.3-F.4, and the readings' choices).
 
 Every variant changes one factor of a base PL run (one-shot at ``base_epoch``, ratio
 ``base_ratio``, gate scaling ``"mean_one"``, ``α = 1``) and is compared with dense training at
@@ -8,7 +8,7 @@ the same initialization and data order:
 * schedule: one-shot vs linear, the same number of groups pruned at each of ``linear_epochs``
   consecutive epochs from ``base_epoch`` (Table 9);
 * ratio: each of ``ratios`` (Tables 10-11: 50% and 90%);
-* gate scaling: ``"mean_one"`` (``p·softmax``) vs the literal softmax of eq. 8 (ERRATA);
+* gate scaling: ``"mean_one"`` (``p·softmax``) vs the literal softmax of eq. 8 (reading PL-4);
 * ``α`` of eq. 36: each of ``alphas`` (0: gating trained on the loss alone);
 * TopK: over all groups (``"global"``, the paper's, one group per layer protected) vs within
   every layer (``"per_layer"``: the same fraction of each layer kept).
@@ -17,8 +17,8 @@ Tables: training loss (or PPL for MLM) at ``report_steps``, the test metric and 
 to dense, wall time; one table per factor, each with the dense and base rows.
 
 References:
-  Paper 000, Appendix F.3 (Tables 8-9), F.4 (Tables 10-11), Section 3.2 (eq. 8), Appendix E.2
-  (eq. 36, Algorithm 2); ERRATA for paper 000 (gate scaling).
+  Chen et al. (2023), App. F.3 (Tables 8-9), F.4 (Tables 10-11), Sec. 3.2 (eq. 8), App. E.2
+  (eq. 36, Algorithm 2); reading PL-4 (gate scaling) in docs/readings.md.
 """
 
 from __future__ import annotations
@@ -27,23 +27,23 @@ import dataclasses
 import functools
 from pathlib import Path
 
-import numpy as np
 import optax
 
+from jaxprune._validation import check_positive_int, check_ratio, check_real
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
+    DENSE,
+    Comparison,
+    MethodFactory,
     comparison_table,
-    load_splits,
-    plot_comparison,
-    run_comparison,
-    test_metric_name,
-    write_results,
+    run_method_comparison,
 )
+from jaxprune.experiments.settings import ComparisonSettings, deprecated_names, pl_options
 from jaxprune.masks import PruningSchedule, linear, one_shot
 from jaxprune.methods import pl_gating
-from jaxprune.train import Pruner, TrainConfig, build_model, pl_gating_pruner
+from jaxprune.train import Pruner, make_pruner
 
-__all__ = ["EXPERIMENT", "PLAblationConfig", "Variant", "run_pl_ablations", "variants"]
+__all__ = ["EXPERIMENT", "PLAblationSettings", "Variant", "run_pl_ablations", "variants"]
 
 BASE = "base"
 FACTORS = ("time", "schedule", "ratio", "scaling", "alpha", "topk")
@@ -64,7 +64,7 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
-class PLAblationConfig:
+class PLAblationSettings(ComparisonSettings):
     """Settings of the ablations (each is ``--set field=value`` on the command line).
 
     Attributes:
@@ -84,9 +84,9 @@ class PLAblationConfig:
       gating_steps, feature_batch_size, output_projections: PL gating (Algorithm 2).
     """
 
-    dataset: str = "digits"
+    num_steps: int = 800
+    report_steps: tuple[int, ...] = (200, 400, 800)
     model: str = "mlp"
-    model_preset: str = "256,256"
     seq_len: int = 32
     vocab_size: int = 500
     max_chars: int | None = 100_000
@@ -99,23 +99,16 @@ class PLAblationConfig:
     alphas: tuple[float, ...] = (0.0, 1.0, 10.0)
     topks: tuple[str, ...] = TOPKS
     steps_per_epoch: int = 10
-    num_steps: int = 800
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    report_steps: tuple[int, ...] = (200, 400, 800)
-    seeds: tuple[int, ...] = (0, 1, 2)
     gating_steps: int = 20
     feature_batch_size: int = 32
     output_projections: int | None = None
 
-    def __post_init__(self) -> None:
-        for name in ("steps_per_epoch", "num_steps", "batch_size", "gating_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-        bad = [r for r in (self.base_ratio, *self.ratios) if not 0.0 < r < 1.0]
-        if bad:
-            raise ValueError(f"ratios: expected fractions in (0, 1), got {bad}")
+    def check(self) -> None:
+        check_positive_int(self.steps_per_epoch, "steps_per_epoch")
+        check_positive_int(self.gating_steps, "gating_steps")
+        check_ratio(self.base_ratio, "base_ratio")
+        for ratio in self.ratios:
+            check_ratio(ratio, "ratios")
         epochs = (self.base_epoch, *self.prune_epochs)
         late = [e for e in epochs if not 0 <= e * self.steps_per_epoch < self.num_steps]
         if late:
@@ -135,16 +128,11 @@ class PLAblationConfig:
         unknown = [t for t in self.topks if t not in TOPKS]
         if unknown:
             raise ValueError(f"topks: got {unknown}, expected a subset of {TOPKS}")
-        if any(not np.isfinite(a) or a < 0 for a in self.alphas):
-            raise ValueError(f"alphas: expected finite values >= 0, got {self.alphas}")
-        wrong = [s for s in self.report_steps if not 0 < s <= self.num_steps]
-        if not self.report_steps or wrong:
-            raise ValueError(f"report_steps: expected steps in (0, {self.num_steps}], got {wrong}")
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed, got ()")
+        for alpha in self.alphas:
+            check_real(alpha, "alphas", minimum=0.0)
 
 
-def variants(config: PLAblationConfig) -> dict[str, Variant]:
+def variants(config: PLAblationSettings) -> dict[str, Variant]:
     """Name -> :class:`Variant`: the base run and one run per changed factor value."""
     base = Variant(BASE, config.base_epoch, config.base_ratio)
     runs = {BASE: base}
@@ -167,7 +155,7 @@ def variants(config: PLAblationConfig) -> dict[str, Variant]:
     }
 
 
-def _schedule(variant: Variant, config: PLAblationConfig) -> PruningSchedule:
+def _schedule(variant: Variant, config: PLAblationSettings) -> PruningSchedule:
     start = variant.epoch * config.steps_per_epoch
     if variant.schedule == "one-shot":
         return one_shot(start, variant.ratio)
@@ -175,77 +163,64 @@ def _schedule(variant: Variant, config: PLAblationConfig) -> PruningSchedule:
     return linear(times, variant.ratio)
 
 
-def _pruner(variant: Variant, config: PLAblationConfig) -> Pruner:
-    gating = pl_gating.PLGatingConfig(
+def _pruner(variant: Variant, config: PLAblationSettings) -> Pruner:
+    options = pl_options(
+        config,
         scaling=variant.scaling,
         alpha=variant.alpha,
-        gating_steps=config.gating_steps,
-        feature_batch_size=config.feature_batch_size,
-        output_projections=config.output_projections,
         per_layer=variant.topk == "per_layer",
+        seed=0,
     )
-    return pl_gating_pruner(_schedule(variant, config), gating, seed=0)
+    return make_pruner("pl", _schedule(variant, config), **options)
 
 
-def run_pl_ablations(config: PLAblationConfig, out_dir: Path, progress: bool = True) -> dict:
+def _tables(config: PLAblationSettings, runs: dict[str, Variant], found: Comparison) -> str:
+    """One comparison table per factor, each with the dense and base rows."""
+    sections = []
+    for factor in FACTORS:
+        names = [n for n, v in runs.items() if v.factor == factor]
+        if names:
+            rows = {n: found.results[n] for n in (DENSE, BASE, *names)}
+            table = comparison_table(rows, config.report_steps, found.metric)
+            sections.append(f"**{factor}**\n\n{table}")
+    return "\n\n".join(sections)
+
+
+def _note(config: PLAblationSettings, base: Variant, found: Comparison) -> str:
+    note = (
+        f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
+        f"Adam steps, {config.steps_per_epoch} steps/epoch; base: PL one-shot at epoch "
+        f"{base.epoch}, {base.ratio:.0%} pruned, scaling {base.scaling}, alpha {base.alpha:g}; "
+        f"seeds {', '.join(map(str, config.seeds))}."
+    )
+    return note + (" Training loss is log PPL." if found.splits.task == "mlm" else "")
+
+
+def run_pl_ablations(config: PLAblationSettings, out_dir: Path, progress: bool = True) -> dict:
     """Run dense training and every variant for every seed; write ``table.md``,
     ``results.json`` and ``pl_ablations.png``.
 
     Returns:
       ``{"table": str, "results": {run: {figure: [value per seed]}}, "variants": {...}}``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(config)
-    model = build_model(
-        config.model,
-        num_outputs=splits.num_outputs,
-        input_shape=splits.train["x"].shape[1:],
-        preset=config.model_preset,
-    )
     runs = variants(config)
-    methods = {"dense": lambda: None}
+    methods: dict[str, MethodFactory] = {DENSE: lambda: None}
     methods.update({name: functools.partial(_pruner, v, config) for name, v in runs.items()})
-    results, curves = run_comparison(
-        model,
-        splits,
+    found = run_method_comparison(
+        config,
         methods,
+        out_dir,
+        model=config.model,
         optimizer=lambda: optax.adam(config.learning_rate),
-        config=TrainConfig(
-            num_steps=config.num_steps,
-            batch_size=config.batch_size,
-            log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
-            compact=True,
-        ),
-        seeds=config.seeds,
-        report_steps=config.report_steps,
-        out_dir=out_dir,
+        note=functools.partial(_note, config, runs[BASE]),
+        table=functools.partial(_tables, config, runs),
+        plot="pl_ablations.png",
         progress=progress,
-        settings=dataclasses.asdict(config),
+        train_options={"compact": True},
     )
-    metric = test_metric_name(splits.task)
-    sections = []
-    for factor in FACTORS:
-        names = [n for n, v in runs.items() if v.factor == factor]
-        if names:
-            rows = {n: results[n] for n in ("dense", BASE, *names)}
-            sections.append(
-                f"**{factor}**\n\n" + comparison_table(rows, config.report_steps, metric)
-            )
-    base = runs[BASE]
-    table = "\n\n".join(sections) + (
-        f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
-        f"Adam steps, {config.steps_per_epoch} steps/epoch; base: PL one-shot at epoch "
-        f"{base.epoch}, {base.ratio:.0%} pruned, scaling {base.scaling}, alpha {base.alpha:g}; "
-        f"seeds {', '.join(map(str, config.seeds))}."
-    )
-    if splits.task == "mlm":
-        table += " Training loss is log PPL."
-    write_results(out_dir, dataclasses.asdict(config), results, table)
-    plot_comparison(curves, results, metric, out_dir / "pl_ablations.png")
     return {
-        "table": table,
-        "results": results,
+        "table": found.table,
+        "results": found.results,
         "variants": {n: dataclasses.asdict(v) for n, v in runs.items()},
     }
 
@@ -253,12 +228,13 @@ def run_pl_ablations(config: PLAblationConfig, out_dir: Path, progress: bool = T
 EXPERIMENT = Experiment(
     name="pl_ablations",
     description=(
-        "Paper 000 Tables 8-11 and the ERRATA's choices: PL-gating pruning time (epochs 0/5/50), "
-        "one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs softmax, "
-        "alpha, and global vs per-layer TopK, each against dense training and the base run."
+        "Chen et al. (2023), Tables 8-11, and reading PL-4: PL-gating pruning time (epochs "
+        "0/5/50), one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs "
+        "softmax, alpha, and global vs per-layer TopK, each against dense training and the base "
+        "run."
     ),
     presets={
-        "smoke": PLAblationConfig(
+        "smoke": PLAblationSettings(
             model_preset="16,16",
             base_epoch=1,
             prune_epochs=(0, 1),
@@ -274,8 +250,8 @@ EXPERIMENT = Experiment(
             gating_steps=2,
             feature_batch_size=8,
         ),
-        "small": PLAblationConfig(),
-        "paper": PLAblationConfig(
+        "small": PLAblationSettings(),
+        "paper": PLAblationSettings(
             dataset="text:wikitext-2-raw/wiki.train.raw",
             model="bert",
             model_preset="base",
@@ -296,3 +272,6 @@ EXPERIMENT = Experiment(
     },
     run=run_pl_ablations,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"PLAblationConfig": PLAblationSettings})

@@ -1,4 +1,4 @@
-"""Paper 000, Table 1: PL-gating head pruning of BERT on masked language modelling.
+"""Chen et al. (2023), Table 1: PL-gating head pruning of BERT on masked language modelling.
 
 Trains one BERT densely and with each pruning method under the ``{t, r}`` policy (one-shot, a
 fraction ``r`` of all attention heads pruned at epoch ``t``; paper: ``{5, 75%}``), at least one
@@ -9,7 +9,8 @@ the wall-clock time and its saving against dense training (Table 6).
 
 Methods: ``dense``; ``lth`` (iterative magnitude pruning, 3 rounds, rewinding to 5% of the
 training steps, Chen et al. 2020); ``taylor`` (Att-Score, Michel et al. 2019); ``snip`` and
-``grasp`` (scores summed per head); ``pl`` (:func:`jaxprune.train.pl_gating_pruner`).  With
+``grasp`` (scores summed per head); ``pl`` (PL gating), all built by
+:func:`jaxprune.train.make_pruner`.  With
 ``baselines="appendix"`` (App. E.3) SNIP and GraSP prune at initialization and Att-Score at the
 LTH event steps (without rewinding); with ``baselines="policy"`` every baseline but LTH prunes
 one-shot at the policy's step.
@@ -22,13 +23,14 @@ Figure 3 at the event) the whole-model NTK condition number of that model before
 PL mask is applied.  Both use randomly sketched outputs (``output_projections``): the exact
 kernels trace all ``T × V`` logits per example and take minutes on a CPU.
 
-Optimizer (Table 4, ERRATA): Adam with ``[ε, β1, β2] = [1e-6, 0.9, 0.999]`` (Table 4 prints
-``[0, 0, 0]`` for BERT, an extraction error), no warmup, peak rate decayed linearly to 0, no
-weight decay.
+Optimizer (Table 4; reading PL-8, docs/readings.md): Adam with ``[ε, β1, β2] = [1e-6, 0.9,
+0.999]`` (Table 4 prints ``[0, 0, 0]`` for BERT, an extraction error), no warmup, peak rate
+decayed linearly to 0, no weight decay.
 
 References:
-  Paper 000, Section 5.1 (Table 1), Appendix D (Figure 3), Appendix E.3 (baselines, Table 4),
-  Appendix F.2 (Table 6), Figure 1d; ERRATA for paper 000 (Adam settings, baselines).
+  Chen et al. (2023), Sec. 5.1 (Table 1), App. D (Figure 3), App. E.3 (baselines, Table 4),
+  App. F.2 (Table 6), Figure 1d; readings PL-8 (Adam settings) and PL-9 (baselines) in
+  docs/readings.md.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,32 +47,31 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
-    load_splits,
-    lth_schedule,
-    plot_comparison,
-    run_comparison,
-    write_results,
+    Comparison,
+    MethodFactory,
+    mean_std,
+    pruner_factories,
+    run_method_comparison,
 )
-from jaxprune.masks import PruningSchedule, apply_group_mask, one_shot
+from jaxprune.experiments.settings import (
+    MethodComparisonSettings,
+    deprecated_names,
+    pl_options,
+)
+from jaxprune.masks import PruningSchedule, apply_group_mask, lth_schedule, one_shot
 from jaxprune.methods import pl_gating
-from jaxprune.spectra import empirical_ntk, spectrum_features
-from jaxprune.train import (
-    Bound,
-    TrainConfig,
-    build_model,
-    criterion_pruner,
-    pl_gating_pruner,
-    train,
-)
+from jaxprune.spectra import empirical_ntk, sketch_outputs, spectrum_features
+from jaxprune.train import Bound, Pruner, TrainConfig, train
 
 __all__ = [
     "EXPERIMENT",
     "METHODS",
-    "PLBertConfig",
+    "PLBertSettings",
     "make_optimizer",
-    "make_pruner",
+    "method_pruner",
     "perplexity_table",
     "run_pl_bert",
 ]
@@ -79,7 +81,7 @@ BASELINES = ("appendix", "policy")
 
 
 @dataclasses.dataclass(frozen=True)
-class PLBertConfig:
+class PLBertSettings(MethodComparisonSettings):
     """Settings of the BERT experiment (each is ``--set field=value`` on the command line).
 
     Attributes:
@@ -101,22 +103,21 @@ class PLBertConfig:
         paper's global TopK; the baselines keep global TopK.
     """
 
+    METHODS = METHODS
+
     dataset: str = "docstrings"
+    model_preset: str = "tiny"
+    batch_size: int = 16
+    report_steps: tuple[int, ...] = (150, 225, 300)
+    methods: tuple[str, ...] = METHODS
+    ratio: float = 0.75
     seq_len: int = 32
     vocab_size: int = 500
     max_chars: int | None = 100_000
-    model_preset: str = "tiny"
-    methods: tuple[str, ...] = METHODS
-    ratio: float = 0.75
     prune_epoch: int = 5
     steps_per_epoch: int = 20
-    num_steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    report_steps: tuple[int, ...] = (150, 225, 300)
     baselines: str = "appendix"
     lth_rounds: int = 3
-    seeds: tuple[int, ...] = (0, 1, 2)
     analysis_every: int = 0
     gating_steps: int = 8
     feature_batch_size: int = 16
@@ -124,29 +125,16 @@ class PLBertConfig:
     alpha: float = 1.0
     pl_per_layer: bool = False
 
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
-            raise ValueError(f"methods: got unknown {unknown}; expected a subset of {METHODS}")
-        if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio: expected a fraction in (0, 1), got {self.ratio!r}")
-        if self.baselines not in BASELINES:
-            raise ValueError(f"baselines: expected one of {BASELINES}, got {self.baselines!r}")
-        for name in ("steps_per_epoch", "num_steps", "batch_size", "lth_rounds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+    def check(self) -> None:
+        check_choice(self.baselines, BASELINES, "baselines")
+        check_positive_int(self.steps_per_epoch, "steps_per_epoch")
+        check_positive_int(self.lth_rounds, "lth_rounds")
         if self.prune_step >= self.num_steps or self.prune_epoch < 0:
             raise ValueError(
                 f"prune_epoch: epoch {self.prune_epoch} x steps_per_epoch "
                 f"{self.steps_per_epoch} = step {self.prune_step}, expected a step in "
                 f"[0, num_steps={self.num_steps})"
             )
-        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
-        if len(self.report_steps) == 0 or bad:
-            raise ValueError(f"report_steps: expected steps in (0, {self.num_steps}], got {bad}")
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed, got ()")
 
     @property
     def prune_step(self) -> int:
@@ -154,44 +142,38 @@ class PLBertConfig:
         return self.prune_epoch * self.steps_per_epoch
 
 
-def make_pruner(method: str, config: PLBertConfig) -> Any:
-    """A fresh pruner of ``method`` under ``config``'s policy (``None`` for ``dense``)."""
-    policy = one_shot(config.prune_step, config.ratio)
-    lth = lth_schedule(config.num_steps, config.ratio, config.lth_rounds)
+def _schedule(config: PLBertSettings, method: str) -> PruningSchedule:
+    """``method``'s schedule: the policy, or with ``baselines="appendix"`` App. E.3's timing."""
+    lth = lth_schedule(config.num_steps, config.ratio, rounds=config.lth_rounds)
     appendix = config.baselines == "appendix"
-    if method == "dense":
-        return None
     if method == "lth":
-        return criterion_pruner("magnitude", lth)
-    if method == "taylor":
-        iterative = PruningSchedule(lth.event_steps, lth.event_ratios)
-        return criterion_pruner("taylor", iterative if appendix else policy)
-    if method in ("snip", "grasp"):
-        return criterion_pruner(method, one_shot(0, config.ratio) if appendix else policy)
-    return pl_gating_pruner(policy, _gating_config(config), seed=0)
+        return lth
+    if appendix and method == "taylor":  # the LTH event steps, without rewinding
+        return PruningSchedule(lth.event_steps, lth.event_ratios)
+    if appendix and method in ("snip", "grasp"):
+        return one_shot(0, config.ratio)
+    return one_shot(config.prune_step, config.ratio)
 
 
-def _gating_config(config: PLBertConfig) -> pl_gating.PLGatingConfig:
-    return pl_gating.PLGatingConfig(
-        gating_steps=config.gating_steps,
-        feature_batch_size=config.feature_batch_size,
-        output_projections=config.output_projections,
-        alpha=config.alpha,
-        per_layer=config.pl_per_layer,
+def _options(config: PLBertSettings, method: str) -> Mapping[str, Any]:
+    return pl_options(config, seed=0) if method == "pl" else {}
+
+
+def _methods(config: PLBertSettings, names: tuple[str, ...]) -> dict[str, MethodFactory]:
+    return pruner_factories(
+        names, functools.partial(_schedule, config), functools.partial(_options, config)
     )
 
 
-def make_optimizer(config: PLBertConfig) -> optax.GradientTransformation:
-    """Adam, ``[ε, β1, β2] = [1e-6, 0.9, 0.999]`` (ERRATA), rate decayed linearly to 0."""
+def method_pruner(method: str, config: PLBertSettings) -> Pruner | None:
+    """A fresh pruner of ``method`` under ``config``'s policy (``None`` for ``dense``)."""
+    return _methods(config, (method,))[method]()
+
+
+def make_optimizer(config: PLBertSettings) -> optax.GradientTransformation:
+    """Adam, ``[ε, β1, β2] = [1e-6, 0.9, 0.999]`` (reading PL-8), rate decayed linearly to 0."""
     rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_steps)
     return optax.adam(rate, b1=0.9, b2=0.999, eps=1e-6)
-
-
-def _cell(values: list[float], digits: int) -> str:
-    values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
 
 
 def perplexity_table(
@@ -214,13 +196,13 @@ def perplexity_table(
         train_ppl = {s: np.exp(figures[f"train_loss@{s}"]) for s in report_steps}
         test_ppl = np.asarray(figures["test_perplexity"])
         wall = np.asarray(figures["wall_seconds"])
-        cells = [method, *(_cell(train_ppl[s], 2) for s in report_steps), _cell(test_ppl, 2)]
+        cells = [method, *(mean_std(train_ppl[s], 2) for s in report_steps), mean_std(test_ppl, 2)]
         delta = "" if dense is None else test_ppl.mean() - np.mean(dense["test_perplexity"])
-        cells += [f"{delta:+.2f}" if dense else "", _cell(test_ppl - train_ppl[last], 2)]
+        cells += [f"{delta:+.2f}" if dense else "", mean_std(test_ppl - train_ppl[last], 2)]
         saved = "" if dense is None else f"{1 - wall.mean() / np.mean(dense['wall_seconds']):+.0%}"
         share = np.asarray(figures["event_seconds"]) / wall
         cells += [
-            _cell(wall, 1),
+            mean_std(wall, 1),
             saved,
             f"{share.mean():.1%}",
             f"{np.mean(figures['group_sparsity']):.0%}",
@@ -238,7 +220,7 @@ def _sketched_condition(
     def apply_fn(p: Any, inputs: jax.Array) -> jax.Array:
         return model.apply({"params": p}, inputs, train=False)[0]
 
-    sketched = pl_gating.sketch_outputs(apply_fn, params, x, key, projections)
+    sketched = sketch_outputs(apply_fn, params, x, key, projections)
     kernel = np.asarray(empirical_ntk(sketched, params, x))
     return float(spectrum_features(kernel, dtype=np.float64).condition_number)
 
@@ -261,7 +243,7 @@ def head_conditions(
 
 
 def _event_figures(
-    config: PLBertConfig, model: Bound, splits: Any, out_dir: Path, progress: bool
+    config: PLBertSettings, model: Bound, splits: Any, out_dir: Path, progress: bool
 ) -> dict:
     """Figure 1d and the event jump of Figure 3 for the first seed; writes ``heads.png``."""
     seed = config.seeds[0]
@@ -332,67 +314,58 @@ def _plot_heads(
     figure.savefig(path, dpi=120)
 
 
-def run_pl_bert(config: PLBertConfig, out_dir: Path, progress: bool = True) -> dict:
-    """Run every method and seed; write ``table.md``, ``results.json``, ``pl_bert.png`` and
-    ``heads.png``.
-
-    Returns:
-      ``{"table": str, "results": {method: {figure: [value per seed]}}, "figures": {...}}``.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(config)
-    model = build_model(
-        "bert",
-        num_outputs=splits.num_outputs,
-        input_shape=splits.train["x"].shape[1:],
-        preset=config.model_preset,
-    )
-    train_config = TrainConfig(
-        num_steps=config.num_steps,
-        batch_size=config.batch_size,
-        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
-        analysis_every=config.analysis_every,
-        analysis_examples=8,
-        compact=True,
-    )
-    results, curves = run_comparison(
-        model,
-        splits,
-        {method: functools.partial(make_pruner, method, config) for method in config.methods},
-        optimizer=functools.partial(make_optimizer, config),
-        config=train_config,
-        seeds=config.seeds,
-        report_steps=config.report_steps,
-        out_dir=out_dir,
-        progress=progress,
-        settings=dataclasses.asdict(config),
-    )
-    table = perplexity_table(results, config.report_steps) + (
-        f"\n\nBERT {config.model_preset} on {config.dataset} (seq_len {config.seq_len}, "
-        f"{len(splits.train['x'])} training rows), {config.num_steps} Adam steps of batch "
+def _note(config: PLBertSettings, found: Comparison) -> str:
+    return (
+        f"BERT {config.model_preset} on {config.dataset} (seq_len {config.seq_len}, "
+        f"{len(found.splits.train['x'])} training rows), {config.num_steps} Adam steps of batch "
         f"{config.batch_size}, policy {{{config.prune_epoch}, {config.ratio:.0%}}} = step "
         f"{config.prune_step} ({config.steps_per_epoch} steps/epoch), baselines: "
         f"{config.baselines}{'; PL: per-layer TopK' if config.pl_per_layer else ''}, seeds "
         f"{', '.join(map(str, config.seeds))}; PPL = exp(loss)."
     )
-    figures = _event_figures(config, model, splits, out_dir, progress) if "pl" in results else {}
-    write_results(out_dir, dataclasses.asdict(config), results, table)
+
+
+def run_pl_bert(config: PLBertSettings, out_dir: Path, progress: bool = True) -> dict:
+    """Run every method and seed; write ``table.md``, ``results.json``, ``pl_bert.png``,
+    ``heads.png`` and ``figures.json``.
+
+    Returns:
+      ``{"table": str, "results": {method: {figure: [value per seed]}}, "figures": {...}}``.
+    """
+    out_dir = Path(out_dir)
+    found = run_method_comparison(
+        config,
+        _methods(config, config.methods),
+        out_dir,
+        model="bert",
+        optimizer=functools.partial(make_optimizer, config),
+        note=functools.partial(_note, config),
+        table=lambda c: perplexity_table(c.results, config.report_steps),
+        plot="pl_bert.png",
+        progress=progress,
+        train_options={
+            "analysis_every": config.analysis_every,
+            "analysis_examples": 8,
+            "compact": True,
+        },
+    )
+    figures = {}
+    if "pl" in found.results:
+        figures = _event_figures(config, found.model, found.splits, out_dir, progress)
     (out_dir / "figures.json").write_text(json.dumps(figures, indent=1))
-    plot_comparison(curves, results, "test_perplexity", out_dir / "pl_bert.png")
-    return {"table": table, "results": results, "figures": figures}
+    return {"table": found.table, "results": found.results, "figures": figures}
 
 
 EXPERIMENT = Experiment(
     name="pl_bert",
     description=(
-        "Paper 000 Table 1: BERT attention heads pruned {5 epochs, 75%} on masked language "
-        "modelling by PL gating vs LTH, Att-Score, SNIP, GraSP and dense training: training "
-        "PPL at fixed steps, test PPL, wall-clock time (compacted), per-head NTK condition "
-        "heatmap (Figure 1d) and the condition number at the event (Figure 3)."
+        "Chen et al. (2023), Table 1: BERT attention heads pruned {5 epochs, 75%} on masked "
+        "language modelling by PL gating vs LTH, Att-Score, SNIP, GraSP and dense training: "
+        "training PPL at fixed steps, test PPL, wall-clock time (compacted), per-head NTK "
+        "condition heatmap (Figure 1d) and the condition number at the event (Figure 3)."
     ),
     presets={
-        "smoke": PLBertConfig(
+        "smoke": PLBertSettings(
             seq_len=16,
             vocab_size=300,
             max_chars=20_000,
@@ -406,8 +379,8 @@ EXPERIMENT = Experiment(
             gating_steps=2,
             feature_batch_size=8,
         ),
-        "small": PLBertConfig(),
-        "paper": PLBertConfig(
+        "small": PLBertSettings(),
+        "paper": PLBertSettings(
             dataset="text:wikitext-2-raw/wiki.train.raw",
             seq_len=512,
             vocab_size=30_000,
@@ -426,4 +399,9 @@ EXPERIMENT = Experiment(
         ),
     },
     run=run_pl_bert,
+)
+
+
+__getattr__ = deprecated_names(
+    __name__, {"PLBertConfig": PLBertSettings, "make_pruner": method_pruner}
 )

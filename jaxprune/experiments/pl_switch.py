@@ -1,17 +1,18 @@
 """``jaxprune experiment pl_switch``: PL gating on Switch-Transformer experts (Table 2, Figure 2).
 
 A Switch Transformer is trained from scratch on masked language modelling, densely and with
-each pruning method at the policy ``{t, r}`` = ``{5, 50%}`` of paper 000 (50% of the groups
+each pruning method at the policy ``{t, r}`` = ``{5, 50%}`` of Chen et al. (2023) (50% of the groups
 pruned, PL at ``prune_step``), in two settings: experts only and experts & heads
 (``build_model("switch", kind=...)``).  Every run of a seed shares initialization, data order
 and optimizer (AdamW with warm-up and cosine decay, Table 4).  Pruned runs are compacted, so
 their wall time is that of the smaller model.
 
-Methods (paper 000, App. E.3, and ERRATA "Baselines"):
+Methods (Chen et al. (2023), App. E.3; reading PL-9, docs/readings.md), all built by
+:func:`jaxprune.train.make_pruner`:
   * ``dense``: the vanilla Switch Transformer (trained once; its row is shared by the
     settings, the dense model does not depend on the group kind).
   * ``lth``: Switch-LTH, iterative magnitude pruning in 3 rounds with rewinding to 5% of a
-    round, the rounds fitted into ``num_steps`` training steps.
+    run, the rounds fitted into ``num_steps`` training steps.
   * ``taylor``: Exp-Score / Att-Score (Michel et al. 2019, ``|∂L/∂ξ|`` per expert/head),
     pruned by the same iterative schedule as ``lth`` (rewinding included).
   * ``snip``, ``grasp``: scores summed per expert/head, pruned once at initialization.
@@ -30,44 +31,52 @@ each mask refers to the experts left by the previous event).  The paper colours 
 their condition number; we show which experts are kept, not their conditioning.
 
 The policy ``{5, 50%}`` prunes "at epoch 5", but Table 2 stops at 70k iterations of 8 rows of
-512 tokens, under 3 epochs of WikiText-103's ~103M tokens; the ``paper`` preset therefore
-prunes at step 5,000 (our assumption).  WikiText-103 is not bundled: the ``paper`` preset names the built-in ``docstrings`` corpus;
-run it on WikiText-103 with ``--set dataset=text:PATH/wiki.train.tokens``.
+512 tokens, under 3 epochs of WikiText-103's ~103M tokens; the ``paper`` preset therefore prunes
+at step 5,000 (our assumption). WikiText-103 is not bundled: the ``paper`` preset names the
+built-in ``docstrings`` corpus; run it on WikiText-103 with ``--set
+dataset=text:PATH/wiki.train.tokens``.
 
 References:
-  Paper 000, Section 5.2 (Table 2), Section 5.4 (Figure 2), Appendix E.3 (baselines, Table 4
-  hyperparameters); ERRATA.md "000" (Baselines App. E.3).  Michel et al. (2019), "Are sixteen
-  heads really better than one?" (Exp-/Att-Score).  Fedus et al. (2021), Switch Transformers.
+  Chen et al. (2023), Sec. 5.2 (Table 2), Sec. 5.4 (Figure 2), App. E.3 (baselines, Table 4
+  hyperparameters); reading PL-9 (baselines) in docs/readings.md.  Michel et al. (2019), "Are
+  sixteen heads really better than one?" (Exp-/Att-Score).  Fedus et al. (2022), Switch
+  Transformers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optax
 
-from jaxprune.data.registry import Splits
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import (
+    compare_methods,
     load_splits,
-    lth_schedule,
+    mean_std,
     plot_comparison,
-    run_comparison,
+    pruner_factories,
     write_results,
 )
-from jaxprune.masks import one_shot
-from jaxprune.methods.pl_gating import PLGatingConfig
+from jaxprune.experiments.settings import (
+    MethodComparisonSettings,
+    check_step,
+    deprecated_names,
+    pl_options,
+)
+from jaxprune.masks import PruningSchedule, lth_schedule, one_shot
 from jaxprune.models import switch
-from jaxprune.train import Bound, TrainConfig, build_model, criterion_pruner, pl_gating_pruner
+from jaxprune.train import Bound
 
 __all__ = [
     "EXPERIMENT",
     "METHODS",
-    "SwitchConfig",
+    "PLSwitchSettings",
     "kept_experts",
     "perplexity_table",
     "run_pl_switch",
@@ -82,10 +91,20 @@ LABELS = {
     "grasp": "GraSP",
     "pl": "PL (ours)",
 }
+#: Settings fields that override the Switch preset when not ``None``.
+MODEL_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_heads",
+    "num_experts",
+    "moe_every",
+    "dropout_rate",
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class SwitchConfig:
+class PLSwitchSettings(MethodComparisonSettings):
     """Settings of the Switch experiment (each is ``--set field=value``).
 
     Attributes:
@@ -105,17 +124,21 @@ class SwitchConfig:
       gating_steps, feature_batch_size: PL gating network training per event.
       output_projections: random output projections of the feature kernels (``None``: all
         ``seq_len × vocab_size`` logits, whose per-example Jacobians need tens of GB at the
-        ``small`` sizes; see :func:`jaxprune.methods.pl_gating.sketch_outputs`).
+        ``small`` sizes; see :func:`jaxprune.spectra.sketch_outputs`).
       pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
         paper's global TopK; the baselines keep global TopK.
       seeds: one run per seed, method and kind.
     """
 
+    METHODS = METHODS
+
     dataset: str = "docstrings"
+    model_preset: str = "tiny"
+    batch_size: int = 16
+    methods: tuple[str, ...] = METHODS
     seq_len: int = 32
     vocab_size: int = 1000
     max_chars: int | None = 200_000
-    model_preset: str = "tiny"
     num_layers: int | None = 4
     hidden_size: int | None = 64
     intermediate_size: int | None = 128
@@ -124,90 +147,46 @@ class SwitchConfig:
     moe_every: int | None = 1
     dropout_rate: float | None = 0.0
     kinds: tuple[str, ...] = ("experts", "experts+heads")
-    methods: tuple[str, ...] = METHODS
-    ratio: float = 0.5
     prune_step: int = 50
-    num_steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
     warmup_fraction: float = 0.06
     weight_decay: float = 1e-2
     adam_eps: float = 1e-6
-    report_steps: tuple[int, ...] = (100, 200, 300)
     gating_steps: int = 10
     feature_batch_size: int = 16
     output_projections: int | None = 16
     pl_per_layer: bool = False
-    seeds: tuple[int, ...] = (0, 1, 2)
 
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
-            raise ValueError(f"methods: unknown {unknown}; expected a subset of {METHODS}")
+    def check(self) -> None:
         bad_kinds = [k for k in self.kinds if k not in switch.KINDS]
         if not self.kinds or bad_kinds:
             raise ValueError(
                 f"kinds: {self.kinds!r} holds {bad_kinds} that Switch does not have; expected "
                 f"a non-empty subset of {switch.KINDS}"
             )
-        if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio: expected a value in (0, 1), got {self.ratio!r}")
-        if not 0 <= self.prune_step < self.num_steps:
-            raise ValueError(
-                f"prune_step: expected a step in [0, num_steps={self.num_steps}), "
-                f"got {self.prune_step}"
-            )
-        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
-        if not self.report_steps or bad:
-            raise ValueError(
-                f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
-                f"{self.report_steps!r}"
-            )
+        check_step(self.prune_step, self.num_steps, "prune_step")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise ValueError(f"warmup_fraction: expected [0, 1), got {self.warmup_fraction!r}")
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed, got ()")
 
 
-def _pruner(method: str, config: SwitchConfig) -> Any:
-    """A fresh pruner of ``method`` (``None`` for dense)."""
-    if method == "dense":
-        return None
+def _schedule(config: PLSwitchSettings, method: str) -> PruningSchedule:
     if method == "pl":
-        gating = PLGatingConfig(
-            gating_steps=config.gating_steps,
-            feature_batch_size=config.feature_batch_size,
-            output_projections=config.output_projections,
-            per_layer=config.pl_per_layer,
-        )
-        return pl_gating_pruner(one_shot(config.prune_step, config.ratio), gating)
-    if method in ("lth", "taylor"):
-        schedule = lth_schedule(config.num_steps, config.ratio)
-        return criterion_pruner("magnitude" if method == "lth" else "taylor", schedule)
-    return criterion_pruner(method, one_shot(0, config.ratio))
+        return one_shot(config.prune_step, config.ratio)
+    if method in ("lth", "taylor"):  # Exp-Score: the same rounds, rewinding included
+        return lth_schedule(config.num_steps, config.ratio)
+    return one_shot(0, config.ratio)
 
 
-def _optimizer(config: SwitchConfig) -> optax.GradientTransformation:
+def _options(config: PLSwitchSettings, method: str) -> Mapping[str, Any]:
+    return pl_options(config) if method == "pl" else {}
+
+
+def _optimizer(config: PLSwitchSettings) -> optax.GradientTransformation:
     warmup = int(config.warmup_fraction * config.num_steps)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, warmup, config.num_steps
     )
     return optax.adamw(
         schedule, b1=0.9, b2=0.999, eps=config.adam_eps, weight_decay=config.weight_decay
-    )
-
-
-def _model(config: SwitchConfig, splits: Splits, kind: str) -> Bound:
-    fields = ("num_layers", "hidden_size", "intermediate_size", "num_heads", "num_experts")
-    fields += ("moe_every", "dropout_rate")
-    overrides = {f: getattr(config, f) for f in fields if getattr(config, f) is not None}
-    return build_model(
-        "switch",
-        num_outputs=splits.num_outputs,
-        input_shape=splits.train["x"].shape[1:],
-        preset=config.model_preset,
-        kind=kind,
-        overrides=overrides,
     )
 
 
@@ -238,13 +217,6 @@ def kept_experts(model: Bound, run_dir: Path) -> np.ndarray:
     return kept.reshape(shape)
 
 
-def _ppl_cell(values: list[float], digits: int = 2) -> str:
-    values = np.asarray(values, float)
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
 def perplexity_table(rows: dict[str, dict[str, list[float]]], report_steps: tuple[int, ...]) -> str:
     """Table 2 layout: one row per ``label``; cells mean ± std over seeds.
 
@@ -270,10 +242,10 @@ def perplexity_table(rows: dict[str, dict[str, list[float]]], report_steps: tupl
         gap = np.asarray(figures["test_perplexity"]) - train_ppl[report_steps[-1]]
         cells = [
             label,
-            *(_ppl_cell(train_ppl[s]) for s in report_steps),
-            _ppl_cell(figures["test_perplexity"]),
-            _ppl_cell(gap),
-            _ppl_cell(figures["wall_seconds"], 1),
+            *(mean_std(train_ppl[s], 2) for s in report_steps),
+            mean_std(figures["test_perplexity"], 2),
+            mean_std(gap, 2),
+            mean_std(figures["wall_seconds"], 1),
             f"{np.mean(figures['group_sparsity']):.0%}",
             f"{int(np.mean(figures['parameters'])):,}",
         ]
@@ -300,7 +272,7 @@ def _plot_experts(heatmaps: dict[str, np.ndarray], kind: str, path: Path) -> Non
     figure.savefig(path, dpi=120)
 
 
-def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_pl_switch(config: PLSwitchSettings, out_dir: Path, progress: bool = True) -> dict:
     """Train every method, kind and seed; write ``table.md``, ``results.json``,
     ``curves_<kind>.png`` and ``experts_<kind>.png``.
 
@@ -311,32 +283,29 @@ def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = load_splits(config)
-    train_config = TrainConfig(
-        num_steps=config.num_steps,
-        batch_size=config.batch_size,
-        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
-        compact=True,
-    )
+    overrides = {f: getattr(config, f) for f in MODEL_FIELDS if getattr(config, f) is not None}
     results: dict[str, dict] = {}
     experts: dict[str, dict[str, np.ndarray]] = {}
     sections = []
     dense = None
     for kind in config.kinds:
-        model = _model(config, splits, kind)
         methods = [m for m in config.methods if not (m == "dense" and dense is not None)]
         kind_dir = out_dir / kind.replace("+", "_")
-        found, curves = run_comparison(
-            model,
-            splits,
-            {m: functools.partial(_pruner, m, config) for m in methods},
+        comparison = compare_methods(
+            config,
+            pruner_factories(
+                methods, functools.partial(_schedule, config), functools.partial(_options, config)
+            ),
+            kind_dir,
+            model="switch",
             optimizer=functools.partial(_optimizer, config),
-            config=train_config,
-            seeds=config.seeds,
-            report_steps=config.report_steps,
-            out_dir=kind_dir,
+            splits=splits,
+            model_options={"kind": kind, "overrides": overrides},
+            train_options={"compact": True},
+            run_settings={"kind": kind},
             progress=progress,
-            settings={**dataclasses.asdict(config), "kind": kind},
         )
+        model, found, curves = comparison.model, comparison.results, comparison.curves
         if "dense" in found:
             dense = found["dense"], curves["dense"]
         if dense is not None and "dense" not in found:
@@ -374,12 +343,12 @@ def run_pl_switch(config: SwitchConfig, out_dir: Path, progress: bool = True) ->
 EXPERIMENT = Experiment(
     name="pl_switch",
     description=(
-        "Paper 000 Table 2 and Figure 2: Switch-Transformer MLM with 50% of the experts (or "
-        "experts and heads) pruned by PL gating, LTH, Exp-Score, SNIP and GraSP against dense "
+        "Chen et al. (2023), Table 2 and Figure 2: Switch-Transformer MLM with 50% of the experts "
+        "(or experts and heads) pruned by PL gating, LTH, Exp-Score, SNIP and GraSP against dense "
         "training: training/test perplexity, wall time, and heatmaps of the kept experts."
     ),
     presets={
-        "smoke": SwitchConfig(
+        "smoke": PLSwitchSettings(
             max_chars=20_000,
             vocab_size=300,
             seq_len=16,
@@ -397,8 +366,8 @@ EXPERIMENT = Experiment(
             feature_batch_size=8,
             seeds=(0,),
         ),
-        "small": SwitchConfig(),
-        "paper": SwitchConfig(
+        "small": PLSwitchSettings(),
+        "paper": PLSwitchSettings(
             seq_len=512,
             vocab_size=32128,
             max_chars=None,
@@ -422,3 +391,6 @@ EXPERIMENT = Experiment(
     },
     run=run_pl_switch,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"SwitchConfig": PLSwitchSettings})

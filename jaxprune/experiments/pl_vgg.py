@@ -9,7 +9,7 @@ with momentum 0.9, learning rate decayed by 10 at 1/2 and 3/4 of training, App. 
 runs are compacted, so their wall time and parameter count are those of the smaller network.
 
 Methods: ``dense`` (vanilla VGG-16); ``lth`` (iterative magnitude pruning, 3 rounds with
-rewinding to 5% of a round, fitted into the same number of steps); ``snip``, ``grasp``, ``fpgm``
+rewinding to 5% of the run, fitted into the same number of steps); ``snip``, ``grasp``, ``fpgm``
 (filter scores summed per filter; FPGM's geometric-median criterion) and ``pl`` (PL gating,
 Algorithm 2), all on the linear schedule (global TopK, at least one filter per layer).
 ``baselines_at_init=true`` prunes SNIP and GraSP once at initialization instead, as App. E.4
@@ -32,43 +32,41 @@ the Hutchinson trace of the Hessian on a probe batch over training, dense agains
 values just before each pruning event, so the jumps at events are visible.
 
 References:
-  Paper 000, Section 5.3 (Table 3), Appendix D (Figure 5, condition number of the empirical
-  NTK), Appendix E.4 (VGG-16 settings, baselines, schedule), Appendix F (Tables 12 and 13);
-  ERRATA.md "000" (condition number, baselines).  He et al. (2019), FPGM; Sui et al. (2021),
-  CHIP; Ruan et al. (2021), DPFPS; Lee et al. (2018), SNIP; Wang et al. (2020), GraSP.
+  Chen et al. (2023), Sec. 5.3 (Table 3), App. D (Figure 5, condition number of the empirical
+  NTK), App. E.4 (VGG-16 settings, baselines, schedule), App. F (Tables 12 and 13); readings
+  PL-3 (condition number) and PL-9 (baselines) in docs/readings.md.  He et al. (2019), FPGM;
+  Sui et al. (2021), CHIP; Ruan et al. (2021), DPFPS; Lee et al. (2019), SNIP; Wang et al.
+  (2020), GraSP.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optax
 
-from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import (
-    comparison_table,
-    lth_schedule,
-    plot_comparison,
-    run_comparison,
-    write_results,
+from jaxprune.experiments.compare import load_splits, pruner_factories, run_method_comparison
+from jaxprune.experiments.settings import (
+    MethodComparisonSettings,
+    deprecated_names,
+    pl_options,
 )
-from jaxprune.masks import PruningSchedule, one_shot, per_epoch_from
-from jaxprune.methods.pl_gating import PLGatingConfig
-from jaxprune.train import TrainConfig, build_model, criterion_pruner, pl_gating_pruner
+from jaxprune.masks import PruningSchedule, lth_schedule, one_shot, per_epoch_from
 
-__all__ = ["EXPERIMENT", "METHODS", "VGGConfig", "linear_schedule", "run_pl_vgg"]
+__all__ = ["EXPERIMENT", "METHODS", "PLVGGSettings", "linear_schedule", "run_pl_vgg"]
 
 METHODS = ("dense", "lth", "snip", "grasp", "fpgm", "pl")
 MODELS = {"vgg": ("filters",), "resnet": ("filters",)}
 
 
 @dataclasses.dataclass(frozen=True)
-class VGGConfig:
+class PLVGGSettings(MethodComparisonSettings):
     """Settings of the VGG experiment (each is ``--set field=value``).
 
     Attributes:
@@ -94,21 +92,19 @@ class VGGConfig:
       seeds: one run per seed and method.
     """
 
+    METHODS = METHODS
+
     dataset: str = "digits32"
-    model: str = "vgg"
     model_preset: str = "vgg16-bn-tiny"
-    kind: str = "filters"
+    learning_rate: float = 0.05
     methods: tuple[str, ...] = METHODS
-    ratio: float = 0.5
+    model: str = "vgg"
+    kind: str = "filters"
     prune_start_epoch: int = 2
     prune_end_epoch: int = 3
     baselines_at_init: bool = False
-    num_steps: int = 300
-    batch_size: int = 64
-    learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    report_steps: tuple[int, ...] = (100, 200, 300)
     analysis_every: int = 100
     analysis_examples: int = 8
     analysis_probes: int = 2
@@ -116,9 +112,8 @@ class VGGConfig:
     feature_batch_size: int = 16
     pl_per_layer: bool = False
     compact: bool = True
-    seeds: tuple[int, ...] = (0, 1, 2)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"model: expected one of {tuple(MODELS)}, got {self.model!r}")
         if self.kind not in MODELS[self.model]:
@@ -126,27 +121,14 @@ class VGGConfig:
                 f"kind: {self.model} has no group kind {self.kind!r}; expected one of "
                 f"{MODELS[self.model]}"
             )
-        unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
-            raise ValueError(f"methods: unknown {unknown}; expected a subset of {METHODS}")
-        if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio: expected a value in (0, 1), got {self.ratio!r}")
         if not 0 <= self.prune_start_epoch <= self.prune_end_epoch:
             raise ValueError(
                 f"prune_end_epoch: expected 0 <= prune_start_epoch={self.prune_start_epoch} <= "
                 f"prune_end_epoch, got {self.prune_end_epoch}"
             )
-        bad = [s for s in self.report_steps if not 0 < s <= self.num_steps]
-        if not self.report_steps or bad:
-            raise ValueError(
-                f"report_steps: expected steps in (0, num_steps={self.num_steps}], got "
-                f"{self.report_steps!r}"
-            )
-        if not self.seeds:
-            raise ValueError("seeds: expected at least one seed, got ()")
 
 
-def linear_schedule(config: VGGConfig, steps_per_epoch: int) -> PruningSchedule:
+def linear_schedule(config: PLVGGSettings, steps_per_epoch: int) -> PruningSchedule:
     """The linear schedule of Section 5.3 in steps: events at the start of epochs
     ``prune_start_epoch .. prune_end_epoch``, equal increments up to ``ratio``.
 
@@ -164,26 +146,19 @@ def linear_schedule(config: VGGConfig, steps_per_epoch: int) -> PruningSchedule:
     )
 
 
-def _pruner(method: str, config: VGGConfig, steps_per_epoch: int) -> Any:
-    """A fresh pruner of ``method`` (``None`` for dense)."""
-    if method == "dense":
-        return None
+def _schedule(config: PLVGGSettings, steps_per_epoch: int, method: str) -> PruningSchedule:
     if method == "lth":
-        return criterion_pruner("magnitude", lth_schedule(config.num_steps, config.ratio))
-    schedule = linear_schedule(config, steps_per_epoch)
-    if method == "pl":
-        gating = PLGatingConfig(
-            gating_steps=config.gating_steps,
-            feature_batch_size=config.feature_batch_size,
-            per_layer=config.pl_per_layer,
-        )
-        return pl_gating_pruner(schedule, gating)
+        return lth_schedule(config.num_steps, config.ratio)
     if config.baselines_at_init and method in ("snip", "grasp"):
-        schedule = one_shot(0, config.ratio)
-    return criterion_pruner(method, schedule)
+        return one_shot(0, config.ratio)
+    return linear_schedule(config, steps_per_epoch)
 
 
-def _optimizer(config: VGGConfig) -> optax.GradientTransformation:
+def _options(config: PLVGGSettings, method: str) -> Mapping[str, Any]:
+    return pl_options(config) if method == "pl" else {}
+
+
+def _optimizer(config: PLVGGSettings) -> optax.GradientTransformation:
     boundaries = {config.num_steps // 2: 0.1, (3 * config.num_steps) // 4: 0.1}
     schedule = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
     return optax.chain(
@@ -220,7 +195,7 @@ def _plot_condition(curves: dict[str, list[list[dict]]], path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
-def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
+def run_pl_vgg(config: PLVGGSettings, out_dir: Path, progress: bool = True) -> dict:
     """Run every method and seed; write ``table.md``, ``results.json``, ``curves.png`` and
     (with ``dense``, ``pl`` and analysis on) ``condition.png``.
 
@@ -228,43 +203,13 @@ def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
       ``{"table": str, "results": {method: {figure: [value per seed]}}, "metric":
       "test_accuracy"}``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    splits = load_dataset(DataConfig(name=config.dataset))
+    splits = load_splits(config)
     steps_per_epoch = len(splits.train["x"]) // config.batch_size
     linear_schedule(config, steps_per_epoch)  # fail before any training
-    model = build_model(
-        config.model,
-        num_outputs=splits.num_outputs,
-        input_shape=splits.train["x"].shape[1:],
-        preset=config.model_preset,
-        kind=config.kind,
-    )
-    train_config = TrainConfig(
-        num_steps=config.num_steps,
-        batch_size=config.batch_size,
-        log_every=int(np.gcd.reduce([*config.report_steps, config.num_steps])),
-        analysis_every=config.analysis_every,
-        analysis_examples=config.analysis_examples,
-        analysis_probes=config.analysis_probes,
-        compact=config.compact,
-    )
-    results, curves = run_comparison(
-        model,
-        splits,
-        {m: functools.partial(_pruner, m, config, steps_per_epoch) for m in config.methods},
-        optimizer=functools.partial(_optimizer, config),
-        config=train_config,
-        seeds=config.seeds,
-        report_steps=config.report_steps,
-        out_dir=out_dir,
-        progress=progress,
-        settings=dataclasses.asdict(config),
-    )
     at_init = " (SNIP/GraSP at step 0)" if config.baselines_at_init else ""
     counted = "after compaction" if config.compact else "of the masked, uncompacted network"
-    table = comparison_table(results, config.report_steps, "test_accuracy") + (
-        f"\n\n{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} SGD "
+    note = (
+        f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} SGD "
         f"steps ({steps_per_epoch} per epoch), {config.ratio:.0%} of the filters pruned by the "
         f"linear schedule over epochs {config.prune_start_epoch}-{config.prune_end_epoch}"
         f"{at_init}; LTH: 3 rounds with rewinding; global TopK with one filter per layer kept"
@@ -273,23 +218,43 @@ def run_pl_vgg(config: VGGConfig, out_dir: Path, progress: bool = True) -> dict:
         "not implemented (CHIP needs a pre-trained network, feature-map independence scores and "
         "fine-tuning; DPFPS a group-sparsity regularised optimizer with dynamic per-layer ratios)."
     )
-    write_results(out_dir, dataclasses.asdict(config), results, table)
-    plot_comparison(curves, results, "test_accuracy", out_dir / "curves.png")
-    if config.analysis_every and {"dense", "pl"} <= set(curves):
-        _plot_condition({m: curves[m] for m in ("dense", "pl")}, out_dir / "condition.png")
-    return {"table": table, "results": results, "metric": "test_accuracy"}
+    found = run_method_comparison(
+        config,
+        pruner_factories(
+            config.methods,
+            functools.partial(_schedule, config, steps_per_epoch),
+            functools.partial(_options, config),
+        ),
+        out_dir,
+        model=config.model,
+        optimizer=functools.partial(_optimizer, config),
+        note=note,
+        progress=progress,
+        splits=splits,
+        model_options={"kind": config.kind},
+        train_options={
+            "analysis_every": config.analysis_every,
+            "analysis_examples": config.analysis_examples,
+            "analysis_probes": config.analysis_probes,
+            "compact": config.compact,
+        },
+    )
+    if config.analysis_every and {"dense", "pl"} <= set(found.curves):
+        curves = {m: found.curves[m] for m in ("dense", "pl")}
+        _plot_condition(curves, Path(out_dir) / "condition.png")
+    return found.report()
 
 
 EXPERIMENT = Experiment(
     name="pl_vgg",
     description=(
-        "Paper 000 Table 3 (and Tables 12-13 via ratio): VGG-16 filters pruned by PL gating, "
-        "LTH, SNIP, GraSP and FPGM on a linear per-epoch schedule against dense training: "
-        "training loss, test accuracy, wall time, parameters, and the NTK condition number "
-        "over training (Figure 5 analogue)."
+        "Chen et al. (2023), Table 3 (and Tables 12-13 via ratio): VGG-16 filters pruned by PL "
+        "gating, LTH, SNIP, GraSP and FPGM on a linear per-epoch schedule against dense training: "
+        "training loss, test accuracy, wall time, parameters, and the NTK condition number over "
+        "training (Figure 5 analogue)."
     ),
     presets={
-        "smoke": VGGConfig(
+        "smoke": PLVGGSettings(
             methods=("dense", "fpgm", "pl"),
             prune_start_epoch=1,
             prune_end_epoch=1,
@@ -304,8 +269,8 @@ EXPERIMENT = Experiment(
             compact=False,
             seeds=(0,),
         ),
-        "small": VGGConfig(),
-        "paper": VGGConfig(
+        "small": PLVGGSettings(),
+        "paper": PLVGGSettings(
             dataset="tfds:cifar10",
             model_preset="vgg16-bn",
             prune_start_epoch=15,
@@ -323,3 +288,6 @@ EXPERIMENT = Experiment(
     },
     run=run_pl_vgg,
 )
+
+
+__getattr__ = deprecated_names(__name__, {"VGGConfig": PLVGGSettings})

@@ -12,7 +12,7 @@ Conventions:
   * A *step* is whatever the trainer counts (optimizer steps, or epochs); the factories that
     take epochs convert them with ``steps_per_epoch``.  Epoch ``e`` starts at step
     ``e * steps_per_epoch``; pruning "at epoch 5" happens there, after 5 full epochs, and
-    pruning "at epoch 0" is pruning at initialization (paper 000, Appendix F.3).
+    pruning "at epoch 0" is pruning at initialization (Chen et al. (2023), App. F.3).
   * The event of step ``t`` happens before the update of step ``t`` (after ``t`` updates):
     ``ratio(t)`` is the ratio of the mask that update ``t`` trains under.  Before the first
     event the ratio is 0 (dense).
@@ -23,7 +23,7 @@ Conventions:
     would then prune one group too many.
 
 References:
-  Paper 000, Section 3.2 (pruning times and ratios ``{t_j, r_j}``: one-shot ``{t, r}`` and the
+  Chen et al. (2023), Sec. 3.2 (pruning times and ratios ``{t_j, r_j}``: one-shot ``{t, r}`` and the
   linear schedule ``{t_j, r_f / t_max}``), Algorithm 2, Appendix E.3/E.4 and F.1/F.3 (one-shot
   ``{5, 75%}``; "from epoch 15, prune the same number of filters each epoch"; LTH baselines
   with rewinding to 5% of the maximum epochs).  Zhu & Gupta (2017), "To prune, or not to prune:
@@ -42,34 +42,18 @@ from collections.abc import Iterable
 import jax
 import jax.numpy as jnp
 
+from jaxprune._validation import check_int, check_ratio, check_real
+
 __all__ = [
     "PruningSchedule",
     "iterative_magnitude",
     "linear",
+    "lth_schedule",
     "num_pruned",
     "one_shot",
     "per_epoch_from",
     "polynomial",
 ]
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_ratio(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    in_range = (0.0 <= value < 1.0) if allow_zero else (0.0 < value < 1.0)
-    if not in_range:  # NaN lands here too
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {value}")
-    return value
 
 
 def _as_tuple(name: str, values: object) -> tuple:
@@ -80,7 +64,9 @@ def _as_tuple(name: str, values: object) -> tuple:
 
 def _check_steps(name: str, values: object) -> tuple[int, ...]:
     """Non-negative, strictly increasing integer steps (at least one)."""
-    steps = tuple(_check_int(f"{name}[{i}]", s, 0) for i, s in enumerate(_as_tuple(name, values)))
+    steps = tuple(
+        check_int(s, f"{name}[{i}]", minimum=0) for i, s in enumerate(_as_tuple(name, values))
+    )
     if not steps:
         raise ValueError(f"{name} must hold at least one step, got ()")
     for i in range(1, len(steps)):
@@ -113,7 +99,7 @@ class PruningSchedule:
     schedule is hashable, so it can be a static argument of ``jax.jit``.
 
     References:
-      Paper 000, Section 3.2 (the schedule ``{t_j, r_j}_{j=1}^q``).
+      Chen et al. (2023), Sec. 3.2 (the schedule ``{t_j, r_j}_{j=1}^q``).
     """
 
     event_steps: tuple[int, ...]
@@ -123,7 +109,7 @@ class PruningSchedule:
     def __post_init__(self) -> None:
         steps = _check_steps("event_steps", self.event_steps)
         ratios = tuple(
-            _check_ratio(f"event_ratios[{i}]", r, allow_zero=True)
+            check_ratio(r, f"event_ratios[{i}]", allow_zero=True)
             for i, r in enumerate(_as_tuple("event_ratios", self.event_ratios))
         )
         if len(ratios) != len(steps):
@@ -138,7 +124,7 @@ class PruningSchedule:
                     f"at positions {i - 1} and {i}"
                 )
         if self.rewind_step is not None:
-            rewind = _check_int("rewind_step", self.rewind_step, 0)
+            rewind = check_int(self.rewind_step, "rewind_step", minimum=0)
             if rewind >= steps[0]:
                 raise ValueError(
                     f"rewind_step must precede the first event step {steps[0]}, got {rewind}"
@@ -197,9 +183,9 @@ def num_pruned(ratio: float | jax.Array, num_groups: int) -> jax.Array:
       An int32 array of the shape of ``ratio``.
 
     References:
-      Paper 000, Appendix E.4 ("prune the same number of filters at each epoch").
+      Chen et al. (2023), App. E.4 ("prune the same number of filters at each epoch").
     """
-    num_groups = _check_int("num_groups", num_groups, 1)
+    num_groups = check_int(num_groups, "num_groups", minimum=1)
     return jnp.ceil(jnp.asarray(ratio) * num_groups - 0.5).astype(jnp.int32)
 
 
@@ -210,9 +196,9 @@ def one_shot(step: int, ratio: float) -> PruningSchedule:
     heads pruned at epoch 5); ``one_shot(0, r)`` prunes at initialization.
 
     References:
-      Paper 000, Section 3.2, Section 5.1 (Table 1) and Appendix F.3.
+      Chen et al. (2023), Sec. 3.2, Sec. 5.1 (Table 1) and App. F.3.
     """
-    return PruningSchedule((_check_int("step", step, 0),), (_check_ratio("ratio", ratio),))
+    return PruningSchedule((check_int(step, "step", minimum=0),), (check_ratio(ratio, "ratio"),))
 
 
 def linear(times: Iterable[int], final_ratio: float) -> PruningSchedule:
@@ -226,11 +212,11 @@ def linear(times: Iterable[int], final_ratio: float) -> PruningSchedule:
       final_ratio: the target ``r_f`` in ``(0, 1)``.
 
     References:
-      Paper 000, Section 3.2 (``{t_j, r_f / t_max}_{j=1}^{t_max}``, citing Hoefler et al.
+      Chen et al. (2023), Sec. 3.2 (``{t_j, r_f / t_max}_{j=1}^{t_max}``, citing Hoefler et al.
       (2021), "Sparsity in deep learning").
     """
     steps = _check_steps("times", times)
-    final_ratio = _check_ratio("final_ratio", final_ratio)
+    final_ratio = check_ratio(final_ratio, "final_ratio")
     q = len(steps)
     return PruningSchedule(steps, tuple(final_ratio * (j / q) for j in range(1, q + 1)))
 
@@ -252,7 +238,7 @@ def per_epoch_from(
     whole number.  Pass ``num_groups=p`` to have this checked.
 
     Args:
-      start: the first pruning epoch (15 for VGG-16, 5 for ResNet-56 in paper 000).
+      start: the first pruning epoch (15 for VGG-16, 5 for ResNet-56 in Chen et al. (2023)).
       end: the epoch at which ``target`` is reached, ``>= start``.
       target: the final pruned fraction in ``(0, 1)``.
       steps_per_epoch: steps per epoch, ``>= 1``.
@@ -260,16 +246,16 @@ def per_epoch_from(
         divisible by ``E`` (ValueError otherwise).
 
     References:
-      Paper 000, Section 5.3 and Appendix E.4 / F.1 ("starting from epoch-15, we prune the same
+      Chen et al. (2023), Sec. 5.3 and App. E.4 / F.1 ("starting from epoch-15, we prune the same
       number of filters at each epoch until the target sparsity is reached").
     """
-    start = _check_int("start", start, 0)
-    end = _check_int("end", end, start)
-    target = _check_ratio("target", target)
-    steps_per_epoch = _check_int("steps_per_epoch", steps_per_epoch, 1)
+    start = check_int(start, "start", minimum=0)
+    end = check_int(end, "end", minimum=start)
+    target = check_ratio(target, "target")
+    steps_per_epoch = check_int(steps_per_epoch, "steps_per_epoch", minimum=1)
     epochs = end - start + 1
     if num_groups is not None:
-        num_groups = _check_int("num_groups", num_groups, 1)
+        num_groups = check_int(num_groups, "num_groups", minimum=1)
         total = target * num_groups
         count = round(total)
         if abs(total - count) > 1e-9 * num_groups:
@@ -314,21 +300,18 @@ def polynomial(
       Zhu & Gupta (2017), "To prune, or not to prune", eq. (1).  Lee et al. (2024), JaxPruner
       (``sparsity_schedules.PolynomialSchedule``).
     """
-    initial_ratio = _check_ratio("initial_ratio", initial_ratio, allow_zero=True)
-    final_ratio = _check_ratio("final_ratio", final_ratio)
+    initial_ratio = check_ratio(initial_ratio, "initial_ratio", allow_zero=True)
+    final_ratio = check_ratio(final_ratio, "final_ratio")
     if initial_ratio >= final_ratio:
         raise ValueError(
             f"initial_ratio must be below final_ratio={final_ratio}, got {initial_ratio}"
         )
-    begin_step = _check_int("begin_step", begin_step, 0)
-    end_step = _check_int("end_step", end_step, 0)
+    begin_step = check_int(begin_step, "begin_step", minimum=0)
+    end_step = check_int(end_step, "end_step", minimum=0)
     if end_step <= begin_step:
         raise ValueError(f"end_step must exceed begin_step={begin_step}, got {end_step}")
-    frequency = _check_int("frequency", frequency, 1)
-    if isinstance(power, bool) or not isinstance(power, numbers.Real):
-        raise TypeError(f"power must be a real number, got {power!r} ({type(power).__name__})")
-    if not power > 0:  # NaN lands here too
-        raise ValueError(f"power must be > 0, got {power}")
+    frequency = check_int(frequency, "frequency", minimum=1)
+    power = check_real(power, "power", minimum=0.0, strict=True)
     if (end_step - begin_step) % frequency:
         raise ValueError(
             f"end_step - begin_step = {end_step - begin_step} must be a multiple of "
@@ -364,7 +347,7 @@ def iterative_magnitude(
     Args:
       rounds: number of pruning rounds, ``>= 1``.
       round_length: ``L``, the steps of one full run, ``>= 1``.
-      rewind_step: ``k`` in ``[0, L)``; paper 000 rewinds to 5% of the maximum epochs, and
+      rewind_step: ``k`` in ``[0, L)``; Chen et al. (2023) rewind to 5% of the maximum epochs, and
         ``k = 0`` is the original lottery ticket (reset to initialization).
       ratio_per_round: ``q`` in ``(0, 1)``; or
       final_ratio: the target ``1 - (1 - q)^rounds`` in ``(0, 1)``, giving
@@ -376,12 +359,12 @@ def iterative_magnitude(
     References:
       Frankle & Carbin (2019), "The lottery ticket hypothesis"; Frankle et al. (2019),
       "Stabilizing the lottery ticket hypothesis"; Frankle et al. (2020), "Linear mode
-      connectivity and the lottery ticket hypothesis" (rewinding).  Paper 000, Appendix E.3
+      connectivity and the lottery ticket hypothesis" (rewinding).  Chen et al. (2023), App. E.3
       (LTH baselines rewind to 5% of the maximum epochs; Chen et al. 2020).
     """
-    rounds = _check_int("rounds", rounds, 1)
-    round_length = _check_int("round_length", round_length, 1)
-    rewind_step = _check_int("rewind_step", rewind_step, 0)
+    rounds = check_int(rounds, "rounds", minimum=1)
+    round_length = check_int(round_length, "round_length", minimum=1)
+    rewind_step = check_int(rewind_step, "rewind_step", minimum=0)
     if rewind_step >= round_length:
         raise ValueError(
             f"rewind_step must be below round_length={round_length}, got {rewind_step}"
@@ -392,9 +375,45 @@ def iterative_magnitude(
             f"ratio_per_round={ratio_per_round!r}, final_ratio={final_ratio!r}"
         )
     if ratio_per_round is not None:
-        kept_per_round = 1.0 - _check_ratio("ratio_per_round", ratio_per_round)
+        kept_per_round = 1.0 - check_ratio(ratio_per_round, "ratio_per_round")
     else:
-        kept_per_round = (1.0 - _check_ratio("final_ratio", final_ratio)) ** (1.0 / rounds)
+        kept_per_round = (1.0 - check_ratio(final_ratio, "final_ratio")) ** (1.0 / rounds)
     steps = tuple(round_length + j * (round_length - rewind_step) for j in range(rounds))
     ratios = tuple(1.0 - kept_per_round**j for j in range(1, rounds + 1))
     return PruningSchedule(steps, ratios, rewind_step=rewind_step)
+
+
+def lth_schedule(
+    num_steps: int, ratio: float, *, rounds: int = 3, rewind_fraction: float = 0.05
+) -> PruningSchedule:
+    """The lottery-ticket baseline fitted into a run of ``num_steps`` steps.
+
+    ``rounds`` rounds of :func:`iterative_magnitude` pruning to ``ratio`` (the same share of
+    the remaining groups each round), rewinding to ``k = max(1, round(rewind_fraction *
+    num_steps))``, with the longest round length ``L`` such that ``L + rounds (L - k) <=
+    num_steps``: every event and the retraining after the last one fit into the run.
+
+    Args:
+      num_steps: training steps of the whole run, ``>= 1``.
+      ratio: final pruned fraction, in ``(0, 1)``.
+      rounds: pruning rounds, ``>= 1``.
+      rewind_fraction: rewind step as a fraction of ``num_steps``, in ``(0, 1)``.
+
+    Returns:
+      A schedule of ``rounds`` events whose ``rewind_step`` is ``k``.
+
+    Raises:
+      ValueError: ``num_steps`` too short for ``rounds`` rounds after the rewind step.
+
+    References:
+      Chen et al. (2023), App. E.3 (LTH rewinds to 5% of the maximum epochs); reading PL-9
+      (docs/readings.md).  Frankle et al. (2020) (rewinding).
+    """
+    num_steps = check_int(num_steps, "num_steps", minimum=1)
+    rounds = check_int(rounds, "rounds", minimum=1)
+    rewind_fraction = check_ratio(rewind_fraction, "rewind_fraction")
+    rewind = max(1, round(rewind_fraction * num_steps))
+    length = (num_steps + rounds * rewind) // (rounds + 1)
+    if length <= rewind:
+        raise ValueError(f"num_steps: {num_steps} steps are too few for {rounds} LTH rounds")
+    return iterative_magnitude(rounds, length, rewind, final_ratio=ratio)

@@ -6,14 +6,15 @@ and calls ``pruner.select(context, method_state)``.  The method returns the new 
 mask, its updated state (any pytree, checkpointed with the run) and a record of the event; the
 engine then installs the mask in the masked optimizer, zeros the pruned weights and, if asked,
 compacts the model.  Nothing in the engine depends on how the mask was chosen, so the baseline
-criteria below, PL gating (paper 000), gRDA (paper 003, which needs no events) and greedy
-selection (paper 004) plug in the same way.
+criteria below, PL gating (Chen et al. 2023), gRDA (Chao et al. 2020, which needs no events)
+and greedy selection (Wolfe et al. 2023) plug in the same way, each one registration
+(:func:`register_pruner`; :func:`make_pruner` builds any of them by name).
 
 Masks only shrink: groups pruned earlier score ``-inf`` and stay pruned, and every layer keeps
-at least ``min_per_layer`` groups (paper 000 keeps at least one head/expert per layer).
+at least ``min_per_layer`` groups (Chen et al. (2023) keep at least one head/expert per layer).
 
 References:
-  Paper 000, Algorithm 2 and Appendix E.3 (baselines: LTH with rewinding, Att-Score, SNIP,
+  Chen et al. (2023), Algorithm 2 and App. E.3 (baselines: LTH with rewinding, Att-Score, SNIP,
   GraSP, all structured, all with one group per layer protected).
 """
 
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.criteria import (
     fpgm_scores,
     gate_gradient_scores,
@@ -40,6 +42,7 @@ from jaxprune.criteria import (
 )
 from jaxprune.masks import GroupLayout, PruningSchedule, topk_mask
 from jaxprune.methods import pl_gating
+from jaxprune.typing import PyTree
 
 __all__ = [
     "CRITERIA",
@@ -54,8 +57,6 @@ __all__ = [
     "pruner_names",
     "register_pruner",
 ]
-
-PyTree = Any
 
 
 class PruneContext(NamedTuple):
@@ -114,6 +115,11 @@ class Pruner:
     init_state: Any = None
 
 
+def _check_schedule(schedule: Any) -> None:
+    if not isinstance(schedule, PruningSchedule):
+        raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
+
+
 def _batch_loss(context: PruneContext, num_batches: int) -> Callable[[PyTree], jax.Array]:
     batches = context.batches(num_batches)
 
@@ -123,32 +129,74 @@ def _batch_loss(context: PruneContext, num_batches: int) -> Callable[[PyTree], j
     return loss
 
 
-def _scores(name: str, context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
-    params, ids = context.params, context.group_ids
-    if name == "magnitude":
-        return magnitude_scores(params, ids)
-    if name == "random":
-        return random_scores(context.key, len(context.gates))
-    if name == "fpgm":
-        return fpgm_scores(params, ids, layout=context.layout)
-    if name == "taylor":
-        return gate_gradient_scores(
-            context.loss_fn,
-            params,
-            ids,
-            batches=context.batches(num_batches),
-            normalize_by=context.layout,
-        )
+#: ``score(context, num_batches, num_probes) -> (p,)`` scores of the current groups.
+ScoreFn = Callable[[PruneContext, int, int], jax.Array]
+
+
+class _Criterion(NamedTuple):
+    score: ScoreFn
+    description: str
+
+
+def _magnitude(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return magnitude_scores(context.params, context.group_ids)
+
+
+def _random(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return random_scores(context.key, len(context.gates))
+
+
+def _snip(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return snip_scores(_batch_loss(context, num_batches), context.params, context.group_ids)
+
+
+def _grasp(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return grasp_scores(_batch_loss(context, num_batches), context.params, context.group_ids)
+
+
+def _taylor(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return gate_gradient_scores(
+        context.loss_fn,
+        context.params,
+        context.group_ids,
+        batches=context.batches(num_batches),
+        normalize_by=context.layout,
+    )
+
+
+def _hessian_diag(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
     loss = _batch_loss(context, num_batches)
-    if name == "snip":
-        return snip_scores(loss, params, ids)
-    if name == "grasp":
-        return grasp_scores(loss, params, ids)
-    return hessian_diagonal_scores(loss, params, ids, key=context.key, num_probes=num_probes)
+    return hessian_diagonal_scores(
+        loss, context.params, context.group_ids, key=context.key, num_probes=num_probes
+    )
 
 
-#: Criterion names of :func:`criterion_pruner` (higher score = keep).
-CRITERIA = ("magnitude", "random", "snip", "grasp", "taylor", "hessian_diag", "fpgm")
+def _fpgm(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return fpgm_scores(context.params, context.group_ids, layout=context.layout)
+
+
+#: Criterion name -> its scoring function and one-line description (higher score = keep);
+#: adding a criterion is one entry here.
+_CRITERIA: dict[str, _Criterion] = {
+    "magnitude": _Criterion(
+        _magnitude, "group norm of the weights (Han et al. 2015; Li et al. 2017)"
+    ),
+    "random": _Criterion(_random, "uniformly random scores"),
+    "snip": _Criterion(_snip, "connection sensitivity |g * w| summed per group (Lee et al. 2019)"),
+    "grasp": _Criterion(
+        _grasp, "gradient-flow preservation -w * Hg summed per group (Wang et al. 2020)"
+    ),
+    "taylor": _Criterion(
+        _taylor, "gate-gradient importance |dL/dxi|, Att-Score/Exp-Score (Michel et al. 2019)"
+    ),
+    "hessian_diag": _Criterion(
+        _hessian_diag, "Optimal Brain Damage 1/2 H_ii w_i^2 per group (LeCun et al. 1990)"
+    ),
+    "fpgm": _Criterion(_fpgm, "distance to the layer's geometric median (He et al. 2019)"),
+}
+
+#: Criterion names of :func:`criterion_pruner`.
+CRITERIA = tuple(_CRITERIA)
 
 
 def criterion_pruner(
@@ -179,16 +227,14 @@ def criterion_pruner(
     Returns:
       :class:`Pruner` named after the criterion (``"lth"`` when the schedule rewinds).
     """
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
-    if not isinstance(schedule, PruningSchedule):
-        raise TypeError(f"schedule must be a PruningSchedule, got {type(schedule).__name__}")
-    for name, value in (("num_batches", num_batches), ("num_probes", num_probes)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_choice(criterion, CRITERIA, "criterion")
+    _check_schedule(schedule)
+    check_positive_int(num_batches, "num_batches")
+    check_positive_int(num_probes, "num_probes")
+    score = _CRITERIA[criterion].score
 
     def select(context: PruneContext, state: Any) -> tuple[np.ndarray, Any, dict]:
-        scores = np.asarray(_scores(criterion, context, num_batches, num_probes), np.float64)
+        scores = np.asarray(score(context, num_batches, num_probes), np.float64)
         scores = np.where(context.gates > 0, scores, -np.inf)
         mask = topk_mask(
             scores,
@@ -214,7 +260,7 @@ def pl_gating_pruner(
     *,
     seed: int = 0,
 ) -> Pruner:
-    """PL-regularization-driven gating (Chen et al. 2023, Algorithm 2) as a pruning method.
+    """PL-regularization-driven gating (Chen et al. (2023), Algorithm 2) as a pruning method.
 
     At each event: per-group NTK features of the current (gated) model on the first
     ``config.feature_batch_size`` examples of the event's training batches, the gating
@@ -233,8 +279,7 @@ def pl_gating_pruner(
       (docs/readings.md).
     """
     config = pl_gating.PLGatingConfig() if config is None else config
-    if not isinstance(schedule, PruningSchedule):
-        raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
+    _check_schedule(schedule)
 
     def select(context: PruneContext, v: pl_gating.GatingParams) -> tuple[np.ndarray, Any, dict]:
         batches = context.batches(config.gating_steps)
@@ -290,8 +335,7 @@ def lth_pruner(
     References:
       Frankle & Carbin (2019); Frankle et al. (2020) (rewinding); Chen et al. (2023), App. E.3.
     """
-    if not isinstance(schedule, PruningSchedule):
-        raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
+    _check_schedule(schedule)
     if schedule.rewind_step is None:
         raise ValueError(
             "schedule: expected a rewinding schedule (rewind_step set) for 'lth', got "
@@ -396,21 +440,11 @@ def make_pruner(name: str, schedule: PruningSchedule, **options: Any) -> Pruner:
     return entry.factory(schedule, **options)
 
 
-_CRITERION_DESCRIPTIONS = {
-    "magnitude": "group norm of the weights (Han et al. 2015; Li et al. 2017)",
-    "random": "uniformly random scores",
-    "snip": "connection sensitivity |g * w| summed per group (Lee et al. 2019)",
-    "grasp": "gradient-flow preservation -w * Hg summed per group (Wang et al. 2020)",
-    "taylor": "gate-gradient importance |dL/dxi|, Att-Score/Exp-Score (Michel et al. 2019)",
-    "hessian_diag": "Optimal Brain Damage 1/2 H_ii w_i^2 per group (LeCun et al. 1990)",
-    "fpgm": "distance to the layer's geometric median (He et al. 2019)",
-}
-
 for _criterion in CRITERIA:
     register_pruner(
         _criterion,
         functools.partial(criterion_pruner, _criterion),
-        description=_CRITERION_DESCRIPTIONS[_criterion],
+        description=_CRITERIA[_criterion].description,
         options=("num_batches", "num_probes", "per_layer", "min_per_layer"),
     )
 

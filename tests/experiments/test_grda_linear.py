@@ -13,7 +13,7 @@ import pytest
 from jaxprune.experiments import get_experiment
 from jaxprune.experiments.grda_linear import (
     EXPERIMENT,
-    LinearRegressionConfig,
+    GRDALinearSettings,
     run_linear_regression,
 )
 from jaxprune.optim.grda import grda_threshold
@@ -77,11 +77,11 @@ def test_experiment_writes_table_results_and_plot(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"d": 20}, "d must exceed n"),
-        ({"c": -0.1}, "c must be finite and >= 0"),
-        ({"mu": 0.0}, "mu must be finite and > 0"),
-        ({"learning_rate": 0.0}, "learning_rate must be finite and > 0"),
-        ({"num_steps": 0}, "num_steps must be >= 1"),
+        ({"d": 20}, "d: expected more parameters than n"),
+        ({"c": -0.1}, "c: expected a number in \\[0, inf\\]"),
+        ({"mu": 0.0}, "mu: expected a number in \\(0, inf\\)"),
+        ({"learning_rate": 0.0}, "learning_rate: expected a number in \\(0, inf\\)"),
+        ({"num_steps": 0}, "num_steps: expected a positive int"),
     ],
 )
 def test_config_validation(changes, match):
@@ -90,8 +90,6 @@ def test_config_validation(changes, match):
 
 
 def test_divergent_learning_rate_is_rejected():
-    config = LinearRegressionConfig(
-        n=5, d=10, noise=0.0, c=0.1, mu=0.6, learning_rate=5.0, num_steps=3
-    )
+    config = GRDALinearSettings(n=5, d=10, noise=0.0, c=0.1, mu=0.6, learning_rate=5.0, num_steps=3)
     with pytest.raises(ValueError, match="learning_rate must be below"):
         run_linear_regression(config)

@@ -7,35 +7,35 @@ import dataclasses
 import pytest
 
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.pl_ablations import PLAblationConfig, variants
+from jaxprune.experiments.pl_ablations import PLAblationSettings, variants
 
 
 @pytest.mark.parametrize("ratios", [(1.0,), (-0.1,), (0.5, 1.5)])
 def test_ratio_outside_unit_interval_is_rejected(ratios):
     with pytest.raises(ValueError, match="ratios"):
-        PLAblationConfig(ratios=ratios)
+        PLAblationSettings(ratios=ratios)
 
 
 def test_schedule_beyond_training_is_rejected():
     with pytest.raises(ValueError, match="prune_epochs"):
-        PLAblationConfig(prune_epochs=(0, 80), steps_per_epoch=10, num_steps=800)
+        PLAblationSettings(prune_epochs=(0, 80), steps_per_epoch=10, num_steps=800)
     with pytest.raises(ValueError, match="linear_epochs"):
-        PLAblationConfig(base_epoch=5, linear_epochs=80, steps_per_epoch=10, num_steps=800)
+        PLAblationSettings(base_epoch=5, linear_epochs=80, steps_per_epoch=10, num_steps=800)
 
 
 def test_other_fields_are_validated():
     with pytest.raises(ValueError, match="scalings"):
-        PLAblationConfig(scalings=("sigmoid",))
+        PLAblationSettings(scalings=("sigmoid",))
     with pytest.raises(ValueError, match="alphas"):
-        PLAblationConfig(alphas=(-1.0,))
+        PLAblationSettings(alphas=(-1.0,))
     with pytest.raises(ValueError, match="topks: got \\['layer'\\]"):
-        PLAblationConfig(topks=("layer",))
+        PLAblationSettings(topks=("layer",))
     with pytest.raises(ValueError, match="report_steps"):
-        PLAblationConfig(report_steps=(900,))
+        PLAblationSettings(report_steps=(900,))
 
 
 def test_variants_change_one_factor_and_skip_the_base():
-    runs = variants(PLAblationConfig())
+    runs = variants(PLAblationSettings())
     assert set(runs) == {
         "base", "epoch 0", "epoch 50", "linear 10 epochs", "ratio 50%", "ratio 90%",
         "scaling softmax", "alpha 0", "alpha 10", "topk per_layer",

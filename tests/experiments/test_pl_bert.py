@@ -9,23 +9,23 @@ import numpy as np
 import pytest
 
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.compare import lth_schedule
-from jaxprune.experiments.pl_bert import PLBertConfig, perplexity_table
+from jaxprune.experiments.pl_bert import PLBertSettings, perplexity_table
+from jaxprune.masks import lth_schedule
 
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="ratio"):
-        PLBertConfig(ratio=1.0)
+        PLBertSettings(ratio=1.0)
     with pytest.raises(ValueError, match="prune_epoch"):
-        PLBertConfig(prune_epoch=20, steps_per_epoch=20, num_steps=300)
+        PLBertSettings(prune_epoch=20, steps_per_epoch=20, num_steps=300)
     with pytest.raises(ValueError, match="methods"):
-        PLBertConfig(methods=("dense", "obs"))
+        PLBertSettings(methods=("dense", "obs"))
     with pytest.raises(ValueError, match="baselines"):
-        PLBertConfig(baselines="later")
+        PLBertSettings(baselines="later")
 
 
 def test_lth_schedule_fits_the_run_and_rewinds_to_five_percent():
-    schedule = lth_schedule(300, 0.75, 3)
+    schedule = lth_schedule(300, 0.75, rounds=3)
     assert schedule.rewind_step == 15
     assert schedule.event_steps[-1] < 300
     assert schedule.event_ratios[-1] == pytest.approx(0.75)

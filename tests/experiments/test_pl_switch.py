@@ -10,24 +10,16 @@ import json
 import numpy as np
 import pytest
 
-from jaxprune.experiments import get_experiment
-from jaxprune.experiments.compare import lth_schedule
 from jaxprune.experiments.pl_switch import (
     EXPERIMENT,
-    SwitchConfig,
+    PLSwitchSettings,
     kept_experts,
     perplexity_table,
 )
-from jaxprune.masks import ratio_to_k
+from jaxprune.masks import lth_schedule, ratio_to_k
 from jaxprune.train import build_model
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pl_switch")
-    return out, get_experiment("pl_switch").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plots(smoke):
@@ -97,8 +89,8 @@ def test_perplexity_table_exponentiates_the_training_loss():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"ratio": 1.0}, "ratio: expected a value in \\(0, 1\\), got 1.0"),
-        ({"ratio": -0.1}, "ratio: expected a value in \\(0, 1\\)"),
+        ({"ratio": 1.0}, "ratio: expected a fraction in \\(0, 1\\), got 1"),
+        ({"ratio": -0.1}, "ratio: expected a fraction in \\(0, 1\\)"),
         ({"prune_step": 300}, "prune_step: expected a step in \\[0, num_steps=300\\)"),
         ({"report_steps": (400,)}, "report_steps: expected steps in \\(0, num_steps=300\\]"),
         ({"kinds": ("filters",)}, "kinds: .* holds \\['filters'\\] that Switch does not have"),
@@ -108,7 +100,7 @@ def test_perplexity_table_exponentiates_the_training_loss():
 )
 def test_bad_settings_raise(changes, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(SwitchConfig(), **changes)
+        dataclasses.replace(PLSwitchSettings(), **changes)
 
 
 def test_kept_experts_needs_an_expert_kind(tmp_path):

@@ -9,16 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxprune.experiments import get_experiment
-from jaxprune.experiments.pl_vgg import EXPERIMENT, VGGConfig, linear_schedule
+from jaxprune.experiments.pl_vgg import EXPERIMENT, PLVGGSettings, linear_schedule
 
 SMOKE = EXPERIMENT.presets["smoke"]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pl_vgg")
-    return out, get_experiment("pl_vgg").run(SMOKE, out, False)
 
 
 def test_smoke_writes_table_results_and_plots(smoke):
@@ -54,8 +47,8 @@ def test_schedule_beyond_training_raises():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"ratio": 1.0}, "ratio: expected a value in \\(0, 1\\), got 1.0"),
-        ({"ratio": -0.5}, "ratio: expected a value in \\(0, 1\\)"),
+        ({"ratio": 1.0}, "ratio: expected a fraction in \\(0, 1\\), got 1"),
+        ({"ratio": -0.5}, "ratio: expected a fraction in \\(0, 1\\)"),
         (
             {"kind": "heads"},
             "kind: vgg has no group kind 'heads'; expected one of \\('filters',\\)",
@@ -69,4 +62,4 @@ def test_schedule_beyond_training_raises():
 )
 def test_bad_settings_raise(changes, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(VGGConfig(), **changes)
+        dataclasses.replace(PLVGGSettings(), **changes)

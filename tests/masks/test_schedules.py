@@ -15,6 +15,7 @@ from jaxprune.masks.schedules import (
     PruningSchedule,
     iterative_magnitude,
     linear,
+    lth_schedule,
     num_pruned,
     one_shot,
     per_epoch_from,
@@ -176,13 +177,13 @@ def test_ratio_and_is_event_reject_non_integer_steps():
 @pytest.mark.parametrize(
     ("build", "error", "match"),
     [
-        (lambda: one_shot(-1, 0.5), ValueError, r"step must be >= 0, got -1"),
-        (lambda: one_shot(5, 1.0), ValueError, r"ratio must be in \(0, 1\), got 1.0"),
-        (lambda: one_shot(5, 0.0), ValueError, r"ratio must be in \(0, 1\), got 0.0"),
-        (lambda: one_shot(5, math.nan), ValueError, r"ratio must be in \(0, 1\), got nan"),
-        (lambda: one_shot(5.0, 0.5), TypeError, r"step must be an integer, got 5.0"),
-        (lambda: one_shot(True, 0.5), TypeError, r"step must be an integer, got True"),
-        (lambda: one_shot(5, "0.5"), TypeError, r"ratio must be a real number"),
+        (lambda: one_shot(-1, 0.5), ValueError, r"step: expected an int >= 0, got -1"),
+        (lambda: one_shot(5, 1.0), ValueError, r"ratio: expected a fraction in \(0, 1\), got 1"),
+        (lambda: one_shot(5, 0.0), ValueError, r"ratio: expected a fraction in \(0, 1\), got 0"),
+        (lambda: one_shot(5, math.nan), ValueError, r"ratio: expected a finite number, got nan"),
+        (lambda: one_shot(5.0, 0.5), TypeError, r"step: expected an int >= 0, got 5.0"),
+        (lambda: one_shot(True, 0.5), TypeError, r"step: expected an int >= 0, got True"),
+        (lambda: one_shot(5, "0.5"), TypeError, r"ratio: expected a real number"),
         (lambda: linear((), 0.5), ValueError, r"times must hold at least one step"),
         (
             lambda: linear((3, 3), 0.5),
@@ -194,28 +195,52 @@ def test_ratio_and_is_event_reject_non_integer_steps():
             ValueError,
             r"times must be strictly increasing, got 4 then 2",
         ),
-        (lambda: linear((1, -2), 0.5), ValueError, r"times\[1\] must be >= 0, got -2"),
+        (lambda: linear((1, -2), 0.5), ValueError, r"times\[1\]: expected an int >= 0, got -2"),
         (lambda: linear(5, 0.5), TypeError, r"times must be a sequence, got 5"),
-        (lambda: linear((1, 2), 1.5), ValueError, r"final_ratio must be in \(0, 1\), got 1.5"),
-        (lambda: per_epoch_from(15, 14, 0.5), ValueError, r"end must be >= 15, got 14"),
-        (lambda: per_epoch_from(1, 3, 0.5, 0), ValueError, r"steps_per_epoch must be >= 1, got 0"),
-        (lambda: per_epoch_from(1, 3, 0.5, num_groups=0), ValueError, r"num_groups must be >= 1"),
+        (
+            lambda: linear((1, 2), 1.5),
+            ValueError,
+            r"final_ratio: expected a fraction in \(0, 1\), got 1.5",
+        ),
+        (lambda: per_epoch_from(15, 14, 0.5), ValueError, r"end: expected an int >= 15, got 14"),
+        (
+            lambda: per_epoch_from(1, 3, 0.5, 0),
+            ValueError,
+            r"steps_per_epoch: expected a positive int, got 0",
+        ),
+        (
+            lambda: per_epoch_from(1, 3, 0.5, num_groups=0),
+            ValueError,
+            r"num_groups: expected a positive int",
+        ),
         (
             lambda: polynomial(0.0, 0.8, 10, 10, 1),
             ValueError,
             r"end_step must exceed begin_step=10",
         ),
         (lambda: polynomial(0.0, 0.8, 10, 5, 1), ValueError, r"end_step must exceed begin_step=10"),
-        (lambda: polynomial(0.0, 0.8, 0, 100, 0), ValueError, r"frequency must be >= 1, got 0"),
+        (
+            lambda: polynomial(0.0, 0.8, 0, 100, 0),
+            ValueError,
+            r"frequency: expected a positive int, got 0",
+        ),
         (lambda: polynomial(0.0, 0.8, 0, 100, 30), ValueError, r"= 100 must be a multiple of"),
         (lambda: polynomial(0.9, 0.8, 0, 100, 10), ValueError, r"initial_ratio must be below"),
         (
             lambda: polynomial(-0.1, 0.8, 0, 100, 10),
             ValueError,
-            r"initial_ratio must be in \[0, 1\)",
+            r"initial_ratio: expected a fraction in \[0, 1\)",
         ),
-        (lambda: polynomial(0.0, 0.8, 0, 100, 10, 0), ValueError, r"power must be > 0, got 0"),
-        (lambda: polynomial(0.0, 0.8, 0, 100, 10, "3"), TypeError, r"power must be a real number"),
+        (
+            lambda: polynomial(0.0, 0.8, 0, 100, 10, 0),
+            ValueError,
+            r"power: expected a number in \(0, inf\), got 0",
+        ),
+        (
+            lambda: polynomial(0.0, 0.8, 0, 100, 10, "3"),
+            TypeError,
+            r"power: expected a real number",
+        ),
         (
             lambda: iterative_magnitude(3, 100, 5),
             ValueError,
@@ -234,14 +259,14 @@ def test_ratio_and_is_event_reject_non_integer_steps():
         (
             lambda: iterative_magnitude(0, 100, 5, ratio_per_round=0.2),
             ValueError,
-            r"rounds must be >= 1, got 0",
+            r"rounds: expected a positive int, got 0",
         ),
         (
             lambda: iterative_magnitude(3, 100, 5, ratio_per_round=1.0),
             ValueError,
-            r"ratio_per_round must be in \(0, 1\), got 1.0",
+            r"ratio_per_round: expected a fraction in \(0, 1\), got 1",
         ),
-        (lambda: num_pruned(0.5, 0), ValueError, r"num_groups must be >= 1, got 0"),
+        (lambda: num_pruned(0.5, 0), ValueError, r"num_groups: expected a positive int, got 0"),
         (lambda: PruningSchedule((1, 2), (0.5,)), ValueError, r"one ratio per event step"),
         (
             lambda: PruningSchedule((1, 2), (0.5, 0.4)),
@@ -251,7 +276,7 @@ def test_ratio_and_is_event_reject_non_integer_steps():
         (
             lambda: PruningSchedule((1,), (1.0,)),
             ValueError,
-            r"event_ratios\[0\] must be in \[0, 1\)",
+            r"event_ratios\[0\]: expected a fraction in \[0, 1\)",
         ),
         (
             lambda: PruningSchedule((3, 5), (0.1, 0.2), rewind_step=3),
@@ -281,3 +306,29 @@ def test_num_pruned_agrees_with_ratio_to_k_including_ties():
             if (1 - ratio) * p < 0.5:
                 continue
             assert p - int(num_pruned(ratio, p)) == ratio_to_k(p, ratio), (p, ratio)
+
+
+def test_lth_schedule_fits_rounds_into_the_run_with_rewinding_to_five_percent():
+    schedule = lth_schedule(300, 0.75)
+    # k = 15, L = (300 + 3 k) // 4 = 86: events at L + j (L - k), the last retraining fits.
+    assert schedule == iterative_magnitude(3, 86, 15, final_ratio=0.75)
+    assert schedule.event_steps == (86, 157, 228) and schedule.event_steps[-1] + 71 <= 300
+    assert schedule.final_ratio == pytest.approx(0.75)
+    assert lth_schedule(300, 0.5, rounds=2, rewind_fraction=0.1).rewind_step == 30
+    assert lth_schedule(10, 0.5).rewind_step == 1  # at least one step
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"num_steps": 4}, ValueError, "num_steps: 4 steps are too few for 3 LTH rounds"),
+        ({"ratio": 1.0}, ValueError, r"final_ratio: expected a fraction in \(0, 1\)"),
+        ({"rounds": 0}, ValueError, "rounds: expected a positive int"),
+        ({"rewind_fraction": 0.0}, ValueError, r"rewind_fraction: expected a fraction in \(0, 1\)"),
+        ({"num_steps": 300.0}, TypeError, "num_steps: expected a positive int"),
+    ],
+)
+def test_lth_schedule_rejects_bad_arguments(kwargs, error, match):
+    arguments = {"num_steps": 300, "ratio": 0.5, **kwargs}
+    with pytest.raises(error, match=match):
+        lth_schedule(**arguments)

@@ -1,0 +1,122 @@
+"""The pruner registry: every registered name builds a Pruner on the given schedule, bad names
+and options fail clearly, and adding a method is one registration (engine and CLI see it)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import optax
+import pytest
+
+from jaxprune.cli import main
+from jaxprune.data import load_dataset
+from jaxprune.masks import iterative_magnitude, lth_schedule, one_shot, topk_mask
+from jaxprune.methods.pl_gating import PLGatingConfig
+from jaxprune.train import (
+    CRITERIA,
+    Pruner,
+    TrainConfig,
+    build_model,
+    make_pruner,
+    pruner_entry,
+    pruner_names,
+    register_pruner,
+    train,
+)
+from jaxprune.train import pruning as pruning_module
+
+ONE_SHOT = one_shot(2, 0.5)
+REWINDING = iterative_magnitude(2, 4, 1, final_ratio=0.5)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Registrations made by a test are forgotten after it."""
+    monkeypatch.setattr(pruning_module, "_PRUNERS", dict(pruning_module._PRUNERS))
+
+
+def test_every_criterion_lth_and_pl_are_registered_in_order():
+    assert pruner_names() == (*CRITERIA, "lth", "pl")
+    for name in pruner_names():
+        assert pruner_entry(name).description
+
+
+@pytest.mark.parametrize("name", pruner_names())
+def test_make_pruner_builds_the_named_method_on_the_schedule(name):
+    schedule = REWINDING if name == "lth" else ONE_SHOT
+    pruner = make_pruner(name, schedule)
+    assert isinstance(pruner, Pruner)
+    assert pruner.name == name and pruner.schedule is schedule and callable(pruner.select)
+
+
+def test_options_reach_the_method():
+    pruner = make_pruner("pl", ONE_SHOT, gating_steps=3, seed=1)
+    assert pruner.init_state is not None
+    config = PLGatingConfig(gating_steps=3)
+    assert make_pruner("pl", ONE_SHOT, config=config).name == "pl"
+    assert make_pruner("lth", lth_schedule(100, 0.5), per_layer=True).name == "lth"
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: make_pruner("obs", ONE_SHOT), ValueError, "method: expected one of"),
+        (lambda: make_pruner("snip", ONE_SHOT, gating_steps=3), ValueError, "unknown \\['gating"),
+        (lambda: make_pruner("pl", ONE_SHOT, hiden=3), ValueError, "unknown \\['hiden'\\]"),
+        (lambda: make_pruner("lth", ONE_SHOT), ValueError, "expected a rewinding schedule"),
+        (lambda: make_pruner("snip", "0:0.5"), TypeError, "schedule: expected a PruningSchedule"),
+        (lambda: make_pruner("snip", ONE_SHOT, num_batches=0), ValueError, "num_batches"),
+        (
+            lambda: make_pruner("pl", ONE_SHOT, config=PLGatingConfig(), alpha=2.0),
+            ValueError,
+            "either config or PLGatingConfig fields",
+        ),
+    ],
+)
+def test_bad_names_and_options_raise(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_a_taken_name_needs_replace(scratch_registry):
+    with pytest.raises(ValueError, match="'snip' is already registered"):
+        register_pruner("snip", lambda schedule: None)
+    register_pruner("snip", lambda schedule: "new", replace=True)
+    assert make_pruner("snip", ONE_SHOT) == "new"
+
+
+def _first_groups(schedule, *, min_per_layer: int = 1) -> Pruner:
+    """A custom method: keep the lowest-numbered live groups of every event."""
+
+    def select(context, state):
+        scores = np.where(context.gates > 0, -np.arange(len(context.gates), dtype=float), -np.inf)
+        mask = topk_mask(
+            scores, context.num_keep, layout=context.layout, min_per_layer=min_per_layer
+        )
+        return mask, state + 1, {"scores": scores}
+
+    return Pruner("first", schedule, select, init_state=0)
+
+
+def test_one_registration_makes_a_method_trainable_by_the_engine_and_the_cli(
+    scratch_registry, tmp_path, capsys
+):
+    register_pruner("first", _first_groups, description="keep the first groups (test)")
+    assert pruner_entry("first").options == ("min_per_layer",)
+
+    splits = load_dataset("digits")
+    model = build_model("mlp", num_outputs=10, input_shape=(64,), preset="8")
+    config = TrainConfig(num_steps=4, batch_size=16, log_every=2, progress=False)
+    pruner = make_pruner("first", one_shot(2, 0.5), min_per_layer=1)
+    result = train(model, splits, optax.sgd(0.1), config, pruner=pruner, run_dir=tmp_path / "e")
+    assert result.summary["group_sparsity"] == pytest.approx(0.5)
+    mask = np.load(tmp_path / "e" / "event_2.npz")["mask"]
+    np.testing.assert_array_equal(mask, [1, 1, 1, 1, 0, 0, 0, 0])
+
+    out = tmp_path / "cli"
+    args = ["train", "--model-preset", "8", "--steps", "4", "--batch-size", "16", "--method"]
+    args += ["first", "--prune-at", "2", "--log-every", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "groups pruned 50.0%" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["group_sparsity"] == 0.5
