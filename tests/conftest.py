@@ -125,3 +125,12 @@ def brute_force_group_kernels(apply_fn, params, x1, x2, group_ids=None):
             kernels[g] += np.einsum("xcw,ycw->xy", a[:, :, cols], b[:, :, cols])
     kernels /= k
     return kernels if group_ids is not None else kernels[0]
+
+
+@pytest.fixture(scope="module")
+def smoke(request, tmp_path_factory):
+    """``(out_dir, result)`` of ``EXPERIMENT.run(SMOKE, out_dir)`` of the experiment test module
+    that asks for it, run once per module."""
+    experiment, settings = request.module.EXPERIMENT, request.module.SMOKE
+    out = tmp_path_factory.mktemp(experiment.name)
+    return out, experiment.run(settings, out, False)
