@@ -2,6 +2,7 @@
 and eigenvalues, and PL condition numbers.  Pure functions of explicit arguments."""
 
 from jaxprune.spectra.hessian import (
+    DiagonalSample,
     TraceEstimate,
     gauss_newton_diagonal,
     group_hessian_traces,
@@ -11,6 +12,7 @@ from jaxprune.spectra.hessian import (
     hvp,
     output_hessian_trace,
     output_hvp,
+    sample_output_hessian_diagonal,
 )
 from jaxprune.spectra.lanczos import (
     EigenResult,
@@ -26,6 +28,7 @@ from jaxprune.spectra.spectrum import SpectrumFeatures, group_rank_bound, spectr
 
 __all__ = [
     "BACKENDS",
+    "DiagonalSample",
     "EigenResult",
     "PLCondition",
     "SpectralDensity",
@@ -47,6 +50,7 @@ __all__ = [
     "output_hvp",
     "pl_condition",
     "proposition8_bound",
+    "sample_output_hessian_diagonal",
     "sketch_outputs",
     "spectrum_features",
 ]

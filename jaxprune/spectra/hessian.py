@@ -31,6 +31,7 @@ from jaxprune.typing import ApplyFn, LossFn, PyTree
 
 __all__ = [
     "DISTRIBUTIONS",
+    "DiagonalSample",
     "TraceEstimate",
     "gauss_newton_diagonal",
     "group_hessian_traces",
@@ -40,6 +41,7 @@ __all__ = [
     "hvp",
     "output_hessian_trace",
     "output_hvp",
+    "sample_output_hessian_diagonal",
 ]
 
 Distribution = Literal["rademacher", "gaussian"]
@@ -376,6 +378,96 @@ def _check_loss_hessian(loss_hessian: jax.Array, n: int, k: int) -> jax.Array:
             f"{k} outputs each, got {shape}"
         )
     return jnp.broadcast_to(loss_hessian, (n, k, k))
+
+
+class DiagonalSample(NamedTuple):
+    """Exact entries of a Hessian's diagonal at sampled coordinates.
+
+    Attributes:
+      entries: ``(s,)`` the diagonal entries ``H_ii`` at the ``s`` sampled coordinates.
+      column_norms: ``(s,)`` the norms ``‖H e_i‖`` of the same columns, the scale against which
+        an entry counts as zero.
+      indices: ``(s,)`` the sampled coordinates of the flattened parameters
+        (``jax.flatten_util.ravel_pytree`` order).
+    """
+
+    entries: jax.Array
+    column_norms: jax.Array
+    indices: np.ndarray
+
+    def vanishes(self, rtol: float = 1e-5) -> bool:
+        """Every sampled entry is zero to round-off: ``max |H_ii| <= rtol · max ‖H e_i‖``
+        (also true when the sampled columns are zero, e.g. a model linear in its parameters)."""
+        entries, norms = np.abs(np.asarray(self.entries)), np.asarray(self.column_norms)
+        return bool(entries.max(initial=0.0) <= rtol * norms.max(initial=0.0))
+
+
+def _sampled_indices(params: PyTree, per_leaf: int, key: jax.Array) -> np.ndarray:
+    """Up to ``per_leaf`` distinct coordinates of every leaf, as indices of the flat vector."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    indices, offset = [], 0
+    for leaf in jax.tree_util.tree_leaves(params):
+        size = int(np.size(leaf))
+        chosen = rng.choice(size, size=min(per_leaf, size), replace=False)
+        indices.append(offset + np.sort(chosen))
+        offset += size
+    return np.concatenate(indices).astype(np.int32)
+
+
+@jax.jit
+def _diagonal_columns(
+    apply_fn: jax.tree_util.Partial, params: PyTree, x: jax.Array, indices: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    flat, unravel = ravel_pytree(params)
+    summed = lambda f: jnp.sum(apply_fn(unravel(f), x))  # noqa: E731
+
+    def column(i: jax.Array) -> tuple[jax.Array, jax.Array]:
+        tangent = jnp.zeros_like(flat).at[i].set(1)
+        hv = jax.jvp(jax.grad(summed), (flat,), (tangent,))[1]
+        return hv[i], jnp.linalg.norm(hv)
+
+    return jax.lax.map(column, indices)
+
+
+def sample_output_hessian_diagonal(
+    apply_fn: ApplyFn,
+    params: PyTree,
+    x: jax.Array,
+    key: jax.Array,
+    *,
+    per_leaf: int = 4,
+) -> DiagonalSample:
+    """Exact diagonal entries of the output Hessian ``∇²_w sum(f(w, x))`` at sampled coordinates.
+
+    ``per_leaf`` coordinates of every parameter leaf (all of a smaller leaf), chosen from
+    ``key``; each entry is one exact Hessian-vector product with a unit vector (evaluated one
+    after another: memory of one gradient).  The use: on a piecewise-linear network (ReLU,
+    max-pooling, BatchNorm in eval mode) the output is linear in each single weight on each
+    linear piece, so every diagonal entry, and ``Tr(H_f)``, is exactly zero;
+    :meth:`DiagonalSample.vanishes` detects it without the full diagonal.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs (a
+        :class:`jax.tree_util.Partial` is compiled once per function, its bound arrays traced).
+      params: parameter pytree (finite values).
+      x: ``(n, ...)`` inputs.
+      key: PRNG key of the coordinates.
+      per_leaf: coordinates sampled per leaf, an int >= 1.
+
+    Returns:
+      :class:`DiagonalSample` of ``s = sum_leaves min(per_leaf, leaf size)`` entries.
+
+    References:
+      Pearlmutter (1994) (exact Hessian-vector products); Chen et al. (2023), App. E.2, eq. 36
+      (``Tr(H_f)``); reading PL-2 (docs/readings.md).
+    """
+    per_leaf = check_positive_int(per_leaf, "per_leaf")
+    check_batch(x, "x")
+    check_finite_tree(params, "params")
+    indices = _sampled_indices(params, per_leaf, key)
+    fn = apply_fn if isinstance(apply_fn, jax.tree_util.Partial) else jax.tree_util.Partial(apply_fn)
+    entries, norms = _diagonal_columns(fn, params, x, jnp.asarray(indices))
+    return DiagonalSample(entries, norms, indices)
 
 
 def _summed_outputs(apply_fn: ApplyFn, x: jax.Array) -> LossFn:

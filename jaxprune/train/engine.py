@@ -87,7 +87,7 @@ from jaxprune.typing import PyTree
 __all__ = ["RunResult", "TrainConfig", "evaluate", "train"]
 
 # Purposes of the keys folded out of the run's key: fold_in(key, purpose).
-_INIT, _STEPS, _EVENTS, _PROBE, _ANALYSIS, _EVAL = range(6)
+_INIT, _STEPS, _EVENTS, _PROBE, _ANALYSIS, _EVAL, _METHOD = range(7)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,7 +417,7 @@ def train(
         splits.train["x"][:1],
         num_groups=setup.num_groups0,
     )
-    method_state = None if pruner is None else pruner.init_state
+    method_state = None if pruner is None else pruner.initial_state(setup.key_for(_METHOD))
     run = RunState(state, method_state, None, BatchPosition(0, 0), [], [], {})
     binding = _bind(setup, model, state.params)
     if resume:

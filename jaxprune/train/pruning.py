@@ -107,12 +107,19 @@ class Pruner:
         ``context.num_keep`` ones, the method's new state, and a dict of event facts (arrays
         or numbers) saved with the run.
       init_state: the method state before the first event (any pytree; ``None`` if unused).
+      init: ``init(key) -> state``, the method state before the first event from the run's
+        key (so it follows the run's seed); when given, it replaces ``init_state``.
     """
 
     name: str
     schedule: PruningSchedule
     select: Callable[[PruneContext, Any], tuple[np.ndarray, Any, dict]]
     init_state: Any = None
+    init: Callable[[jax.Array], Any] | None = None
+
+    def initial_state(self, key: jax.Array) -> Any:
+        """The method state before the first event of a run whose method key is ``key``."""
+        return self.init_state if self.init is None else self.init(key)
 
 
 def _check_schedule(schedule: Any) -> None:
@@ -258,7 +265,7 @@ def pl_gating_pruner(
     schedule: PruningSchedule,
     config: pl_gating.PLGatingConfig | None = None,
     *,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> Pruner:
     """PL-regularization-driven gating (Chen et al. (2023), Algorithm 2) as a pruning method.
 
@@ -266,9 +273,13 @@ def pl_gating_pruner(
     ``config.feature_batch_size`` examples of the event's training batches, the gating
     network ``v`` trained for ``config.gating_steps`` batches on eq. 36 with
     ``config.objective`` (loss at the soft gates plus ``α·Tr(H_f)``, reading PL-5), then TopK
-    of the gates with ``config.min_per_layer`` groups kept per layer.  ``v`` is the method
-    state: it starts from ``init_gating(key(seed))`` and each event continues from the previous
-    one (it is checkpointed with the run).  Groups pruned earlier stay pruned; after compaction
+    of the gates with ``config.min_per_layer`` groups kept per layer (within each layer unless
+    ``config.per_layer`` is false).  The Hessian of the trace term is ``config.hessian``
+    (``"auto"``: the loss Hessian on piecewise-linear models, where eq. 36's output Hessian is
+    identically zero; :func:`jaxprune.methods.pl_gating.resolve_hessian`).  ``v`` is the method
+    state: it starts from ``init_gating`` of the run's method key (it follows the run's seed;
+    ``seed`` fixes it to ``key(seed)`` for every run instead) and each event continues from the
+    previous one (it is checkpointed with the run).  Groups pruned earlier stay pruned; after compaction
     the remaining groups are the current model's.
 
     The event record holds the gates, raw and normalized features, and the gating loss
@@ -306,17 +317,24 @@ def pl_gating_pruner(
             current_mask=context.gates,
             inputs_of=_inputs,
         )
+        objective = event.objective
         record = {
             "gates": event.gates,
             "lambda_min": event.features.lambda_min,
             "entropy": event.features.entropy,
+            "dead": event.features.dead,
             "normalized_features": event.normalized_features,
+            "trace_of_loss_hessian": objective.hessian == "loss",
+            "loss_scale": objective.loss_scale,
+            "trace_scale": objective.trace_scale,
             **{f"history_{name}": values for name, values in event.history._asdict().items()},
         }
         return event.mask, event.v, record
 
-    init = pl_gating.init_gating(jax.random.key(seed), config.hidden)
-    return Pruner("pl", schedule, select, init)
+    def init(key: jax.Array) -> pl_gating.GatingParams:
+        return pl_gating.init_gating(key if seed is None else jax.random.key(seed), config.hidden)
+
+    return Pruner("pl", schedule, select, init=init)
 
 
 def lth_pruner(
@@ -459,7 +477,7 @@ def _pl_from_options(
     schedule: PruningSchedule,
     *,
     config: pl_gating.PLGatingConfig | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     **fields: Any,
 ) -> Pruner:
     if config is not None and fields:

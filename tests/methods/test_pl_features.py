@@ -117,6 +117,7 @@ def _synthetic(lambda_min, lambda_max, entropy):
         rank=np.full(p, 4),
         rank_bound=np.full(p, 4),
         tolerance=4 * np.finfo(np.float32).eps * lambda_max,
+        dead=lambda_max <= 4 * np.finfo(np.float32).eps * lambda_max.max(),
     )
 
 
@@ -124,7 +125,11 @@ def test_normalized_features_are_finite_for_zero_and_constant_features():
     zero_group = _synthetic([1e-3, 0.0, 2e-2, 0.0], [1.0, 2.0, 3.0, 0.0], [0.5, 0.7, 0.9, 0.0])
     out = np.asarray(normalize_features(zero_group))
     assert np.all(np.isfinite(out))
-    assert out[3, 0] < out[1, 0] < out[0, 0] < out[2, 0]  # no kernel < unresolved < resolved
+    # The dead group (no kernel) is left out of the statistics and gets the live groups' mean.
+    np.testing.assert_array_equal(out[3], 0.0)
+    np.testing.assert_allclose(out[:3].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(out[:3].std(axis=0), 1.0, rtol=1e-5)
+    assert out[1, 0] < out[0, 0] < out[2, 0]  # unresolved < resolved
     constant = _synthetic([0.3] * 3, [1.0] * 3, [0.8] * 3)
     np.testing.assert_array_equal(normalize_features(constant), 0.0)
     all_zero = _synthetic([0.0] * 3, [0.0] * 3, [0.0] * 3)
@@ -133,3 +138,50 @@ def test_normalized_features_are_finite_for_zero_and_constant_features():
     np.testing.assert_array_equal(normalize_features(single), 0.0)
     with pytest.raises(TypeError, match="GroupFeatures"):
         normalize_features((1.0, 2.0))
+
+
+def test_normalization_within_layers_standardizes_each_layer_on_its_own():
+    from jaxprune.masks.layout import GroupLayout
+
+    layout = GroupLayout.from_sizes(("a", "b"), (3, 2))
+    # Layer b's kernels are 100x layer a's: globally it dominates the λ_min column.
+    feats = _synthetic(
+        [1e-3, 2e-3, 4e-3, 0.1, 0.3], [1.0, 1.0, 1.0, 100.0, 100.0], [0.2, 0.4, 0.9, 0.5, 0.6]
+    )
+    within = np.asarray(normalize_features(feats, layout, within="layer"))
+    for rows in (slice(0, 3), slice(3, 5)):
+        np.testing.assert_allclose(within[rows].mean(axis=0), 0.0, atol=1e-6)
+        np.testing.assert_allclose(within[rows].std(axis=0), 1.0, rtol=1e-5)
+    across = np.asarray(normalize_features(feats))
+    assert np.all(across[3:, 0] > across[:3, 0].max())
+    assert not np.allclose(within, across)
+    with pytest.raises(TypeError, match="layout"):
+        normalize_features(feats, within="layer")
+    with pytest.raises(ValueError, match="within"):
+        normalize_features(feats, layout, within="model")
+
+
+def test_a_dead_neuron_is_flagged_and_pruned_first():
+    from jaxprune.methods.pl_gating import PLGatingConfig, prune
+    model = MLP(hidden=(4, 3), num_outputs=2)  # ReLU
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    y = jax.random.normal(jax.random.PRNGKey(1), (8, 2))
+    params = model.init(jax.random.PRNGKey(2), x)
+    first = params["params"]["Dense_0"]
+    # Neuron 1 of the first layer never activates on these inputs: its kernel is zero.
+    first["kernel"] = first["kernel"].at[:, 1].set(0.0)
+    first["bias"] = first["bias"].at[1].set(-1.0)
+    ids, layout = mlp.group_ids(params, model)
+    feats = features(model.apply, params, x, ids)
+    np.testing.assert_array_equal(feats.dead, [False, True, False, False, False, False, False])
+
+    def loss(p, batch):
+        return 0.5 * jnp.mean(jnp.sum((model.apply(p, batch[0]) - batch[1]) ** 2, axis=-1))
+
+    config = PLGatingConfig(hidden=3, gating_steps=2, num_probes=2, feature_batch_size=8)
+    event = prune(
+        jax.random.PRNGKey(3), loss, model.apply, params, ids, layout, x, [(x, y)] * 2, 2 / 7,
+        config,
+    )  # fmt: skip
+    assert event.mask[1] == 0 and event.mask.sum() == 5
+    assert event.objective.hessian == "loss"  # ReLU: "auto" takes the loss Hessian

@@ -157,7 +157,10 @@ def test_train_gating_descends_and_continues():
     whole = run(v, [(x, y)] * 25, optimizer=optax.adam(0.1))
     history = whole.history
     assert history.total.shape == history.loss.shape == history.trace.shape == (25,)
-    np.testing.assert_array_equal(history.total, history.loss)  # α = 0
+    assert history.trace_stderr.shape == (25,)
+    # α = 0: the loss term alone, divided by the dense weights' loss.
+    np.testing.assert_allclose(whole.objective.loss_scale, loss_fn(params, (x, y)), rtol=1e-6)
+    np.testing.assert_allclose(history.total, history.loss / whole.objective.loss_scale, rtol=1e-6)
     assert history.loss[-1] < 0.9 * history.loss[0]
     assert np.all(np.isfinite(history.trace))
     # 20 steps, then 5 more from the returned state: the same iterates as 25 steps at once
@@ -243,17 +246,24 @@ def test_gating_objective_is_validated_once_and_equals_its_keywords():
     with pytest.raises(TypeError, match="inputs_of"):
         GatingObjective(inputs_of=0)
     config = PLGatingConfig(alpha=2, num_probes=3, scaling="softmax", trace_wrt="weights")
-    assert config.objective == GatingObjective(2.0, 3, "softmax", "outputs", "weights")
+    assert config.objective == GatingObjective(
+        alpha=2.0, num_probes=3, scaling="softmax", hessian="loss", trace_wrt="weights"
+    )
+    assert PLGatingConfig(hessian="outputs").objective.hessian == "outputs"
     assert isinstance(config.objective.alpha, float)
+    with pytest.raises(ValueError, match="trace_scale"):
+        GatingObjective(trace_scale=0.0)
+    with pytest.raises(ValueError, match="distribution"):
+        GatingObjective(distribution="uniform")
 
 
 def test_alpha_is_traced_the_other_options_are_static():
     params, ids, _, x, y = problem()
     normalized = normalize_features(features(apply_fn, params, x, ids))
     v = init_gating(jax.random.PRNGKey(0), 3)
-    objective = GatingObjective(alpha=0.5, num_probes=3)
+    objective = GatingObjective(alpha=0.5, num_probes=3, trace_scale=2.0)
     leaves, treedef = jax.tree_util.tree_flatten(objective)
-    assert leaves == [0.5]
+    assert leaves == [0.5, 1.0, 2.0]
     assert jax.tree_util.tree_unflatten(treedef, leaves) == objective
     before = pl_objective._objective_value_and_grad._cache_size()
     for alpha in (0.5, 2.0):

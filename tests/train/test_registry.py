@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -51,8 +52,8 @@ def test_make_pruner_builds_the_named_method_on_the_schedule(name):
 
 
 def test_options_reach_the_method():
-    pruner = make_pruner("pl", ONE_SHOT, gating_steps=3, seed=1)
-    assert pruner.init_state is not None
+    pruner = make_pruner("pl", ONE_SHOT, gating_steps=3, hidden=5, seed=1)
+    assert pruner.initial_state(jax.random.key(0)).w2.shape == (5,)
     config = PLGatingConfig(gating_steps=3)
     assert make_pruner("pl", ONE_SHOT, config=config).name == "pl"
     assert make_pruner("lth", lth_schedule(100, 0.5), per_layer=True).name == "lth"

@@ -43,9 +43,14 @@ Readings where the paper is wrong or silent (docs/readings.md), all configurable
     ``J_[i]ᵀ J_[i]``; ``"bound"`` the ``min(n, k m_i)``-th eigenvalue
     (:func:`jaxprune.spectra.group_rank_bound`); ``"literal"`` the smallest of all ``n``.
   * PL-1 and PL-2, Hessian: ``Tr(H_f)`` sums the per-output Hessians over examples *and* every
-    output axis (classes, tokens × vocabulary), Hutchinson on the summed outputs;
-    ``hessian="loss"`` uses the loss Hessian instead (``Tr(H_f)`` is zero on piecewise-linear
-    networks).  ``trace_wrt="gated"`` (default, eq. 36's notation) differentiates in the
+    output axis (classes, tokens × vocabulary), Hutchinson on the summed outputs.  On
+    piecewise-linear networks (ReLU, max-pooling, eval-mode BatchNorm) it is identically zero:
+    the output is linear in each single weight on each linear piece, so every diagonal entry of
+    ``∇²_w f`` vanishes.  ``hessian="auto"`` (the default of :class:`PLGatingConfig`) therefore
+    uses the loss Hessian there (on such a network exactly the Gauss-Newton trace) and eq. 36's
+    output Hessian on smooth models; :func:`resolve_hessian` decides from the exact diagonal at
+    sampled coordinates and warns when ``"outputs"`` is asked for where it vanishes.
+    ``trace_wrt="gated"`` (default, eq. 36's notation) differentiates in the
     parameters at the point ``u = g ∗ w``; ``trace_wrt="weights"`` differentiates
     ``w ↦ f(g ∗ w)``, i.e. ``diag(g) H_f diag(g)``: for a binary mask, the pruned model's own
     Hessian (pruned weights do not count).
@@ -64,6 +69,7 @@ import jax
 
 from jaxprune.methods.pl_gating.event import GatingEvent, PLGatingConfig, prune, select
 from jaxprune.methods.pl_gating.features import (
+    FEATURE_NORMALIZATIONS,
     LAMBDA_MINS,
     GroupFeatures,
     LambdaMin,
@@ -87,12 +93,15 @@ from jaxprune.methods.pl_gating.objective import (
     Hessian,
     TraceWrt,
     gating_loss,
+    output_hessian_vanishes,
+    resolve_hessian,
     train_gating,
 )
 from jaxprune.spectra import sketch as _sketch
 from jaxprune.typing import ApplyFn, PyTree
 
 __all__ = [
+    "FEATURE_NORMALIZATIONS",
     "HESSIANS",
     "LAMBDA_MINS",
     "SCALINGS",
@@ -114,7 +123,9 @@ __all__ = [
     "gating_loss",
     "init_gating",
     "normalize_features",
+    "output_hessian_vanishes",
     "prune",
+    "resolve_hessian",
     "select",
     "sketch_outputs",
     "train_gating",

@@ -7,7 +7,7 @@
 References:
   Chen et al. (2023), Sec. 3.2.3 (``m = TopK(g, k)``, ``k = (1 - r) p``), App. E.2
   (Algorithm 2, eq. 36, Table 4), App. E.3 (at least one head/expert per layer); readings PL-4,
-  PL-5, PL-6 and PL-9 (docs/readings.md).
+  PL-5, PL-6, PL-9, PL-11 and PL-12 (docs/readings.md).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from jaxprune.group_ids import validate_group_ids
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.masks.mask import apply_group_mask, ratio_to_k, topk_mask
 from jaxprune.methods.pl_gating.features import (
+    FEATURE_NORMALIZATIONS,
     LAMBDA_MINS,
     GroupFeatures,
     features,
@@ -38,9 +39,11 @@ from jaxprune.methods.pl_gating.features import (
 )
 from jaxprune.methods.pl_gating.gating import GatingParams, gate, init_gating
 from jaxprune.methods.pl_gating.objective import (
+    HESSIANS,
     GatingHistory,
     GatingObjective,
     _first,
+    resolve_hessian,
     train_gating,
 )
 from jaxprune.typing import ApplyFn, BatchLossFn, PyTree
@@ -109,16 +112,20 @@ def _check_binary_mask(mask: Any, shape: tuple[int, ...], name: str) -> np.ndarr
 class PLGatingConfig:
     """Hyperparameters of one PL-gating pruning event (:func:`prune`).
 
-    The fields ``alpha``, ``num_probes``, ``scaling``, ``hessian`` and ``trace_wrt`` are the
-    gating objective's: :attr:`objective` is them as one :class:`GatingObjective`, which
-    validates them.
+    The fields ``alpha``, ``num_probes``, ``scaling``, ``hessian``, ``trace_wrt`` and
+    ``distribution`` are the gating objective's: :attr:`objective` is them as one
+    :class:`GatingObjective`, which validates them.
 
     Attributes:
       hidden: width of the gating network's hidden layer.
       scaling: gate scaling, ``"mean_one"`` (``p·softmax``, reading PL-4) or ``"softmax"``
         (eq. 8).
-      alpha: ``α`` of eq. 36 while training ``v`` (Algorithm 2: 1).
-      num_probes: Hutchinson probes per gating step.
+      alpha: ``α`` of eq. 36 while training ``v`` (Algorithm 2: 1); with ``normalize`` the
+        weight of a relative change of the trace against a relative change of the loss.
+      num_probes: Hutchinson probes per gating step (``>= 2`` for the standard error recorded
+        in the history).
+      normalize: divide the loss and trace terms by their values at the dense weights
+        (:func:`train_gating`, reading PL-10); ``False`` is eq. 36 as printed.
       gating_steps: gating steps (batches) per pruning event.
       learning_rate: Adam learning rate of ``v``.
       feature_batch_size: examples ``n >= 2`` of the feature kernels.
@@ -126,11 +133,18 @@ class PLGatingConfig:
         :func:`features`; reading PL-6).
       output_projections: random output projections of the feature kernels (``None``: exact).
       feature_dtype: eigen-decomposition dtype of the features (``None``: the kernel's).
-      hessian: ``"outputs"`` (eq. 36) or ``"loss"``.
+      hessian: ``"auto"`` (default: the loss Hessian on piecewise-linear networks, where eq.
+        36's ``H_f`` is identically zero, the output Hessian otherwise; see
+        :func:`resolve_hessian`), ``"outputs"`` (eq. 36, with a warning where it vanishes) or
+        ``"loss"``.
       trace_wrt: ``"gated"`` (eq. 36's ``H_f(g ∗ w)``) or ``"weights"``.
+      distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"`` (Algorithm 1).
+      feature_normalization: standardize the features across all groups (``"global"``) or
+        within each layer (``"layer"``), see :func:`normalize_features`.
       min_per_layer: groups every layer keeps (App. E.3: 1).
-      per_layer: TopK within each layer (same fraction everywhere) instead of the paper's
-        global TopK, which on an MLP was seen to keep 127 and 1 neurons of two 128-wide layers.
+      per_layer: TopK within each layer (same fraction everywhere; default) instead of the
+        paper's global TopK (``False``), which on an MLP was seen to keep 127 and 1 neurons of
+        two 128-wide layers.
 
     References:
       Chen et al. (2023), Sec. 3.2 and App. E (Algorithm 2, eq. 36, Table 4); readings PL-4,
@@ -140,17 +154,20 @@ class PLGatingConfig:
     hidden: int = 16
     scaling: str = "mean_one"
     alpha: float = 1.0
-    num_probes: int = 1
+    num_probes: int = 4
+    normalize: bool = True
     gating_steps: int = 100
     learning_rate: float = 1e-2
     feature_batch_size: int = 32
     lambda_min: str = "nonzero"
     output_projections: int | None = None
     feature_dtype: Any = None
-    hessian: str = "outputs"
+    hessian: str = "auto"
     trace_wrt: str = "gated"
+    distribution: str = "rademacher"
+    feature_normalization: str = "global"
     min_per_layer: int = 1
-    per_layer: bool = False
+    per_layer: bool = True
 
     def __post_init__(self):
         check_positive_int(self.hidden, "hidden")
@@ -161,17 +178,25 @@ class PLGatingConfig:
         check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
         check_choice(self.lambda_min, LAMBDA_MINS, "lambda_min")
         check_int(self.min_per_layer, "min_per_layer", minimum=0)
-        _ = self.objective  # validates alpha, num_probes, scaling, hessian and trace_wrt
+        check_choice(self.hessian, ("auto", *HESSIANS), "hessian")
+        check_choice(self.feature_normalization, FEATURE_NORMALIZATIONS, "feature_normalization")
+        for name in ("normalize", "per_layer"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        _ = self.objective  # validates alpha, num_probes, scaling, trace_wrt and distribution
 
     @property
     def objective(self) -> GatingObjective:
-        """The gating objective's options (with the default ``inputs_of``)."""
+        """The gating objective's options (with the default ``inputs_of``; ``hessian="auto"``
+        appears as ``"loss"``, what it resolves to on piecewise-linear networks: :func:`prune`
+        resolves it per model with :func:`resolve_hessian`)."""
         return GatingObjective(
             alpha=self.alpha,
             num_probes=self.num_probes,
             scaling=self.scaling,
-            hessian=self.hessian,
+            hessian="loss" if self.hessian == "auto" else self.hessian,
             trace_wrt=self.trace_wrt,
+            distribution=self.distribution,
         )
 
 
@@ -185,6 +210,8 @@ class GatingEvent(NamedTuple):
       normalized_features: ``(p, 2)`` gating input.
       v: trained :class:`GatingParams` (pass to the next event to continue).
       history: :class:`GatingHistory` of the gating training.
+      objective: the :class:`GatingObjective` trained on (Hessian target resolved, the
+        normalization's scales).
     """
 
     mask: np.ndarray
@@ -193,6 +220,7 @@ class GatingEvent(NamedTuple):
     normalized_features: jax.Array
     v: GatingParams
     history: GatingHistory
+    objective: GatingObjective
 
 
 def prune(
@@ -215,11 +243,14 @@ def prune(
     """One pruning event ``(t_j, r_j)`` of Algorithm 2: features, gating training, TopK.
 
     1. :func:`features` of the first ``config.feature_batch_size`` rows of ``feature_inputs``
-       and :func:`normalize_features` (line 5);
-    2. ``v`` (from :func:`init_gating` unless given) trained by :func:`train_gating` on
+       and :func:`normalize_features` within ``config.feature_normalization`` (line 5);
+    2. the Hessian target resolved (:func:`resolve_hessian` on the feature rows), then ``v``
+       (from :func:`init_gating` unless given) trained by :func:`train_gating` on
        ``config.gating_steps`` batches with ``config.objective`` (lines 6-8);
     3. :func:`select` with ``k = ratio_to_k(p, ratio)`` (``(1 - r) p`` rounded to nearest,
-       ties kept) and ``config.min_per_layer`` (line 9).
+       ties kept), ``config.min_per_layer`` and ``config.per_layer`` (line 9), dead groups
+       (``features.dead``, a zero kernel on the feature batch) ranked below every live one:
+       they do not move the outputs there, so they are pruned first (reading PL-11).
 
     The weights are not changed: apply the mask with :func:`jaxprune.masks.apply_group_mask`
     (line 10) and train ``w`` under it with :func:`jaxprune.optim.masked` (lines 11-13,
@@ -291,6 +322,8 @@ def prune(
             f"feature_inputs: has {feature_inputs.shape[0]} examples, fewer than "
             f"config.feature_batch_size = {n}"
         )
+    if config.feature_normalization == "layer" and layout is None:
+        raise ValueError("layout: required when config.feature_normalization='layer', got None")
     sketch_key, init_key, probe_key = jax.random.split(key, 3)
     feats = features(
         apply_fn,
@@ -302,7 +335,11 @@ def prune(
         key=sketch_key,
         dtype=config.feature_dtype,
     )
-    normalized = normalize_features(feats)
+    normalized = normalize_features(feats, layout, within=config.feature_normalization)
+    hessian = resolve_hessian(
+        config.hessian, apply_fn, params, feature_inputs[:n], jax.random.fold_in(probe_key, 1)
+    )
+    objective = dataclasses.replace(objective, hessian=hessian)
     if v is None:
         v = init_gating(init_key, config.hidden)
     training = train_gating(
@@ -317,14 +354,18 @@ def prune(
         objective=objective,
         num_steps=config.gating_steps,
         optimizer=optax.adam(config.learning_rate) if optimizer is None else optimizer,
+        normalize=config.normalize,
     )
     gates = gate(training.v, normalized, scaling=objective.scaling)
+    scores = np.where(np.asarray(feats.dead), -np.inf, np.asarray(gates, np.float64))
     mask = select(
-        gates,
+        scores,
         k,
         layout,
         min_per_layer=config.min_per_layer,
         per_layer=config.per_layer,
         current_mask=current_mask,
     )
-    return GatingEvent(mask, gates, feats, normalized, training.v, training.history)
+    return GatingEvent(
+        mask, gates, feats, normalized, training.v, training.history, training.objective
+    )

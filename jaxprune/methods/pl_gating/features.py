@@ -19,16 +19,25 @@ import numpy as np
 
 from jaxprune._validation import check_batch, check_choice, check_positive_int
 from jaxprune.group_ids import group_sizes, validate_group_ids
+from jaxprune.masks.layout import GroupLayout
 from jaxprune.spectra.ntk import BACKENDS, empirical_ntk
 from jaxprune.spectra.sketch import example_output_shape, output_sketch
 from jaxprune.spectra.spectrum import group_rank_bound, spectrum_features
 from jaxprune.spectra.static import unbind_partial
 from jaxprune.typing import ApplyFn, PyTree
 
-__all__ = ["LAMBDA_MINS", "GroupFeatures", "LambdaMin", "features", "normalize_features"]
+__all__ = [
+    "FEATURE_NORMALIZATIONS",
+    "LAMBDA_MINS",
+    "GroupFeatures",
+    "LambdaMin",
+    "features",
+    "normalize_features",
+]
 
 LambdaMin = Literal["nonzero", "bound", "literal"]
 LAMBDA_MINS: tuple[str, ...] = ("nonzero", "bound", "literal")
+FEATURE_NORMALIZATIONS: tuple[str, ...] = ("global", "layer")
 
 
 class GroupFeatures(NamedTuple):
@@ -43,6 +52,9 @@ class GroupFeatures(NamedTuple):
       rank_bound: ``(p,)`` ints, the number of eigenvalues considered: ``min(n, k m_i)``, or
         ``n`` for ``lambda_min="literal"``.
       tolerance: ``(p,)`` zero threshold of the eigenvalues (relative to ``lambda_max``).
+      dead: ``(p,)`` bools: the group's kernel is zero on the feature batch (``λ_max`` at most
+        ``n · eps`` times the largest ``λ_max`` of all groups): the group does not move the
+        outputs there (a ReLU neuron inactive on every example, a pruned group).
 
     References:
       Chen et al. (2023), Sec. 3.2.2 (``d_w[i] = [λ_min, ρ]``, eq. 7); reading PL-6
@@ -55,6 +67,7 @@ class GroupFeatures(NamedTuple):
     rank: jax.Array
     rank_bound: np.ndarray
     tolerance: jax.Array
+    dead: jax.Array
 
 
 def features(
@@ -153,6 +166,8 @@ def features(
     else:
         bound = group_rank_bound(sizes, k, n)
     spectrum = spectrum_features(kernels, max_rank=bound, dtype=dtype)
+    lambda_max = spectrum.lambda_max
+    eps = jnp.finfo(jnp.result_type(lambda_max)).eps
     return GroupFeatures(
         lambda_min=spectrum.lambda_min_nonzero if lambda_min == "nonzero" else spectrum.lambda_min,
         entropy=spectrum.entropy,
@@ -160,23 +175,29 @@ def features(
         rank=spectrum.rank,
         rank_bound=bound,
         tolerance=spectrum.tolerance,
+        dead=lambda_max <= n * eps * jnp.max(lambda_max),
     )
 
 
-def _standardize(column: jax.Array) -> jax.Array:
-    """Zero mean, unit (population) std across groups; a constant column maps to zeros.
+def _standardize(column: jax.Array, members: jax.Array) -> jax.Array:
+    """``column`` standardized over the entries where ``members`` holds (zero mean, unit
+    population std), zero elsewhere; a constant column maps to zeros.
 
     A spread within ``√eps`` of the column's magnitude is round-off of equal values (identical
     kernels decomposed separately), not a feature: it is not amplified to ±1.
     """
-    mean = jnp.mean(column)
-    std = jnp.std(column)
+    count = jnp.maximum(jnp.sum(members), 1)
+    mean = jnp.sum(jnp.where(members, column, 0.0)) / count
+    std = jnp.sqrt(jnp.sum(jnp.where(members, (column - mean) ** 2, 0.0)) / count)
     eps = jnp.finfo(column.dtype).eps
-    constant = std <= jnp.sqrt(eps) * jnp.max(jnp.abs(column))
-    return jnp.where(constant, 0.0, (column - mean) / jnp.where(constant, 1.0, std))
+    constant = std <= jnp.sqrt(eps) * jnp.max(jnp.where(members, jnp.abs(column), 0.0))
+    scaled = jnp.where(constant, 0.0, (column - mean) / jnp.where(constant, 1.0, std))
+    return jnp.where(members, scaled, 0.0)
 
 
-def normalize_features(feats: GroupFeatures) -> jax.Array:
+def normalize_features(
+    feats: GroupFeatures, layout: GroupLayout | None = None, *, within: str = "global"
+) -> jax.Array:
     """The gating network's input: ``(p, 2)`` standardized ``[log λ_min, ρ]``.
 
     ``λ_min`` spans orders of magnitude across groups, so the first column is
@@ -184,25 +205,49 @@ def normalize_features(feats: GroupFeatures) -> jax.Array:
     zero threshold, ``n · eps · λ_max``) is the smallest eigenvalue the decomposition resolves,
     so a zero ``λ_min`` maps to the log of that resolution limit (finite) and a resolved one is
     changed by a relative ``O(n eps)``; the global ``eps · max λ_max`` keeps zero kernels finite.
-    The second column is the entropy ρ (eq. 7).  Each column is then standardized across the
-    ``p`` groups (zero mean, unit std; a constant column, e.g. one group, gives zeros).
+    The second column is the entropy ρ (eq. 7).  Each column is then standardized (zero mean,
+    unit std; a constant column, e.g. one group, gives zeros) over the live groups: across all of
+    them (``within="global"``, default) or within each layer of ``layout`` (``within="layer"``:
+    layers whose kernels differ in scale, e.g. a wide and a narrow one, then compete on their
+    within-layer ranking).  Dead groups (``feats.dead``: a zero kernel on the feature batch) take
+    no part in the statistics and get the row ``[0, 0]``, the live groups' mean; their score is
+    set apart by :func:`~jaxprune.methods.pl_gating.prune` (pruned first), not by these inputs.
 
     Every term scales with the kernel, so the result is invariant to scaling all kernels by a
-    constant (the output scale, ``empirical_ntk``'s ``1/k``, a sketch's scale); all-zero kernels
-    give zeros.
+    constant (the output scale, ``empirical_ntk``'s ``1/k``, a sketch's scale).
 
     Args:
       feats: :class:`GroupFeatures` from :func:`features`.
+      layout: the groups' :class:`~jaxprune.masks.GroupLayout`; required with
+        ``within="layer"``.
+      within: ``"global"`` or ``"layer"``.
 
     Returns:
       ``(p, 2)`` finite array.
 
+    Raises:
+      TypeError / ValueError: ``feats`` not :class:`GroupFeatures`, an unknown ``within``, or
+        a missing or mismatched ``layout``.
+
     References:
-      Chen et al. (2023), Sec. 3.2.2 (features) and Sec. 3.2.3, eq. 8 (their gating network).
+      Chen et al. (2023), Sec. 3.2.2 (features) and Sec. 3.2.3, eq. 8 (their gating network);
+      reading PL-11 (docs/readings.md: dead groups, the normalization's scope).
     """
     if not isinstance(feats, GroupFeatures):
         raise TypeError(f"feats: expected GroupFeatures (from features()), got {type(feats)}")
+    check_choice(within, FEATURE_NORMALIZATIONS, "within")
     lambda_min = jnp.asarray(feats.lambda_min)
+    p = lambda_min.shape[0]
+    if within == "layer":
+        if not isinstance(layout, GroupLayout):
+            raise TypeError(
+                f"layout: expected a GroupLayout with within='layer', got {type(layout).__name__}"
+            )
+        if layout.num_groups != p:
+            raise ValueError(f"layout: has {layout.num_groups} groups, expected {p}")
+        segments = [np.asarray(layout.layer_of_group) == i for i in range(layout.num_layers)]
+    else:
+        segments = [np.ones(p, bool)]
     dtype = jnp.promote_types(lambda_min.dtype, jnp.float32)
     lambda_min = lambda_min.astype(dtype)
     lambda_max = jnp.asarray(feats.lambda_max, dtype)
@@ -210,4 +255,9 @@ def normalize_features(feats: GroupFeatures) -> jax.Array:
     floor = jnp.asarray(feats.tolerance, dtype) + jnp.finfo(dtype).eps * scale
     log_lambda = jnp.log(jnp.where(scale > 0, lambda_min + floor, 1.0))
     entropy = jnp.asarray(feats.entropy, dtype)
-    return jnp.stack([_standardize(log_lambda), _standardize(entropy)], axis=-1)
+    live = ~jnp.asarray(feats.dead, bool)
+    columns = []
+    for column in (log_lambda, entropy):
+        parts = [_standardize(column, live & jnp.asarray(seg)) for seg in segments]
+        columns.append(sum(parts))
+    return jnp.stack(columns, axis=-1)

@@ -1,13 +1,27 @@
 """The gating objective of Chen et al. (2023), App. E.2, eq. 36, and the training of ``v``.
 
-``L_total(v) = L_S(g ∗ w) + α Tr(H_f(g ∗ w))`` with ``w`` fixed and ``g = gate(v, d_w)``; the
-trace is Hutchinson's estimate (Algorithm 1).  The options of the objective are one validated
+``L_total(v) = L_S(g ∗ w) / L_0 + α Tr(H(g ∗ w)) / T_0`` with ``w`` fixed and ``g = gate(v,
+d_w)``; the trace is Hutchinson's estimate (Algorithm 1).  ``L_0 = T_0 = 1`` is eq. 36 as
+printed; :func:`train_gating` by default sets them to the loss and trace of the dense weights, so
+both terms start near 1 and ``α`` weighs a relative change of the trace against a relative change
+of the loss (reading PL-10).  The options of the objective are one validated
 :class:`GatingObjective`; :func:`gating_loss` evaluates it and :func:`train_gating` trains ``v``
 on it with any optax optimizer (Algorithm 2, lines 6-8).
 
+Which Hessian (reading PL-2, docs/readings.md): eq. 36's ``H_f`` (``hessian="outputs"``) is
+identically zero on piecewise-linear networks (ReLU MLPs and CNNs, max-pooling, BatchNorm in
+eval mode): the output is linear in each single weight on each linear piece, so every diagonal
+entry of ``∇²_w f`` vanishes, and so does the trace; its Hutchinson estimate is then pure noise
+from the off-diagonal entries, and ``v`` would be trained on that noise.  The loss Hessian
+(``hessian="loss"``, the default here) carries signal on every model: ``Tr ∇²_w L = Tr(Jᵀ H_ℓ
+J) + Σ ∂ℓ/∂f · Tr(H_f)``, on a piecewise-linear network exactly the (positive) Gauss-Newton
+trace.  :func:`resolve_hessian` picks the target for a model (``"auto"``: the loss Hessian where
+the output Hessian's diagonal vanishes, eq. 36's output Hessian otherwise) and warns when the
+output Hessian is asked for where it is zero.
+
 References:
   Chen et al. (2023), App. E.2 (eq. 36, Algorithms 1 and 2); Hutchinson (1990); readings PL-1,
-  PL-2, PL-4 and PL-5 (docs/readings.md).
+  PL-2, PL-4, PL-5 and PL-10 (docs/readings.md).
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, NamedTuple
 
@@ -32,7 +47,13 @@ from jaxprune.methods.pl_gating.gating import (
     check_features_matrix,
     gate,
 )
-from jaxprune.spectra.hessian import hessian_trace, output_hessian_trace
+from jaxprune.spectra.hessian import (
+    DISTRIBUTIONS,
+    TraceEstimate,
+    hessian_trace,
+    output_hessian_trace,
+    sample_output_hessian_diagonal,
+)
 from jaxprune.spectra.static import FrozenGroupIds, as_partial
 from jaxprune.typing import ApplyFn, BatchLossFn, PyTree
 
@@ -45,6 +66,8 @@ __all__ = [
     "Hessian",
     "TraceWrt",
     "gating_loss",
+    "output_hessian_vanishes",
+    "resolve_hessian",
     "train_gating",
 ]
 
@@ -53,7 +76,11 @@ TraceWrt = Literal["gated", "weights"]
 HESSIANS: tuple[str, ...] = ("outputs", "loss")
 TRACE_WRT: tuple[str, ...] = ("gated", "weights")
 
-_STATIC_FIELDS = ("num_probes", "scaling", "hessian", "trace_wrt", "inputs_of")
+# fold_in data of the dense-scale probes, apart from the steps' fold_in(key, t).
+_SCALE_STREAM = 2**31 - 1
+
+_LEAF_FIELDS = ("alpha", "loss_scale", "trace_scale")
+_STATIC_FIELDS = ("num_probes", "scaling", "hessian", "trace_wrt", "distribution", "inputs_of")
 
 
 def _first(batch: Any) -> Any:
@@ -66,19 +93,25 @@ def _first(batch: Any) -> Any:
 class GatingObjective:
     """The options of eq. 36's gating objective, validated once when constructed.
 
-    A pytree whose only leaf is ``alpha``: passed to a compiled function, ``alpha`` is traced
-    (new values do not recompile) and the other fields are static.
+    A pytree whose leaves are ``alpha``, ``loss_scale`` and ``trace_scale``: passed to a
+    compiled function they are traced (new values do not recompile); the other fields are
+    static.  The objective is ``L / loss_scale + alpha · T / trace_scale``.
 
     Attributes:
       alpha: trade-off ``α >= 0`` of the trace term (Algorithm 2 trains ``v`` with ``α = 1``).
-      num_probes: Hutchinson probes per evaluation, ``>= 1``.
+      num_probes: Hutchinson probes per evaluation, ``>= 1`` (``>= 2`` for a standard error).
       scaling: gate scaling, ``"mean_one"`` (``p·softmax``, reading PL-4) or ``"softmax"``
         (eq. 8), see :func:`jaxprune.methods.pl_gating.gate`.
-      hessian: ``"outputs"`` (eq. 36's ``H_f``, the Hessian of the summed outputs, reading
-        PL-1) or ``"loss"`` (the training loss's Hessian, reading PL-2).
+      hessian: ``"loss"`` (default: the training loss's Hessian, which has signal on every
+        model, reading PL-2) or ``"outputs"`` (eq. 36's ``H_f``, the Hessian of the summed
+        outputs, reading PL-1; identically zero on piecewise-linear networks).
       trace_wrt: ``"gated"`` (eq. 36's notation: the Hessian in the parameters at
         ``u = g ∗ w``) or ``"weights"`` (the Hessian of ``w ↦ f(g ∗ w)``, ``diag(g) H
         diag(g)``: for a binary mask, the pruned model's own Hessian).
+      distribution: Hutchinson probes, ``"rademacher"`` (default: the diagonal adds no variance,
+        ``Var = 2 Σ_{i≠j} H_ij²``) or ``"gaussian"`` (Algorithm 1, ``Var = 2 ‖H‖_F²``).
+      loss_scale, trace_scale: positive divisors of the two terms (``1``: eq. 36 as printed);
+        :func:`train_gating` with ``normalize=True`` sets them to the dense weights' values.
       inputs_of: ``inputs_of(batch) -> x``, the model inputs of a batch for the output Hessian
         (default ``batch[0]``; e.g. ``operator.itemgetter("x")`` for dict batches).  Part of
         compile-cache keys: pass one function object.
@@ -94,28 +127,35 @@ class GatingObjective:
     alpha: float = 1.0
     num_probes: int = 1
     scaling: Scaling = "mean_one"
-    hessian: Hessian = "outputs"
+    hessian: Hessian = "loss"
     trace_wrt: TraceWrt = "gated"
     inputs_of: Callable[[Any], jax.Array] = _first
+    distribution: str = "rademacher"
+    loss_scale: float = 1.0
+    trace_scale: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "alpha", check_real(self.alpha, "alpha", minimum=0.0))
+        for name in ("loss_scale", "trace_scale"):
+            value = check_real(getattr(self, name), name, minimum=0.0, strict=True)
+            object.__setattr__(self, name, value)
         object.__setattr__(self, "num_probes", check_positive_int(self.num_probes, "num_probes"))
         check_choice(self.scaling, SCALINGS, "scaling")
         check_choice(self.hessian, HESSIANS, "hessian")
         check_choice(self.trace_wrt, TRACE_WRT, "trace_wrt")
+        check_choice(self.distribution, DISTRIBUTIONS, "distribution")
         if not callable(self.inputs_of):
             raise TypeError(f"inputs_of: expected a callable, got {self.inputs_of!r}")
 
-    def tree_flatten(self) -> tuple[tuple[Any], tuple]:
-        return (self.alpha,), tuple(getattr(self, name) for name in _STATIC_FIELDS)
+    def tree_flatten(self) -> tuple[tuple[Any, ...], tuple]:
+        leaves = tuple(getattr(self, name) for name in _LEAF_FIELDS)
+        return leaves, tuple(getattr(self, name) for name in _STATIC_FIELDS)
 
     @classmethod
-    def tree_unflatten(cls, static: tuple, children: tuple[Any]) -> GatingObjective:
-        # Without __init__: alpha may be a tracer, and the fields were validated already.
+    def tree_unflatten(cls, static: tuple, children: tuple[Any, ...]) -> GatingObjective:
+        # Without __init__: the leaves may be tracers, and the fields were validated already.
         objective = object.__new__(cls)
-        object.__setattr__(objective, "alpha", children[0])
-        for name, value in zip(_STATIC_FIELDS, static):
+        for name, value in (*zip(_LEAF_FIELDS, children), *zip(_STATIC_FIELDS, static)):
             object.__setattr__(objective, name, value)
         return objective
 
@@ -133,6 +173,37 @@ def _as_objective(objective: GatingObjective | None, options: dict[str, Any]) ->
     return objective
 
 
+def _trace_estimate(
+    point: PyTree,
+    reparameterize: Callable[[PyTree], PyTree],
+    batch: Any,
+    key: jax.Array,
+    num_probes: int,
+    *,
+    loss_fn: BatchLossFn,
+    apply_fn: ApplyFn,
+    objective: GatingObjective,
+) -> TraceEstimate:
+    """Hutchinson estimate of ``Tr ∇²_u h(reparameterize(u))`` at ``u = point``, ``h`` the
+    summed outputs on ``inputs_of(batch)`` or the loss on ``batch``."""
+    if objective.hessian == "outputs":
+        return output_hessian_trace(
+            lambda u, x: apply_fn(reparameterize(u), x),
+            point,
+            objective.inputs_of(batch),
+            key,
+            num_probes=num_probes,
+            distribution=objective.distribution,
+        )
+    return hessian_trace(
+        lambda u: loss_fn(reparameterize(u), batch),
+        point,
+        key,
+        num_probes=num_probes,
+        distribution=objective.distribution,
+    )
+
+
 def _gating_objective(
     v: GatingParams,
     params: PyTree,
@@ -144,8 +215,9 @@ def _gating_objective(
     apply_fn: ApplyFn,
     group_ids: PyTree,
     objective: GatingObjective,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    """``(L + α T, (L, T))`` with ``L = L_S(g ∗ w)`` and ``T`` the Hutchinson trace."""
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """``(L / L_0 + α T / T_0, (L, T, stderr of T))``: ``L = L_S(g ∗ w)``, ``T`` Hutchinson's
+    trace."""
     gates = gate(v, normalized_features, scaling=objective.scaling)
     gated = apply_group_mask(params, group_ids, gates)
     loss = loss_fn(gated, batch)
@@ -161,23 +233,75 @@ def _gating_objective(
         def reparameterize(u: PyTree) -> PyTree:
             return apply_group_mask(u, group_ids, gates)
 
-    if objective.hessian == "outputs":
-        trace = output_hessian_trace(
-            lambda u, x: apply_fn(reparameterize(u), x),
-            point,
-            objective.inputs_of(batch),
-            key,
-            num_probes=objective.num_probes,
-        ).estimate
-    else:
-        trace = hessian_trace(
-            lambda u: loss_fn(reparameterize(u), batch),
-            point,
-            key,
-            num_probes=objective.num_probes,
-            distribution="gaussian",
-        ).estimate
-    return loss + objective.alpha * trace, (loss, trace)
+    trace = _trace_estimate(
+        point,
+        reparameterize,
+        batch,
+        key,
+        objective.num_probes,
+        loss_fn=loss_fn,
+        apply_fn=apply_fn,
+        objective=objective,
+    )
+    total = loss / objective.loss_scale + objective.alpha * trace.estimate / objective.trace_scale
+    return total, (loss, trace.estimate, trace.stderr)
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes",))
+def _dense_terms(
+    params: PyTree,
+    batch: Any,
+    key: jax.Array,
+    objective: GatingObjective,
+    loss_fn: jax.tree_util.Partial,
+    apply_fn: jax.tree_util.Partial,
+    *,
+    num_probes: int,
+) -> tuple[jax.Array, TraceEstimate]:
+    """The loss and trace estimate of the dense weights (all gates 1)."""
+    trace = _trace_estimate(
+        params,
+        lambda u: u,
+        batch,
+        key,
+        num_probes,
+        loss_fn=loss_fn,
+        apply_fn=apply_fn,
+        objective=objective,
+    )
+    return loss_fn(params, batch), trace
+
+
+def _dense_scales(
+    objective: GatingObjective,
+    params: PyTree,
+    batch: Any,
+    key: jax.Array,
+    num_probes: int,
+    *,
+    loss_fn: jax.tree_util.Partial,
+    apply_fn: jax.tree_util.Partial,
+) -> GatingObjective:
+    """``objective`` with ``loss_scale = L(w)`` and ``trace_scale = max(|T(w)|, stderr)`` on
+    ``batch`` (each 1 where it is 0: nothing to normalize)."""
+    loss, trace = _dense_terms(
+        params, batch, key, objective, loss_fn, apply_fn, num_probes=num_probes
+    )
+    loss, estimate, stderr = (float(a) for a in jax.device_get((loss, trace.estimate, trace.stderr)))
+    if abs(estimate) <= 2 * stderr:
+        warnings.warn(
+            f"the dense weights' Hessian trace ({objective.hessian}) is {estimate:.4g} ± "
+            f"{stderr:.4g} over {num_probes} probes, not resolved from zero: its scale "
+            "normalizes the trace term; check the Hessian target (see resolve_hessian)",
+            UserWarning,
+            stacklevel=3,
+        )
+    trace_scale = max(abs(estimate), stderr)
+    return dataclasses.replace(
+        objective,
+        loss_scale=abs(loss) if loss != 0 else 1.0,
+        trace_scale=trace_scale if 0 < trace_scale < np.inf else 1.0,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("ids",))
@@ -192,10 +316,10 @@ def _objective_value_and_grad(
     apply_fn: jax.tree_util.Partial,
     *,
     ids: FrozenGroupIds,
-) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array]], GatingParams]:
+) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]], GatingParams]:
     """Value and ``v``-gradient of :func:`_gating_objective`, compiled once per model and
-    objective options: ``objective.alpha`` and the arrays bound in ``loss_fn``/``apply_fn``
-    are traced."""
+    objective options: ``objective``'s leaves (``alpha``, the scales) and the arrays bound in
+    ``loss_fn``/``apply_fn`` are traced."""
     return jax.value_and_grad(_gating_objective, has_aux=True)(
         v,
         params,
@@ -231,17 +355,22 @@ def gating_loss(
     objective: GatingObjective | None = None,
     **options: Any,
 ) -> jax.Array:
-    """Eq. 36 for the gating parameters: ``L_S(g ∗ w) + α Tr(H_f(g ∗ w))``, ``w`` fixed.
+    """Eq. 36 for the gating parameters: ``L_S(g ∗ w) / L_0 + α Tr(H(g ∗ w)) / T_0``, ``w``
+    fixed (``L_0 = objective.loss_scale``, ``T_0 = objective.trace_scale``; 1 and 1 is eq. 36 as
+    printed).
 
     ``g = gate(v, normalized_features, scaling=objective.scaling)``; ``g ∗ w`` is
     :func:`jaxprune.masks.apply_group_mask` with the soft gates (reading PL-5: the loss at the
-    soft gates, so both terms train ``v``).  ``Tr(H_f)`` is Hutchinson's estimate with
-    ``objective.num_probes`` Gaussian probes drawn from ``key`` (Algorithm 1):
+    soft gates, so both terms train ``v``).  The trace is Hutchinson's estimate with
+    ``objective.num_probes`` probes (``objective.distribution``) drawn from ``key``
+    (Algorithm 1):
 
+    * ``hessian="loss"`` (default): :func:`jaxprune.spectra.hessian_trace` of
+      ``loss_fn(·, batch)``, the Gauss-Newton trace on a piecewise-linear network;
     * ``hessian="outputs"``: :func:`jaxprune.spectra.output_hessian_trace` of ``apply_fn`` on
       ``inputs_of(batch)``, the Hessian of the sum of all outputs over examples and output axes
-      (classes; tokens × vocabulary for MLM logits; reading PL-1);
-    * ``hessian="loss"``: :func:`jaxprune.spectra.hessian_trace` of ``loss_fn(·, batch)``;
+      (classes; tokens × vocabulary for MLM logits; reading PL-1), zero on piecewise-linear
+      networks (reading PL-2, :func:`resolve_hessian`);
 
     in the parameters at ``g ∗ w`` (``trace_wrt="gated"``) or of ``w ↦ f(g ∗ w)``
     (``trace_wrt="weights"``, ``diag(g) H diag(g)``).  The estimate is unbiased for fixed
@@ -249,9 +378,8 @@ def gating_loss(
 
     The output Hessian is indefinite, so ``Tr(H_f)`` can be negative and lowering it is not
     lowering ``‖H_f‖₂`` (App. E.2 replaces the norm by the trace); it is a sum over all
-    ``n k`` outputs, so at ``α = 1`` it can dwarf a mean loss (MLM logits: ``k = T V``).  Choose
-    ``α`` (and ``num_probes``: one probe's spread exceeds its mean on BERT) accordingly.  On
-    piecewise-linear networks ``Tr(H_f)`` is zero (reading PL-2): use ``hessian="loss"``.
+    ``n k`` outputs, so unnormalized at ``α = 1`` it can dwarf a mean loss (MLM logits: ``k = T
+    V``): :func:`train_gating` normalizes both terms by default (reading PL-10).
 
     Args:
       v: :class:`GatingParams`.
@@ -264,7 +392,8 @@ def gating_loss(
       key: PRNG key of the probes.
       objective: the :class:`GatingObjective` (default: its defaults).
       **options: instead of ``objective``, its fields as keywords (``alpha``, ``num_probes``,
-        ``scaling``, ``hessian``, ``trace_wrt``, ``inputs_of``).
+        ``scaling``, ``hessian``, ``trace_wrt``, ``distribution``, ``loss_scale``,
+        ``trace_scale``, ``inputs_of``).
 
     Returns:
       Scalar objective.
@@ -297,14 +426,16 @@ class GatingHistory(NamedTuple):
     """Per-step values of the gating objective (before each step's update).
 
     Attributes:
-      total: ``(steps,)`` ``L + α T``.
+      total: ``(steps,)`` ``L / L_0 + α T / T_0``.
       loss: ``(steps,)`` ``L_S(g ∗ w)``.
       trace: ``(steps,)`` Hutchinson estimate ``T`` of the Hessian trace.
+      trace_stderr: ``(steps,)`` its standard error over the step's probes (``inf`` for one).
     """
 
     total: np.ndarray
     loss: np.ndarray
     trace: np.ndarray
+    trace_stderr: np.ndarray
 
 
 class GatingTraining(NamedTuple):
@@ -314,11 +445,71 @@ class GatingTraining(NamedTuple):
       v: trained :class:`GatingParams`.
       opt_state: the optimizer state (pass it back to continue training).
       history: :class:`GatingHistory`.
+      objective: the :class:`GatingObjective` trained on (with the normalization's scales).
     """
 
     v: GatingParams
     opt_state: optax.OptState
     history: GatingHistory
+    objective: GatingObjective
+
+
+def output_hessian_vanishes(
+    apply_fn: ApplyFn, params: PyTree, x: jax.Array, key: jax.Array, *, per_leaf: int = 4
+) -> bool:
+    """Whether ``Tr(H_f)`` is identically zero here: the exact diagonal of the output Hessian
+    at ``per_leaf`` sampled coordinates of every leaf is zero to round-off
+    (:func:`jaxprune.spectra.sample_output_hessian_diagonal`).
+
+    True on piecewise-linear networks (ReLU, max-pooling, eval-mode BatchNorm: linear in each
+    single weight on each piece), false on smooth ones (tanh, GELU, softmax attention,
+    LayerNorm).  Costs ``per_leaf × leaves`` Hessian-vector products.
+
+    References:
+      Chen et al. (2023), App. E.2, eq. 36; reading PL-2 (docs/readings.md).
+    """
+    return sample_output_hessian_diagonal(apply_fn, params, x, key, per_leaf=per_leaf).vanishes()
+
+
+def resolve_hessian(
+    hessian: str, apply_fn: ApplyFn, params: PyTree, x: jax.Array, key: jax.Array
+) -> Hessian:
+    """The Hessian target of the gating objective for this model.
+
+    * ``"auto"``: ``"loss"`` where :func:`output_hessian_vanishes` (piecewise-linear networks:
+      the MLP, CNN, VGG, ResNet and two-layer families of the zoo), else ``"outputs"`` (eq. 36's
+      ``H_f``: the transformer families, BERT and Switch, whose GELU, softmax and LayerNorm make
+      it nonzero);
+    * ``"outputs"``: returned as asked, with a ``UserWarning`` where it vanishes (the trace term
+      would then train ``v`` on Hutchinson noise alone);
+    * ``"loss"``: returned without a check.
+
+    Args:
+      hessian: ``"auto"``, ``"outputs"`` or ``"loss"``.
+      apply_fn, params, x: the model, its weights and a probe batch of inputs.
+      key: PRNG key of the sampled coordinates.
+
+    Returns:
+      ``"outputs"`` or ``"loss"``.
+
+    References:
+      Chen et al. (2023), App. E.2, eq. 36; reading PL-2 (docs/readings.md).
+    """
+    check_choice(hessian, ("auto", *HESSIANS), "hessian")
+    if hessian == "loss":
+        return "loss"
+    vanishes = output_hessian_vanishes(apply_fn, params, x, key)
+    if hessian == "auto":
+        return "loss" if vanishes else "outputs"
+    if vanishes:
+        warnings.warn(
+            "hessian='outputs': the output Hessian's diagonal is zero to round-off on this "
+            "model (a piecewise-linear network), so Tr(H_f) is identically zero and the trace "
+            "term trains the gates on Hutchinson noise; use hessian='loss' or 'auto'",
+            UserWarning,
+            stacklevel=2,
+        )
+    return "outputs"
 
 
 def train_gating(
@@ -335,9 +526,20 @@ def train_gating(
     num_steps: int | None = None,
     optimizer: optax.GradientTransformation | None = None,
     opt_state: optax.OptState | None = None,
+    normalize: bool = True,
+    scale_probes: int = 32,
     **options: Any,
 ) -> GatingTraining:
     """Train ``v`` on :func:`gating_loss` with an optax optimizer, ``w`` fixed.
+
+    With ``normalize`` (default), the objective's ``loss_scale`` and ``trace_scale`` are first
+    set to the loss ``L(w)`` and the trace magnitude ``|T(w)|`` of the dense weights on the first
+    batch (``scale_probes`` probes from a stream apart from the steps'; the standard error instead when
+    it is larger, with a warning that the trace is not resolved from zero): both terms start
+    near 1, ``α`` weighs a relative change of the trace against a relative change of the loss,
+    and the gradient's composition (not only its scale, which Adam ignores) depends on ``α``
+    (reading PL-10, docs/readings.md).  ``normalize=False`` keeps the objective's scales (1:
+    eq. 36 as printed).
 
     One jit-compiled gradient of :func:`gating_loss` and one optimizer update per batch; step
     ``t`` draws its probes from ``fold_in(key, t)``.  The gradient is compiled once per
@@ -356,6 +558,8 @@ def train_gating(
       num_steps: steps to take (the first ``num_steps`` batches); ``None`` uses every batch.
       optimizer: any optax optimizer on ``v``; default ``optax.adam(1e-2)``.
       opt_state: optimizer state to continue from; default ``optimizer.init(v)``.
+      normalize: normalize both terms by the dense weights' values (see above).
+      scale_probes: probes of the dense trace when normalizing.
       **options: instead of ``objective``, its fields as keywords, as in :func:`gating_loss`.
 
     Returns:
@@ -373,6 +577,7 @@ def train_gating(
     _check_features_rows(params, group_ids, normalized_features)
     if num_steps is not None:
         num_steps = check_positive_int(num_steps, "num_steps")
+    scale_probes = check_positive_int(scale_probes, "scale_probes")
     optimizer = optax.adam(1e-2) if optimizer is None else optimizer
     opt_state = optimizer.init(v) if opt_state is None else opt_state
     sharding = jax.tree_util.tree_leaves(params)[0].sharding
@@ -381,12 +586,30 @@ def train_gating(
         # step sees committed arrays where the first saw uncommitted ones and compiles again.
         v, opt_state = jax.device_put((v, opt_state), sharding)
 
+    loss_fn, apply_fn = as_partial(loss_fn), as_partial(apply_fn)
     value_and_grad = functools.partial(
         _objective_value_and_grad,
-        loss_fn=as_partial(loss_fn),
-        apply_fn=as_partial(apply_fn),
+        loss_fn=loss_fn,
+        apply_fn=apply_fn,
         ids=FrozenGroupIds(group_ids),
     )
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError(
+            "batches: yielded 0 batches, expected "
+            f"{'at least one' if num_steps is None else num_steps}"
+        )
+    if normalize:
+        objective = _dense_scales(
+            objective,
+            params,
+            first,
+            jax.random.fold_in(key, _SCALE_STREAM),
+            scale_probes,
+            loss_fn=loss_fn,
+            apply_fn=apply_fn,
+        )
 
     @jax.jit
     def update(grads, opt_state, v):
@@ -394,17 +617,15 @@ def train_gating(
         return optax.apply_updates(v, updates), opt_state
 
     values = []
-    for batch in itertools.islice(batches, num_steps):
+    for batch in itertools.islice(itertools.chain([first], batches), num_steps):
         step_key = jax.random.fold_in(key, len(values))
-        (total, (loss, trace)), grads = value_and_grad(
+        (total, (loss, trace, stderr)), grads = value_and_grad(
             v, params, normalized_features, batch, step_key, objective
         )
         v, opt_state = update(grads, opt_state, v)
-        values.append((total, loss, trace))
-    if not values or (num_steps is not None and len(values) < num_steps):
-        raise ValueError(
-            f"batches: yielded {len(values)} batches, expected "
-            f"{'at least one' if num_steps is None else num_steps}"
-        )
+        values.append((total, loss, trace, stderr))
+    if num_steps is not None and len(values) < num_steps:
+        raise ValueError(f"batches: yielded {len(values)} batches, expected {num_steps}")
     table = np.asarray(jax.device_get(values))
-    return GatingTraining(v, opt_state, GatingHistory(table[:, 0], table[:, 1], table[:, 2]))
+    history = GatingHistory(*(table[:, i] for i in range(4)))
+    return GatingTraining(v, opt_state, history, objective)
