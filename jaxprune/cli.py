@@ -174,7 +174,17 @@ METHOD_OPTIONS = {
         _positive,
         "pl: random output projections of the feature kernels (default: all outputs)",
     ),
-    "alpha": ("--alpha", float, "pl: weight of the Hessian-trace term of the gating loss"),
+    "alpha": (
+        "--alpha",
+        float,
+        "pl: weight of the (normalized) Hessian-trace term of the gating loss",
+    ),
+    "hessian": (
+        "--hessian",
+        str,
+        "pl: Hessian of the trace term: auto (the loss Hessian where the output Hessian is "
+        "identically zero, as on ReLU networks), outputs (eq. 36) or loss",
+    ),
 }
 METHOD_FLAGS = {"per_layer": "--per-layer", **{n: o[0] for n, o in METHOD_OPTIONS.items()}}
 
@@ -256,9 +266,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--per-layer",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="prune the same fraction in every layer",
+        help="prune the same fraction in every layer (pl's default), or TopK over all groups "
+        "with --no-per-layer (the criteria's default)",
     )
     options = train.add_argument_group(
         "method options", "passed to the method when given (each method takes some of them)"

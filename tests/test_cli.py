@@ -201,6 +201,30 @@ def test_train_pl_end_to_end(tmp_path, capsys):
     assert "groups pruned 50.0%" in capsys.readouterr().out
     event = np.load(out / "event_2.npz")
     assert event["mask"].sum() == 4 and "gates" in event
+    # The ReLU MLP's output Hessian is zero: "auto" trained the gates on the loss Hessian.
+    assert bool(event["trace_of_loss_hessian"]) and event["trace_scale"] > 0
+    assert event["history_trace_stderr"].shape == (1,)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--hessian", "fisher"], "hessian"),
+        (["--alpha", "-1"], "alpha"),
+        (["--num-probes", "0"], "--num-probes"),
+        (["--gating-steps", "x"], "--gating-steps"),
+    ],
+)
+def test_train_pl_bad_arguments_exit_2_with_one_line(tmp_path, capsys, flags, message):
+    args = ["train", "--model-preset", "8", "--steps", "4", "--method", "pl", "--prune-at", "2"]
+    args += ["--ratio", "0.5", "--quiet", "--out", str(tmp_path / "bad"), *flags]
+    try:
+        status = main(args)
+    except SystemExit as exit:  # argparse type errors
+        status = exit.code
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and len(error.splitlines()) == 1
 
 
 def test_train_lth_without_steps_fits_the_paper_schedule(tmp_path, capsys):
