@@ -119,10 +119,11 @@ def _build_parser() -> argparse.ArgumentParser:
         help="dense vs PL gating vs baseline pruning criteria on built-in data (minutes on a CPU)",
         description=(
             "Train a 64-256-256-10 MLP on the scikit-learn digits densely and with PL gating "
-            "(Chen et al. 2023), random, magnitude, SNIP, GraSP, Att-Score (Taylor) and LTH "
-            "pruning at 75% of the neurons (3 seeds each), then print the comparison table "
-            "(training loss at fixed steps, test accuracy, wall time, sparsity) and save plots. "
-            "Same as `jaxprune experiment demo --preset small`."
+            "(Chen et al. 2023), random, magnitude, SNIP, GraSP and LTH pruning at 90% of the "
+            "neurons (TopK within each layer; 10 paired seeds: same initialization and data "
+            "order per seed across methods), then print the comparison table (training loss at "
+            "fixed steps, test accuracy, wall time, sparsity), PL's paired differences with win "
+            "counts, and save plots. Same as `jaxprune experiment demo --preset small`."
         ),
     )
     demo.add_argument("--out", default="runs/demo", help="output directory")
@@ -479,6 +480,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxprune`` command; returns the exit status."""
     args = _build_parser().parse_args(argv)
+    from jaxprune.compile_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     if args.command == "analyze":
         from jaxprune.analyze import AnalyzeConfig, format_table, run_analyze
 

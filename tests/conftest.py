@@ -1,6 +1,15 @@
-"""Shared fixtures: tiny models and inputs, in float32 and float64."""
+"""Shared fixtures: tiny models and inputs, in float32 and float64.
+
+The test workers (and the command-line runs they start) share one persistent XLA compilation
+cache under the temporary directory: the same programs (training steps, events, kernels) are
+compiled once per machine instead of once per test.
+"""
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -8,7 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxprune.compile_cache import ENVIRONMENT, enable_compilation_cache
 from jaxprune.models import MLP, SmallCNN
+
+os.environ.setdefault(
+    ENVIRONMENT, str(Path(tempfile.gettempdir()) / f"jaxprune-tests-xla-{os.getuid()}")
+)
+enable_compilation_cache()
 
 
 class HeadsModel(nn.Module):

@@ -49,6 +49,7 @@ __all__ = [
     "load_splits",
     "lth_schedule",
     "mean_std",
+    "paired_table",
     "plot_comparison",
     "pruner_factories",
     "run_comparison",
@@ -260,6 +261,67 @@ def comparison_table(
     return "\n".join(lines)
 
 
+def _higher_is_better(metric: str) -> bool:
+    return metric.endswith("accuracy")
+
+
+def paired_table(
+    results: dict[str, dict[str, list[float]]],
+    metric: str,
+    method: str,
+    *,
+    exclude: Sequence[str] = (DENSE,),
+    seeds: Sequence[int] | None = None,
+) -> str:
+    """Markdown table of ``method`` against every other method, paired by seed.
+
+    Seed ``i`` of every method shares its initialization and data order, so the differences
+    ``method[i] - other[i]`` remove the seed's own luck.  One row per other method (not in
+    ``exclude``): the paired difference of ``metric`` (mean ± sample sd over seeds) and the
+    wins / ties / losses of ``method`` (a win is a better metric on that seed: higher accuracy,
+    lower perplexity or loss).  The best baseline (best mean among the rows) is marked.
+
+    Args:
+      results: ``results[method][figure]``, one value per seed in the same seed order.
+      metric: the figure compared (e.g. ``"test_accuracy"``).
+      method: the method in focus (e.g. ``"pl"``).
+      exclude: methods left out of the rows (default: dense training).
+      seeds: the seeds, for the header line.
+
+    Returns:
+      The table with a header line, or ``""`` when there is nothing to compare.
+    """
+    others = [m for m in results if m != method and m not in exclude]
+    if method not in results or not others:
+        return ""
+    sign = 1.0 if _higher_is_better(metric) else -1.0
+    mine = np.asarray(results[method][metric], float)
+    best = max(others, key=lambda m: sign * np.mean(results[m][metric]))
+    label = metric.removeprefix("test_")
+    lines = [
+        f"Paired by seed ({len(mine)} seeds"
+        + (f": {', '.join(map(str, seeds))}" if seeds is not None else "")
+        + f"): {method} − method, test {label}; wins / ties / losses of {method}.",
+        "",
+        f"| against | {method} − method | wins / ties / losses |",
+        "|---|---|---|",
+    ]
+    for other in others:
+        theirs = np.asarray(results[other][metric], float)
+        difference = mine - theirs
+        wins = int(np.sum(sign * difference > 0))
+        ties = int(np.sum(difference == 0))
+        spread = f" ± {difference.std(ddof=1):.4f}" if len(difference) > 1 else ""
+        name = f"{other} (best baseline)" if other == best else other
+        cells = [
+            name,
+            f"{difference.mean():+.4f}{spread}",
+            f"{wins} / {ties} / {len(mine) - wins - ties}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_comparison(
     curves: dict[str, list[list[dict]]],
     results: dict[str, dict[str, list[float]]],
@@ -432,7 +494,7 @@ def run_method_comparison(
       settings, methods, out_dir: as in :func:`compare_methods`.
       note: text after the table (the run's settings in words), or ``note(comparison)``.
       table: ``table(comparison) -> str`` (default: :func:`comparison_table` of the report
-        steps and the test metric).
+        steps and the test metric, then :func:`paired_table` of ``"pl"`` when it ran).
       plot: file name of the curves plot.
       **options: the keyword arguments of :func:`compare_methods` (``model`` and
         ``optimizer``; ``splits``, ``model_options``, ``train_options``, ``run_settings``,
@@ -444,11 +506,12 @@ def run_method_comparison(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     found = compare_methods(settings, methods, out_dir, **options)
-    text = (
-        table(found)
-        if table is not None
-        else comparison_table(found.results, settings.report_steps, found.metric)
-    )
+    if table is not None:
+        text = table(found)
+    else:
+        text = comparison_table(found.results, settings.report_steps, found.metric)
+        paired = paired_table(found.results, found.metric, "pl", seeds=settings.seeds)
+        text = f"{text}\n\n{paired}" if paired else text
     note = note(found) if callable(note) else note
     found = found._replace(table=f"{text}\n\n{note}" if note else text)
     write_results(out_dir, dataclasses.asdict(settings), found.results, found.table)

@@ -31,6 +31,7 @@ import optax
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import pruner_factories, run_method_comparison
 from jaxprune.experiments.settings import (
+    TOPK_NOTE,
     MethodComparisonSettings,
     check_step,
     deprecated_names,
@@ -56,9 +57,11 @@ class DemoSettings(MethodComparisonSettings):
       prune_step: step of the one-shot pruning event.
       num_steps, batch_size, learning_rate: Adam training.
       report_steps: steps at which the table reports the training loss.
-      per_layer: prune the same fraction in every layer (default: global TopK, one group per
-        layer protected).
-      seeds: one run per seed and method; the table shows mean ± standard deviation.
+      per_layer: every method prunes the same fraction in every layer (default, reading
+        PL-12); ``False``: global TopK with one group per layer protected.
+      seeds: one run per seed and method (seed ``i`` shares initialization and data order
+        across methods); the table shows mean ± standard deviation, then PL's paired
+        differences against every baseline with win counts.
       analysis_every: steps between NTK-condition / Hessian-trace analyses (0: off).
       compact: remove pruned groups physically (pruned runs then really run faster).
       gating_steps: batches the PL gating network trains on at the pruning event.
@@ -66,23 +69,23 @@ class DemoSettings(MethodComparisonSettings):
 
     METHODS = METHODS
 
-    num_steps: int = 600
-    report_steps: tuple[int, ...] = (200, 400, 600)
+    num_steps: int = 300
+    report_steps: tuple[int, ...] = (100, 200, 300)
+    seeds: tuple[int, ...] = tuple(range(10))
     methods: tuple[str, ...] = (
         "dense",
         "random",
         "magnitude",
         "snip",
         "grasp",
-        "taylor",
         "lth",
         "pl",
     )
-    ratio: float = 0.75
+    ratio: float = 0.9
     model: str = "mlp"
-    prune_step: int = 100
-    per_layer: bool = False
-    analysis_every: int = 100
+    prune_step: int = 50
+    per_layer: bool = True
+    analysis_every: int = 0
     compact: bool = True
     gating_steps: int = 50
 
@@ -116,9 +119,8 @@ def run_demo(config: DemoSettings, out_dir: Path, progress: bool = True) -> dict
     note = (
         f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
         f"Adam steps, {config.ratio:.0%} of groups pruned at step {config.prune_step} (LTH: 3 "
-        f"rounds with rewinding), {'per-layer' if config.per_layer else 'global'} TopK with one "
-        f"group per layer kept, seeds {', '.join(map(str, config.seeds))}; params = parameters "
-        "after compaction."
+        f"rounds with rewinding), {TOPK_NOTE[config.per_layer]} for every method, seeds "
+        f"{', '.join(map(str, config.seeds))}; params = parameters after compaction."
     )
     return run_method_comparison(
         config,

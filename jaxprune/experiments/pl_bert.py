@@ -57,6 +57,7 @@ from jaxprune.experiments.compare import (
     run_method_comparison,
 )
 from jaxprune.experiments.settings import (
+    TOPK_NOTE,
     MethodComparisonSettings,
     deprecated_names,
     pl_options,
@@ -99,8 +100,8 @@ class PLBertSettings(MethodComparisonSettings):
       seeds: one run per seed and method.
       analysis_every: steps between the engine's NTK analyses (0: off; slow for MLM).
       gating_steps, feature_batch_size, output_projections, alpha: PL gating (Algorithm 2).
-      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
-        paper's global TopK; the baselines keep global TopK.
+      per_layer: every method's TopK within each layer (the same fraction of each; default,
+        reading PL-12) instead of the paper's global TopK keeping one group per layer.
     """
 
     METHODS = METHODS
@@ -123,7 +124,7 @@ class PLBertSettings(MethodComparisonSettings):
     feature_batch_size: int = 16
     output_projections: int | None = 16
     alpha: float = 1.0
-    pl_per_layer: bool = False
+    per_layer: bool = True
 
     def check(self) -> None:
         check_choice(self.baselines, BASELINES, "baselines")
@@ -156,7 +157,7 @@ def _schedule(config: PLBertSettings, method: str) -> PruningSchedule:
 
 
 def _options(config: PLBertSettings, method: str) -> Mapping[str, Any]:
-    return pl_options(config, seed=0) if method == "pl" else {}
+    return pl_options(config) if method == "pl" else {"per_layer": config.per_layer}
 
 
 def _methods(config: PLBertSettings, names: tuple[str, ...]) -> dict[str, MethodFactory]:
@@ -320,7 +321,7 @@ def _note(config: PLBertSettings, found: Comparison) -> str:
         f"{len(found.splits.train['x'])} training rows), {config.num_steps} Adam steps of batch "
         f"{config.batch_size}, policy {{{config.prune_epoch}, {config.ratio:.0%}}} = step "
         f"{config.prune_step} ({config.steps_per_epoch} steps/epoch), baselines: "
-        f"{config.baselines}{'; PL: per-layer TopK' if config.pl_per_layer else ''}, seeds "
+        f"{config.baselines}; {TOPK_NOTE[config.per_layer]} for every method, seeds "
         f"{', '.join(map(str, config.seeds))}; PPL = exp(loss)."
     )
 

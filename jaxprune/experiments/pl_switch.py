@@ -64,6 +64,7 @@ from jaxprune.experiments.compare import (
     write_results,
 )
 from jaxprune.experiments.settings import (
+    TOPK_NOTE,
     MethodComparisonSettings,
     check_step,
     deprecated_names,
@@ -125,8 +126,8 @@ class PLSwitchSettings(MethodComparisonSettings):
       output_projections: random output projections of the feature kernels (``None``: all
         ``seq_len × vocab_size`` logits, whose per-example Jacobians need tens of GB at the
         ``small`` sizes; see :func:`jaxprune.spectra.sketch_outputs`).
-      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
-        paper's global TopK; the baselines keep global TopK.
+      per_layer: every method's TopK within each layer (the same fraction of each; default,
+        reading PL-12) instead of the paper's global TopK keeping one group per layer.
       seeds: one run per seed, method and kind.
     """
 
@@ -154,7 +155,7 @@ class PLSwitchSettings(MethodComparisonSettings):
     gating_steps: int = 10
     feature_batch_size: int = 16
     output_projections: int | None = 16
-    pl_per_layer: bool = False
+    per_layer: bool = True
 
     def check(self) -> None:
         bad_kinds = [k for k in self.kinds if k not in switch.KINDS]
@@ -177,7 +178,7 @@ def _schedule(config: PLSwitchSettings, method: str) -> PruningSchedule:
 
 
 def _options(config: PLSwitchSettings, method: str) -> Mapping[str, Any]:
-    return pl_options(config) if method == "pl" else {}
+    return pl_options(config) if method == "pl" else {"per_layer": config.per_layer}
 
 
 def _optimizer(config: PLSwitchSettings) -> optax.GradientTransformation:
@@ -331,8 +332,7 @@ def run_pl_switch(config: PLSwitchSettings, out_dir: Path, progress: bool = True
         f"experts, Switch layer every {config.moe_every}) MLM on {config.dataset}, "
         f"{config.num_steps} AdamW steps, {config.ratio:.0%} of the groups pruned (PL one-shot "
         f"at step {config.prune_step}; SNIP/GraSP at step 0; LTH and Exp-Score in 3 rounds with "
-        f"rewinding), global TopK keeping >= 1 group per layer"
-        f"{' (PL: per-layer TopK)' if config.pl_per_layer else ''}, compacted; seeds "
+        f"rewinding), {TOPK_NOTE[config.per_layer]} for every method, compacted; seeds "
         f"{', '.join(map(str, config.seeds))}. Δ PPL = test PPL − training PPL at step "
         f"{config.report_steps[-1]}; params after compaction."
     )

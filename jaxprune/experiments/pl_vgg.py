@@ -53,6 +53,7 @@ import optax
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import load_splits, pruner_factories, run_method_comparison
 from jaxprune.experiments.settings import (
+    TOPK_NOTE,
     MethodComparisonSettings,
     deprecated_names,
     pl_options,
@@ -85,8 +86,8 @@ class PLVGGSettings(MethodComparisonSettings):
       analysis_examples, analysis_probes: probe-batch size and Hutchinson probes of the
         analysis.
       gating_steps, feature_batch_size: PL gating network training per event.
-      pl_per_layer: PL's TopK within every layer (the same fraction of each) instead of the
-        paper's global TopK; the baselines keep global TopK.
+      per_layer: every method's TopK within each layer (the same fraction of each; default,
+        reading PL-12) instead of the paper's global TopK keeping one group per layer.
       compact: remove pruned filters physically after each event (each new shape recompiles
         the steps; off, pruned filters are only masked and the parameter count stays dense).
       seeds: one run per seed and method.
@@ -110,7 +111,7 @@ class PLVGGSettings(MethodComparisonSettings):
     analysis_probes: int = 2
     gating_steps: int = 5
     feature_batch_size: int = 16
-    pl_per_layer: bool = False
+    per_layer: bool = True
     compact: bool = True
 
     def check(self) -> None:
@@ -155,7 +156,7 @@ def _schedule(config: PLVGGSettings, steps_per_epoch: int, method: str) -> Pruni
 
 
 def _options(config: PLVGGSettings, method: str) -> Mapping[str, Any]:
-    return pl_options(config) if method == "pl" else {}
+    return pl_options(config) if method == "pl" else {"per_layer": config.per_layer}
 
 
 def _optimizer(config: PLVGGSettings) -> optax.GradientTransformation:
@@ -212,8 +213,8 @@ def run_pl_vgg(config: PLVGGSettings, out_dir: Path, progress: bool = True) -> d
         f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} SGD "
         f"steps ({steps_per_epoch} per epoch), {config.ratio:.0%} of the filters pruned by the "
         f"linear schedule over epochs {config.prune_start_epoch}-{config.prune_end_epoch}"
-        f"{at_init}; LTH: 3 rounds with rewinding; global TopK with one filter per layer kept"
-        f"{' (PL: per-layer TopK)' if config.pl_per_layer else ''}; "
+        f"{at_init}; LTH: 3 rounds with rewinding; "
+        f"{TOPK_NOTE[config.per_layer]} for every method; "
         f"seeds {', '.join(map(str, config.seeds))}; params {counted}. CHIP and DPFPS are "
         "not implemented (CHIP needs a pre-trained network, feature-map independence scores and "
         "fine-tuning; DPFPS a group-sparsity regularised optimizer with dynamic per-layer ratios)."
@@ -259,7 +260,7 @@ EXPERIMENT = Experiment(
             prune_start_epoch=1,
             prune_end_epoch=1,
             num_steps=30,
-            batch_size=128,
+            batch_size=64,
             report_steps=(15, 30),
             analysis_every=15,
             analysis_examples=2,

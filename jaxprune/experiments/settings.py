@@ -20,6 +20,7 @@ from jaxprune._validation import check_int, check_positive_int, check_ratio, che
 
 __all__ = [
     "PL_FIELDS",
+    "TOPK_NOTE",
     "ComparisonSettings",
     "MethodComparisonSettings",
     "check_positive_values",
@@ -131,13 +132,19 @@ def pl_options(settings: Any, **changes: Any) -> dict[str, Any]:
     """The PL gating options ``settings`` holds, for ``make_pruner("pl", ...)``.
 
     Fields named like :class:`~jaxprune.methods.pl_gating.PLGatingConfig` fields
-    (:data:`PL_FIELDS`) pass under their name, ``pl_per_layer`` as ``per_layer``; ``changes``
-    override them.
+    (:data:`PL_FIELDS`, and ``per_layer``, the TopK scope every method of a comparison shares)
+    pass under their name; ``changes`` override them.
     """
-    options = {name: getattr(settings, name) for name in PL_FIELDS if hasattr(settings, name)}
-    if hasattr(settings, "pl_per_layer"):
-        options["per_layer"] = settings.pl_per_layer
+    names = (*PL_FIELDS, "per_layer")
+    options = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
     return {**options, **changes}
+
+
+#: The TopK scope in a comparison's note, by ``per_layer``.
+TOPK_NOTE = {
+    True: "TopK within each layer (the same fraction of every layer)",
+    False: "global TopK keeping >= 1 group per layer",
+}
 
 
 def deprecated_names(module: str, renamed: Mapping[str, Any]) -> Callable[[str], Any]:

@@ -465,7 +465,9 @@ def sample_output_hessian_diagonal(
     check_batch(x, "x")
     check_finite_tree(params, "params")
     indices = _sampled_indices(params, per_leaf, key)
-    fn = apply_fn if isinstance(apply_fn, jax.tree_util.Partial) else jax.tree_util.Partial(apply_fn)
+    fn = (
+        apply_fn if isinstance(apply_fn, jax.tree_util.Partial) else jax.tree_util.Partial(apply_fn)
+    )
     entries, norms = _diagonal_columns(fn, params, x, jnp.asarray(indices))
     return DiagonalSample(entries, norms, indices)
 

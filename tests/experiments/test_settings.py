@@ -23,7 +23,7 @@ class _Settings(MethodComparisonSettings):
     METHODS = ("dense", "snip", "pl")
 
     gating_steps: int = 3
-    pl_per_layer: bool = True
+    per_layer: bool = True
 
 
 @pytest.mark.parametrize(

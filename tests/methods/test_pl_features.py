@@ -163,6 +163,7 @@ def test_normalization_within_layers_standardizes_each_layer_on_its_own():
 
 def test_a_dead_neuron_is_flagged_and_pruned_first():
     from jaxprune.methods.pl_gating import PLGatingConfig, prune
+
     model = MLP(hidden=(4, 3), num_outputs=2)  # ReLU
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
     y = jax.random.normal(jax.random.PRNGKey(1), (8, 2))

@@ -163,10 +163,14 @@ def test_train_gating_descends_and_continues():
     np.testing.assert_allclose(history.total, history.loss / whole.objective.loss_scale, rtol=1e-6)
     assert history.loss[-1] < 0.9 * history.loss[0]
     assert np.all(np.isfinite(history.trace))
-    # 20 steps, then 5 more from the returned state: the same iterates as 25 steps at once
-    # (with α = 0 the probes do not matter).
+    # 20 steps, then 5 more from the returned state and objective (its scales kept): the same
+    # iterates as 25 steps at once (with α = 0 the probes do not matter).
     first = run(v, iter([(x, y)] * 30), num_steps=20, optimizer=optax.adam(0.1))
-    rest = run(first.v, [(x, y)] * 5, optimizer=optax.adam(0.1), opt_state=first.opt_state)
+    rest = train_gating(
+        first.v, loss_fn, apply_fn, params, ids, normalized, [(x, y)] * 5, key,
+        objective=first.objective, normalize=False, optimizer=optax.adam(0.1),
+        opt_state=first.opt_state,
+    )  # fmt: skip
     np.testing.assert_allclose(rest.history.loss, history.loss[20:], rtol=1e-6)
     for a, b in zip(rest.v, whole.v):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

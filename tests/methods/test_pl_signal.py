@@ -23,6 +23,7 @@ from jaxprune.methods.pl_gating import (
     GatingParams,
     features,
     gating_loss,
+    init_gating,
     normalize_features,
     output_hessian_vanishes,
     resolve_hessian,
@@ -119,11 +120,11 @@ def test_output_hessian_trace_is_nonzero_on_smooth_networks_and_no_warning(name)
 # Normalized objective
 
 
-def _training(alpha, **options):
+def _training(alpha, v=None, **options):
     params, ids, _, x, y = problem()
     normalized = normalize_features(features(apply_fn, params, x, ids))
     return train_gating(
-        random_v(),
+        init_gating(jax.random.PRNGKey(0), 5) if v is None else v,
         loss_fn,
         apply_fn,
         params,
@@ -138,6 +139,7 @@ def _training(alpha, **options):
 
 
 def test_normalization_divides_by_the_dense_loss_and_trace():
+    # A fresh v has uniform gates (mean one): the scales are the dense weights' loss and trace.
     params, _, _, x, y = problem()
     trained = _training(1.0, scale_probes=400)
     objective = trained.objective
@@ -161,7 +163,7 @@ def test_normalization_divides_by_the_dense_loss_and_trace():
 def test_alpha_changes_the_direction_of_the_gradient_under_normalization():
     params, ids, _, x, y = problem()
     normalized = jax.random.normal(jax.random.PRNGKey(8), (7, 2))
-    scaled = _training(1.0).objective
+    scaled = _training(1.0, v=random_v()).objective
     assert scaled.trace_scale != 1.0 and scaled.loss_scale != 1.0
 
     def grad(alpha):
@@ -179,7 +181,9 @@ def test_alpha_changes_the_direction_of_the_gradient_under_normalization():
 
     loss_part, trace_part = grad(0.0), grad(1.0) - grad(0.0)
     for alpha in (0.1, 10.0):  # linear in α: loss gradient + α · trace gradient
-        np.testing.assert_allclose(grad(alpha), loss_part + alpha * trace_part, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            grad(alpha), loss_part + alpha * trace_part, rtol=1e-4, atol=1e-6
+        )
     # Normalized, the two parts are of comparable size and not parallel, so α turns the
     # gradient (Adam's update depends on its direction, not on its overall scale).
     ratio = np.linalg.norm(trace_part) / np.linalg.norm(loss_part)

@@ -124,8 +124,9 @@ class PLGatingConfig:
         weight of a relative change of the trace against a relative change of the loss.
       num_probes: Hutchinson probes per gating step (``>= 2`` for the standard error recorded
         in the history).
-      normalize: divide the loss and trace terms by their values at the dense weights
-        (:func:`train_gating`, reading PL-10); ``False`` is eq. 36 as printed.
+      normalize: divide the loss and trace terms by their values at the initial gates (the
+        dense weights for a fresh ``v``; :func:`train_gating`, reading PL-10); ``False`` is
+        eq. 36 as printed.
       gating_steps: gating steps (batches) per pruning event.
       learning_rate: Adam learning rate of ``v``.
       feature_batch_size: examples ``n >= 2`` of the feature kernels.

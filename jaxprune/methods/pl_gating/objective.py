@@ -2,9 +2,9 @@
 
 ``L_total(v) = L_S(g ∗ w) / L_0 + α Tr(H(g ∗ w)) / T_0`` with ``w`` fixed and ``g = gate(v,
 d_w)``; the trace is Hutchinson's estimate (Algorithm 1).  ``L_0 = T_0 = 1`` is eq. 36 as
-printed; :func:`train_gating` by default sets them to the loss and trace of the dense weights, so
-both terms start near 1 and ``α`` weighs a relative change of the trace against a relative change
-of the loss (reading PL-10).  The options of the objective are one validated
+printed; :func:`train_gating` by default sets them to the loss and trace at the initial gates
+(the dense weights for a fresh ``v``), so both terms start near 1 and ``α`` weighs a relative
+change of the trace against a relative change of the loss (reading PL-10).  The options of the objective are one validated
 :class:`GatingObjective`; :func:`gating_loss` evaluates it and :func:`train_gating` trains ``v``
 on it with any optax optimizer (Algorithm 2, lines 6-8).
 
@@ -111,7 +111,8 @@ class GatingObjective:
       distribution: Hutchinson probes, ``"rademacher"`` (default: the diagonal adds no variance,
         ``Var = 2 Σ_{i≠j} H_ij²``) or ``"gaussian"`` (Algorithm 1, ``Var = 2 ‖H‖_F²``).
       loss_scale, trace_scale: positive divisors of the two terms (``1``: eq. 36 as printed);
-        :func:`train_gating` with ``normalize=True`` sets them to the dense weights' values.
+        :func:`train_gating` with ``normalize=True`` sets them to the values at the initial
+        gates (the dense weights for a fresh ``v``).
       inputs_of: ``inputs_of(batch) -> x``, the model inputs of a batch for the output Hessian
         (default ``batch[0]``; e.g. ``operator.itemgetter("x")`` for dict batches).  Part of
         compile-cache keys: pass one function object.
@@ -247,51 +248,37 @@ def _gating_objective(
     return total, (loss, trace.estimate, trace.stderr)
 
 
-@functools.partial(jax.jit, static_argnames=("num_probes",))
-def _dense_terms(
+def _initial_scales(
+    value_and_grad: Callable[..., Any],
+    v: GatingParams,
     params: PyTree,
+    normalized_features: jax.Array,
     batch: Any,
     key: jax.Array,
     objective: GatingObjective,
-    loss_fn: jax.tree_util.Partial,
-    apply_fn: jax.tree_util.Partial,
-    *,
-    num_probes: int,
-) -> tuple[jax.Array, TraceEstimate]:
-    """The loss and trace estimate of the dense weights (all gates 1)."""
-    trace = _trace_estimate(
-        params,
-        lambda u: u,
-        batch,
-        key,
-        num_probes,
-        loss_fn=loss_fn,
-        apply_fn=apply_fn,
-        objective=objective,
-    )
-    return loss_fn(params, batch), trace
-
-
-def _dense_scales(
-    objective: GatingObjective,
-    params: PyTree,
-    batch: Any,
-    key: jax.Array,
-    num_probes: int,
-    *,
-    loss_fn: jax.tree_util.Partial,
-    apply_fn: jax.tree_util.Partial,
+    scale_probes: int,
 ) -> GatingObjective:
-    """``objective`` with ``loss_scale = L(w)`` and ``trace_scale = max(|T(w)|, stderr)`` on
-    ``batch`` (each 1 where it is 0: nothing to normalize)."""
-    loss, trace = _dense_terms(
-        params, batch, key, objective, loss_fn, apply_fn, num_probes=num_probes
-    )
-    loss, estimate, stderr = (float(a) for a in jax.device_get((loss, trace.estimate, trace.stderr)))
-    if abs(estimate) <= 2 * stderr:
+    """``objective`` with ``loss_scale = L`` and ``trace_scale = max(|T|, stderr)`` at the gates
+    of ``v`` on ``batch`` (each 1 where it is 0: nothing to normalize).
+
+    Evaluated with the compiled objective itself (the scales are traced leaves: no new
+    compilation), ``ceil(scale_probes / num_probes)`` times with fresh probes.
+    """
+    unscaled = dataclasses.replace(objective, loss_scale=1.0, trace_scale=1.0)
+    rounds = -(-scale_probes // objective.num_probes)
+    stream = jax.random.fold_in(key, _SCALE_STREAM)
+    values = [
+        value_and_grad(v, params, normalized_features, batch, jax.random.fold_in(stream, r), unscaled)[0][1]
+        for r in range(rounds)
+    ]
+    losses, traces, stderrs = (np.asarray(a, np.float64) for a in zip(*jax.device_get(values)))
+    loss, estimate = float(losses[0]), float(traces.mean())
+    stderr = float(traces.std(ddof=1) / np.sqrt(rounds)) if rounds > 1 else float(stderrs[0])
+    probes = rounds * objective.num_probes
+    if not abs(estimate) > 2 * stderr:
         warnings.warn(
-            f"the dense weights' Hessian trace ({objective.hessian}) is {estimate:.4g} ± "
-            f"{stderr:.4g} over {num_probes} probes, not resolved from zero: its scale "
+            f"the Hessian trace ({objective.hessian}) at the initial gates is {estimate:.4g} ± "
+            f"{stderr:.4g} over {probes} probes, not resolved from zero: its scale "
             "normalizes the trace term; check the Hessian target (see resolve_hessian)",
             UserWarning,
             stacklevel=3,
@@ -471,6 +458,17 @@ def output_hessian_vanishes(
     return sample_output_hessian_diagonal(apply_fn, params, x, key, per_leaf=per_leaf).vanishes()
 
 
+# resolve_hessian's answers by model function and shapes.
+_VANISHING: dict[tuple, bool] = {}
+
+
+def _model_key(apply_fn: ApplyFn, params: PyTree, x: jax.Array) -> tuple:
+    function = apply_fn.func if isinstance(apply_fn, jax.tree_util.Partial) else apply_fn
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    shapes = tuple((np.shape(leaf), str(jax.numpy.result_type(leaf))) for leaf in leaves)
+    return function, treedef, shapes, np.shape(x), str(jax.numpy.result_type(x))
+
+
 def resolve_hessian(
     hessian: str, apply_fn: ApplyFn, params: PyTree, x: jax.Array, key: jax.Array
 ) -> Hessian:
@@ -483,6 +481,10 @@ def resolve_hessian(
     * ``"outputs"``: returned as asked, with a ``UserWarning`` where it vanishes (the trace term
       would then train ``v`` on Hutchinson noise alone);
     * ``"loss"``: returned without a check.
+
+    Whether the output Hessian vanishes is a property of the model's structure (its
+    nonlinearities), so it is decided once per model function and parameter and input shapes
+    (for a :class:`jax.tree_util.Partial`, per wrapped function) and remembered.
 
     Args:
       hessian: ``"auto"``, ``"outputs"`` or ``"loss"``.
@@ -498,7 +500,10 @@ def resolve_hessian(
     check_choice(hessian, ("auto", *HESSIANS), "hessian")
     if hessian == "loss":
         return "loss"
-    vanishes = output_hessian_vanishes(apply_fn, params, x, key)
+    model = _model_key(apply_fn, params, x)
+    vanishes = _VANISHING.get(model)
+    if vanishes is None:
+        vanishes = _VANISHING[model] = output_hessian_vanishes(apply_fn, params, x, key)
     if hessian == "auto":
         return "loss" if vanishes else "outputs"
     if vanishes:
@@ -527,19 +532,21 @@ def train_gating(
     optimizer: optax.GradientTransformation | None = None,
     opt_state: optax.OptState | None = None,
     normalize: bool = True,
-    scale_probes: int = 32,
+    scale_probes: int = 16,
     **options: Any,
 ) -> GatingTraining:
     """Train ``v`` on :func:`gating_loss` with an optax optimizer, ``w`` fixed.
 
     With ``normalize`` (default), the objective's ``loss_scale`` and ``trace_scale`` are first
-    set to the loss ``L(w)`` and the trace magnitude ``|T(w)|`` of the dense weights on the first
-    batch (``scale_probes`` probes from a stream apart from the steps'; the standard error instead when
-    it is larger, with a warning that the trace is not resolved from zero): both terms start
-    near 1, ``α`` weighs a relative change of the trace against a relative change of the loss,
+    set to the loss ``L`` and the trace magnitude ``|T|`` at the initial gates on the first batch
+    (the dense weights for a fresh ``v`` under ``"mean_one"`` scaling, whose gates are all 1;
+    about ``scale_probes`` probes from a stream apart from the steps'; the standard error
+    instead when it is larger, with a warning that the trace is not resolved from zero): both
+    terms start near 1, ``α`` weighs a relative change of the trace against a relative change of the loss,
     and the gradient's composition (not only its scale, which Adam ignores) depends on ``α``
     (reading PL-10, docs/readings.md).  ``normalize=False`` keeps the objective's scales (1:
-    eq. 36 as printed).
+    eq. 36 as printed); to continue a training exactly, pass the returned ``objective`` and
+    ``opt_state`` with ``normalize=False``.
 
     One jit-compiled gradient of :func:`gating_loss` and one optimizer update per batch; step
     ``t`` draws its probes from ``fold_in(key, t)``.  The gradient is compiled once per
@@ -558,8 +565,9 @@ def train_gating(
       num_steps: steps to take (the first ``num_steps`` batches); ``None`` uses every batch.
       optimizer: any optax optimizer on ``v``; default ``optax.adam(1e-2)``.
       opt_state: optimizer state to continue from; default ``optimizer.init(v)``.
-      normalize: normalize both terms by the dense weights' values (see above).
-      scale_probes: probes of the dense trace when normalizing.
+      normalize: normalize both terms by their values at the initial gates (see above).
+      scale_probes: probes of the initial trace when normalizing (rounded up to a multiple of
+        ``objective.num_probes``).
       **options: instead of ``objective``, its fields as keywords, as in :func:`gating_loss`.
 
     Returns:
@@ -601,14 +609,8 @@ def train_gating(
             f"{'at least one' if num_steps is None else num_steps}"
         )
     if normalize:
-        objective = _dense_scales(
-            objective,
-            params,
-            first,
-            jax.random.fold_in(key, _SCALE_STREAM),
-            scale_probes,
-            loss_fn=loss_fn,
-            apply_fn=apply_fn,
+        objective = _initial_scales(
+            value_and_grad, v, params, normalized_features, first, key, objective, scale_probes
         )
 
     @jax.jit
