@@ -177,7 +177,7 @@ def test_experiment_smoke_preset_and_fields(tmp_path, capsys):
     assert "| dense |" in table and "| snip |" in table and "test accuracy" in table
     assert (out / "demo.png").stat().st_size > 1000
     results = json.loads((out / "results.json").read_text())["results"]
-    assert results["snip"]["group_sparsity"] == [0.75]
+    assert results["snip"]["group_sparsity"] == [29 / 32]  # 90% of 32 neurons, rounded
     assert results["dense"]["group_sparsity"] == [0.0]
 
 
@@ -188,7 +188,8 @@ def test_demo_smoke_preset_runs_every_default_kind_of_method(tmp_path, capsys):
     for method in ("dense", "magnitude", "lth", "pl"):
         assert f"| {method} |" in table
     results = json.loads((out / "results.json").read_text())["results"]
-    assert results["pl"]["group_sparsity"] == [0.75]
+    # 90% of the 32 neurons, rounded: 29 pruned.
+    assert results["pl"]["group_sparsity"] == [29 / 32]
 
 
 def test_train_pl_end_to_end(tmp_path, capsys):
