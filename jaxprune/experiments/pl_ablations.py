@@ -10,8 +10,12 @@ the same initialization and data order:
 * ratio: each of ``ratios`` (Tables 10-11: 50% and 90%);
 * gate scaling: ``"mean_one"`` (``p·softmax``) vs the literal softmax of eq. 8 (reading PL-4);
 * ``α`` of eq. 36: each of ``alphas`` (0: gating trained on the loss alone);
-* TopK: over all groups (``"global"``, the paper's, one group per layer protected) vs within
-  every layer (``"per_layer"``: the same fraction of each layer kept).
+* TopK: within every layer (``"per_layer"``: the same fraction of each layer kept; the base,
+  reading PL-12) vs over all groups (``"global"``, the paper's, one group per layer protected);
+* the trace's Hessian: ``"auto"`` (the base: the loss Hessian on piecewise-linear models) vs
+  eq. 36's output Hessian (``"outputs"``, identically zero on a ReLU MLP; reading PL-2);
+* the terms' normalization (reading PL-10): normalized (the base) vs eq. 36 as printed;
+* feature standardization (reading PL-11): across all groups (the base) vs within each layer.
 
 Tables: training loss (or PPL for MLM) at ``report_steps``, the test metric and its difference
 to dense, wall time; one table per factor, each with the dense and base rows.
@@ -46,7 +50,17 @@ from jaxprune.train import Pruner, make_pruner
 __all__ = ["EXPERIMENT", "PLAblationSettings", "Variant", "run_pl_ablations", "variants"]
 
 BASE = "base"
-FACTORS = ("time", "schedule", "ratio", "scaling", "alpha", "topk")
+FACTORS = (
+    "time",
+    "schedule",
+    "ratio",
+    "scaling",
+    "alpha",
+    "topk",
+    "hessian",
+    "normalize",
+    "features",
+)
 TOPKS = ("global", "per_layer")
 
 
@@ -60,7 +74,10 @@ class Variant:
     schedule: str = "one-shot"
     scaling: str = "mean_one"
     alpha: float = 1.0
-    topk: str = "global"
+    topk: str = "per_layer"
+    hessian: str = "auto"
+    normalize: bool = True
+    features: str = "global"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +94,9 @@ class PLAblationSettings(ComparisonSettings):
       scalings: gate scalings compared (``"mean_one"``, ``"softmax"``).
       alphas: ``α`` values compared, each ``>= 0``.
       topks: TopK scopes compared (``"global"``, ``"per_layer"``).
+      hessians: trace Hessians compared (``"auto"``, ``"outputs"``, ``"loss"``).
+      normalizations: objective normalizations compared (``True``, ``False``).
+      feature_normalizations: feature standardizations compared (``"global"``, ``"layer"``).
       steps_per_epoch: training steps per "epoch".
       num_steps, batch_size, learning_rate: Adam training.
       report_steps: steps of the training-loss columns.
@@ -98,6 +118,10 @@ class PLAblationSettings(ComparisonSettings):
     scalings: tuple[str, ...] = ("mean_one", "softmax")
     alphas: tuple[float, ...] = (0.0, 1.0, 10.0)
     topks: tuple[str, ...] = TOPKS
+    hessians: tuple[str, ...] = ("auto", "outputs")
+    normalizations: tuple[bool, ...] = (True, False)
+    feature_normalizations: tuple[str, ...] = ("global", "layer")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps_per_epoch: int = 10
     gating_steps: int = 20
     feature_batch_size: int = 32
@@ -130,6 +154,22 @@ class PLAblationSettings(ComparisonSettings):
             raise ValueError(f"topks: got {unknown}, expected a subset of {TOPKS}")
         for alpha in self.alphas:
             check_real(alpha, "alphas", minimum=0.0)
+        for name, values, allowed in (
+            ("hessians", self.hessians, ("auto", *pl_gating.HESSIANS)),
+            ("normalizations", self.normalizations, (True, False)),
+            (
+                "feature_normalizations",
+                self.feature_normalizations,
+                pl_gating.FEATURE_NORMALIZATIONS,
+            ),
+        ):
+            unknown = [
+                v
+                for v in values
+                if v not in allowed or isinstance(v, bool) != isinstance(allowed[0], bool)
+            ]
+            if unknown:
+                raise ValueError(f"{name}: got {unknown}, expected a subset of {allowed}")
 
 
 def variants(config: PLAblationSettings) -> dict[str, Variant]:
@@ -150,6 +190,13 @@ def variants(config: PLAblationSettings) -> dict[str, Variant]:
         runs[f"alpha {alpha:g}"] = dataclasses.replace(base, factor="alpha", alpha=alpha)
     for topk in config.topks:
         runs[f"topk {topk}"] = dataclasses.replace(base, factor="topk", topk=topk)
+    for hessian in config.hessians:
+        runs[f"hessian {hessian}"] = dataclasses.replace(base, factor="hessian", hessian=hessian)
+    for normalize in config.normalizations:
+        name = "normalized" if normalize else "eq. 36 unnormalized"
+        runs[name] = dataclasses.replace(base, factor="normalize", normalize=normalize)
+    for within in config.feature_normalizations:
+        runs[f"features {within}"] = dataclasses.replace(base, factor="features", features=within)
     return {
         n: v for n, v in runs.items() if n == BASE or dataclasses.replace(v, factor=BASE) != base
     }
@@ -169,7 +216,9 @@ def _pruner(variant: Variant, config: PLAblationSettings) -> Pruner:
         scaling=variant.scaling,
         alpha=variant.alpha,
         per_layer=variant.topk == "per_layer",
-        seed=0,
+        hessian=variant.hessian,
+        normalize=variant.normalize,
+        feature_normalization=variant.features,
     )
     return make_pruner("pl", _schedule(variant, config), **options)
 
@@ -190,7 +239,9 @@ def _note(config: PLAblationSettings, base: Variant, found: Comparison) -> str:
     note = (
         f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
         f"Adam steps, {config.steps_per_epoch} steps/epoch; base: PL one-shot at epoch "
-        f"{base.epoch}, {base.ratio:.0%} pruned, scaling {base.scaling}, alpha {base.alpha:g}; "
+        f"{base.epoch}, {base.ratio:.0%} pruned, scaling {base.scaling}, alpha {base.alpha:g}, "
+        f"TopK {base.topk}, Hessian {base.hessian}, normalized terms, features standardized "
+        f"{base.features}; "
         f"seeds {', '.join(map(str, config.seeds))}."
     )
     return note + (" Training loss is log PPL." if found.splits.task == "mlm" else "")
@@ -230,8 +281,9 @@ EXPERIMENT = Experiment(
     description=(
         "Chen et al. (2023), Tables 8-11, and reading PL-4: PL-gating pruning time (epochs "
         "0/5/50), one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs "
-        "softmax, alpha, and global vs per-layer TopK, each against dense training and the base "
-        "run."
+        "softmax, alpha, per-layer vs global TopK, the trace's Hessian, the objective's "
+        "normalization and the feature standardization, each against dense training and the "
+        "base run."
     ),
     presets={
         "smoke": PLAblationSettings(
@@ -242,7 +294,10 @@ EXPERIMENT = Experiment(
             ratios=(0.5,),
             scalings=("softmax",),
             alphas=(0.0,),
-            topks=("per_layer",),
+            topks=("global",),
+            hessians=("outputs",),
+            normalizations=(False,),
+            feature_normalizations=("layer",),
             steps_per_epoch=5,
             num_steps=20,
             report_steps=(10, 20),

@@ -30,6 +30,10 @@ def test_other_fields_are_validated():
         PLAblationSettings(alphas=(-1.0,))
     with pytest.raises(ValueError, match="topks: got \\['layer'\\]"):
         PLAblationSettings(topks=("layer",))
+    with pytest.raises(ValueError, match="hessians: got \\['fisher'\\]"):
+        PLAblationSettings(hessians=("fisher",))
+    with pytest.raises(ValueError, match="normalizations"):
+        PLAblationSettings(normalizations=("yes",))
     with pytest.raises(ValueError, match="report_steps"):
         PLAblationSettings(report_steps=(900,))
 
@@ -38,12 +42,17 @@ def test_variants_change_one_factor_and_skip_the_base():
     runs = variants(PLAblationSettings())
     assert set(runs) == {
         "base", "epoch 0", "epoch 50", "linear 10 epochs", "ratio 50%", "ratio 90%",
-        "scaling softmax", "alpha 0", "alpha 10", "topk per_layer",
+        "scaling softmax", "alpha 0", "alpha 10", "topk global", "hessian outputs",
+        "eq. 36 unnormalized", "features layer",
     }  # fmt: skip
     base = runs["base"]
     assert (base.epoch, base.ratio, base.scaling, base.alpha) == (5, 0.75, "mean_one", 1.0)
     assert runs["alpha 0"].alpha == 0.0 and runs["alpha 0"].epoch == 5
-    assert runs["topk per_layer"] == dataclasses.replace(base, factor="topk", topk="per_layer")
+    assert (base.topk, base.hessian, base.normalize, base.features) == (
+        "per_layer", "auto", True, "global"
+    )  # fmt: skip
+    assert runs["topk global"] == dataclasses.replace(base, factor="topk", topk="global")
+    assert runs["eq. 36 unnormalized"].normalize is False
 
 
 def test_smoke_preset_writes_tables_and_plot(tmp_path):
@@ -51,8 +60,9 @@ def test_smoke_preset_writes_tables_and_plot(tmp_path):
     out = experiment.run(experiment.presets["smoke"], tmp_path, False)
     for name in ("table.md", "results.json", "pl_ablations.png"):
         assert (tmp_path / name).stat().st_size > 0
-    for factor in ("time", "schedule", "ratio", "scaling", "alpha", "topk"):
+    for factor in ("time", "schedule", "ratio", "scaling", "alpha", "topk", "hessian",
+                   "normalize", "features"):  # fmt: skip
         assert f"**{factor}**" in out["table"]
     assert out["results"]["ratio 50%"]["group_sparsity"] == [0.5]
     assert out["results"]["base"]["group_sparsity"] == [0.75]
-    assert out["results"]["topk per_layer"]["group_sparsity"] == [0.75]
+    assert out["results"]["topk global"]["group_sparsity"] == [0.75]

@@ -268,7 +268,9 @@ def _initial_scales(
     rounds = -(-scale_probes // objective.num_probes)
     stream = jax.random.fold_in(key, _SCALE_STREAM)
     values = [
-        value_and_grad(v, params, normalized_features, batch, jax.random.fold_in(stream, r), unscaled)[0][1]
+        value_and_grad(
+            v, params, normalized_features, batch, jax.random.fold_in(stream, r), unscaled
+        )[0][1]
         for r in range(rounds)
     ]
     losses, traces, stderrs = (np.asarray(a, np.float64) for a in zip(*jax.device_get(values)))
