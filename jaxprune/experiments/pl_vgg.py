@@ -256,7 +256,7 @@ EXPERIMENT = Experiment(
     ),
     presets={
         "smoke": PLVGGSettings(
-            methods=("dense", "fpgm", "pl"),
+            methods=("dense", "pl"),
             prune_start_epoch=1,
             prune_end_epoch=1,
             num_steps=30,
