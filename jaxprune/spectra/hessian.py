@@ -27,6 +27,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxprune._validation import check_batch, check_choice, check_finite_tree, check_positive_int
 from jaxprune.group_ids import leaf_group_ids, validate_group_ids
+from jaxprune.spectra.static import as_partial
 from jaxprune.typing import ApplyFn, LossFn, PyTree
 
 __all__ = [
@@ -465,10 +466,7 @@ def sample_output_hessian_diagonal(
     check_batch(x, "x")
     check_finite_tree(params, "params")
     indices = _sampled_indices(params, per_leaf, key)
-    fn = (
-        apply_fn if isinstance(apply_fn, jax.tree_util.Partial) else jax.tree_util.Partial(apply_fn)
-    )
-    entries, norms = _diagonal_columns(fn, params, x, jnp.asarray(indices))
+    entries, norms = _diagonal_columns(as_partial(apply_fn), params, x, jnp.asarray(indices))
     return DiagonalSample(entries, norms, indices)
 
 
