@@ -38,6 +38,8 @@ EXPERIMENTS = {
     "grda_linear": "jaxprune.experiments.grda_linear",
     "grda_sparsity": "jaxprune.experiments.grda_sparsity",
     "grda_valley": "jaxprune.experiments.grda_valley",
+    "importance_linear": "jaxprune.experiments.importance_linear",
+    "importance_lambda": "jaxprune.experiments.importance_lambda",
 }
 
 

@@ -8,10 +8,10 @@ condition number over training (Figures 3 and 5) and of the test metric.
 
 Methods: ``dense``; ``pl`` (PL gating, Chen et al. (2023), Algorithm 2, one-shot at
 ``prune_step``); ``random``, ``magnitude``, ``snip``, ``grasp``, ``taylor`` (Att-Score),
-``fpgm`` and ``hessian_diag`` pruned one-shot at ``prune_step``; ``lth`` (iterative magnitude
-pruning with rewinding to 5% of the run, :func:`jaxprune.masks.lth_schedule`) with its rounds
-fitted into the same number of training steps.  All are built by
-:func:`jaxprune.train.make_pruner`.
+``fpgm``, ``hessian_diag`` and ``natural`` (natural importance, Li et al. 2020) pruned one-shot
+at ``prune_step``; ``lth`` (iterative magnitude pruning with rewinding to 5% of the run,
+:func:`jaxprune.masks.lth_schedule`) with its rounds fitted into the same number of training
+steps.  All are built by :func:`jaxprune.train.make_pruner`.
 
 References:
   Chen et al. (2023), Sec. 4 (Tables 1-3: training loss at fixed iterations, test metric,

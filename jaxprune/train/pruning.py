@@ -16,6 +16,7 @@ at least ``min_per_layer`` groups (Chen et al. (2023) keep at least one head/exp
 References:
   Chen et al. (2023), Algorithm 2 and App. E.3 (baselines: LTH with rewinding, Att-Score, SNIP,
   GraSP, all structured, all with one group per layer protected).
+  Li et al. (2020), Sec. 2, Def. 2.1 (the ``"natural"`` criterion).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from jaxprune.criteria import (
 )
 from jaxprune.masks import GroupLayout, PruningSchedule, topk_mask
 from jaxprune.methods import pl_gating
+from jaxprune.methods.importance.scores import natural_importance
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -178,6 +180,10 @@ def _hessian_diag(context: PruneContext, num_batches: int, num_probes: int) -> j
     )
 
 
+def _natural(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
+    return natural_importance(_batch_loss(context, num_batches), context.params, context.group_ids)
+
+
 def _fpgm(context: PruneContext, num_batches: int, num_probes: int) -> jax.Array:
     return fpgm_scores(context.params, context.group_ids, layout=context.layout)
 
@@ -200,6 +206,9 @@ _CRITERIA: dict[str, _Criterion] = {
         _hessian_diag, "Optimal Brain Damage 1/2 H_ii w_i^2 per group (LeCun et al. 1990)"
     ),
     "fpgm": _Criterion(_fpgm, "distance to the layer's geometric median (He et al. 2019)"),
+    "natural": _Criterion(
+        _natural, "natural importance: loss increase when the group is zeroed (Li et al. 2020)"
+    ),
 }
 
 #: Criterion names of :func:`criterion_pruner`.
@@ -219,7 +228,10 @@ def criterion_pruner(
 
     At each event the criterion scores the current groups, previously pruned groups get
     ``-inf``, and :func:`~jaxprune.masks.topk_mask` keeps ``num_keep`` of them (global TopK by
-    default, at least ``min_per_layer`` per layer).  ``"taylor"`` is Michel et al.'s
+    default, at least ``min_per_layer`` per layer).  ``"natural"`` is Li et al. (2020)'s
+    one-shot natural importance (Def. 2.1, regular pruning) of every group on the batch loss;
+    Hessian-importance pruning (their Def. 2.2) is ``"hessian_diag"``, whose OBD ½ leaves the
+    ranking unchanged (reading HB-3).  ``"taylor"`` is Michel et al.'s
     ``|∂L/∂ξ|`` (Att-Score/Exp-Score, normalized per layer); LTH is ``"magnitude"`` with an
     :func:`~jaxprune.masks.iterative_magnitude` schedule (rewinding).
 

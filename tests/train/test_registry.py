@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from jaxprune.cli import main
 from jaxprune.data import load_dataset
-from jaxprune.masks import iterative_magnitude, lth_schedule, one_shot, topk_mask
+from jaxprune.masks import GroupLayout, iterative_magnitude, lth_schedule, one_shot, topk_mask
 from jaxprune.methods.pl_gating import PLGatingConfig
 from jaxprune.train import (
     CRITERIA,
+    PruneContext,
     Pruner,
     TrainConfig,
     build_model,
@@ -121,3 +123,45 @@ def test_one_registration_makes_a_method_trainable_by_the_engine_and_the_cli(
     assert main(args) == 0
     assert "groups pruned 50.0%" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["group_sparsity"] == 0.5
+
+
+def test_natural_criterion_keeps_the_groups_whose_zeroing_raises_the_batch_loss_most():
+    """``"natural"``: Li et al. (2020)'s Def. 2.1 NI of each group on the event's batches, by a
+    loop zeroing one hidden unit at a time; previously pruned groups stay pruned."""
+    rng = np.random.default_rng(0)
+    params = {"hidden": rng.normal(size=(3, 6)), "out": rng.normal(size=(6, 2))}
+    ids = {"hidden": np.arange(6, dtype=np.int32)[None, :], "out": np.arange(6)[:, None]}
+    batches = [{"x": rng.normal(size=(5, 3)), "y": rng.normal(size=(5, 2))} for _ in range(2)]
+
+    def loss_fn(p, batch):
+        return jnp.mean((jnp.tanh(batch["x"] @ p["hidden"]) @ p["out"] - batch["y"]) ** 2)
+
+    def mean_loss(p):
+        return float(sum(loss_fn(p, b) for b in batches) / 2)
+
+    gates = np.array([1, 1, 1, 1, 1, 0], np.float32)
+    params["hidden"][:, 5] = params["out"][5] = 0.0  # group 5 was pruned earlier
+    layout = GroupLayout(("hidden",), np.zeros(6, np.int32))
+    context = PruneContext(
+        step=2, ratio=0.5, num_keep=3, params=params, collections={}, gates=gates,
+        group_ids=ids, layout=layout, key=jax.random.key(0), loss_fn=loss_fn,
+        apply_fn=None, batches=lambda n: batches[:n],
+    )  # fmt: skip
+    pruner = make_pruner("natural", ONE_SHOT, num_batches=2)
+    mask, state, record = pruner.select(context, None)
+    importance = []
+    for j in range(6):
+        zeroed = {"hidden": params["hidden"].copy(), "out": params["out"].copy()}
+        zeroed["hidden"][:, j] = zeroed["out"][j] = 0.0
+        importance.append(mean_loss(zeroed) - mean_loss(params))
+    np.testing.assert_allclose(record["scores"][:5], importance[:5], rtol=1e-5, atol=1e-6)
+    assert record["scores"][5] == -np.inf and state is None
+    np.testing.assert_array_equal(mask, np.isin(np.arange(6), np.argsort(importance[:5])[-3:]))
+
+
+def test_natural_pruning_trains_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "natural"
+    args = ["train", "--model-preset", "8", "--steps", "4", "--batch-size", "16", "--method"]
+    args += ["natural", "--prune-at", "2", "--log-every", "2", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    assert "groups pruned 50.0%" in capsys.readouterr().out
