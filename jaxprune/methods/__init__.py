@@ -7,9 +7,12 @@
 - :mod:`~jaxprune.methods.directional` (Chao et al. 2020): the directional-pruning solution,
   scores from the Hessian's flat directions, eq. 9, and Bézier connecting curves.  The gRDA optimizer
   itself is :func:`jaxprune.optim.grda`.
+- :mod:`~jaxprune.methods.importance` (Li et al. 2020): natural, magnitude and Hessian importance
+  of any groups, pruning and natural pruning (Sec. 2), the exact risk of pruned linear models
+  (Sec. 3, Def. 3.2) and the λ-rescaled two-layer network (Sec. 4, Lemma 4.1, Theorem 4.3).
 """
 
-from jaxprune.methods import directional, pl_gating
+from jaxprune.methods import directional, importance, pl_gating
 from jaxprune.methods.directional import (
     BezierFit,
     bezier_point,
@@ -35,6 +38,7 @@ __all__ = [
     "directional_pruning_solution",
     "fit_bezier_midpoint",
     "flat_direction_scores",
+    "importance",
     "line_losses",
     "pl_gating",
     "projection_scores",
