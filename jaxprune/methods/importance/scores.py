@@ -186,19 +186,26 @@ def _set_matrix(params: PyTree, sets: Sequence[PyTree]) -> np.ndarray:
     return np.stack(rows)
 
 
-def _checked_reference(params: PyTree, reference: PyTree | None) -> PyTree | None:
-    """``reference`` if it is finite with the structure and leaf shapes of ``params``."""
-    if reference is None:
-        return None
+def _leaves_like_params(tree: PyTree, params: PyTree, name: str, what: str) -> list:
+    """The leaves of ``tree``; ValueError unless it has the structure and leaf shapes of
+    ``params`` (``what`` is the expected value, as the message names it)."""
+    leaves, structure = jax.tree_util.tree_flatten(tree)
     param_leaves, treedef = jax.tree_util.tree_flatten(params)
-    leaves, structure = jax.tree_util.tree_flatten(reference)
     shapes = [np.shape(leaf) for leaf in leaves]
     expected = [np.shape(leaf) for leaf in param_leaves]
     if structure != treedef or shapes != expected:
         raise ValueError(
-            f"reference: expected the pytree structure {treedef} and leaf shapes {expected} of "
-            f"params, got {structure} with shapes {shapes}"
+            f"{name}: expected {what} with the structure {treedef} and leaf shapes {expected} "
+            f"of params, got {structure} with shapes {shapes}"
         )
+    return leaves
+
+
+def _checked_reference(params: PyTree, reference: PyTree | None) -> PyTree | None:
+    """``reference`` if it is finite with the structure and leaf shapes of ``params``."""
+    if reference is None:
+        return None
+    _leaves_like_params(reference, params, "reference", "a pytree")
     check_finite_tree(reference, "reference")
     return reference
 
@@ -738,15 +745,7 @@ def _score_vector(params: PyTree, scores: Any, p: int, unstructured: bool) -> np
     if isinstance(scores, jax.core.Tracer):
         raise TypeError("scores: expected concrete scores, got a tracer")
     if unstructured and not isinstance(scores, np.ndarray | jax.Array):
-        leaves, structure = jax.tree_util.tree_flatten(scores)
-        param_leaves, treedef = jax.tree_util.tree_flatten(params)
-        shapes = [np.shape(leaf) for leaf in leaves]
-        expected = [np.shape(leaf) for leaf in param_leaves]
-        if structure != treedef or shapes != expected:
-            raise ValueError(
-                f"scores: expected a ({p},) vector or a pytree with the structure {treedef} "
-                f"and leaf shapes {expected} of params, got {structure} with shapes {shapes}"
-            )
+        leaves = _leaves_like_params(scores, params, "scores", f"a ({p},) vector or a pytree")
         scores = np.concatenate([np.ravel(np.asarray(leaf)) for leaf in leaves])
     vector = np.asarray(scores)
     if vector.shape != (p,):

@@ -693,7 +693,7 @@ def nan_when_first_weight_is_zero(params):
         (
             lambda p, ids: natural_importance(small_loss, p, None, reference={"w": np.zeros(5)}),
             ValueError,
-            "reference: expected the pytree structure",
+            "reference: expected a pytree with the structure",
         ),
         (
             lambda p, ids: natural_importance(small_loss, p, [{"w": True}]),
