@@ -494,7 +494,8 @@ def run_method_comparison(
       settings, methods, out_dir: as in :func:`compare_methods`.
       note: text after the table (the run's settings in words), or ``note(comparison)``.
       table: ``table(comparison) -> str`` (default: :func:`comparison_table` of the report
-        steps and the test metric, then :func:`paired_table` of ``"pl"`` when it ran).
+        steps and the test metric); :func:`paired_table` of ``"pl"`` follows it when ``"pl"``
+        ran, whichever table is used.
       plot: file name of the curves plot.
       **options: the keyword arguments of :func:`compare_methods` (``model`` and
         ``optimizer``; ``splits``, ``model_options``, ``train_options``, ``run_settings``,
@@ -510,8 +511,8 @@ def run_method_comparison(
         text = table(found)
     else:
         text = comparison_table(found.results, settings.report_steps, found.metric)
-        paired = paired_table(found.results, found.metric, "pl", seeds=settings.seeds)
-        text = f"{text}\n\n{paired}" if paired else text
+    paired = paired_table(found.results, found.metric, "pl", seeds=settings.seeds)
+    text = f"{text}\n\n{paired}" if paired else text
     note = note(found) if callable(note) else note
     found = found._replace(table=f"{text}\n\n{note}" if note else text)
     write_results(out_dir, dataclasses.asdict(settings), found.results, found.table)

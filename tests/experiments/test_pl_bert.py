@@ -68,6 +68,12 @@ def test_smoke_preset_writes_table_and_figures(tmp_path):
         loss = next(r["train_loss"] for r in rows if r["step"] == step and "train_loss" in r)
         line = next(x for x in out["table"].splitlines() if x.startswith(f"| {method} |"))
         assert line.split(" | ")[len(config.report_steps)] == f"{np.exp(loss):.2f}"
+    # PL against each baseline, paired by seed, follows the Table-1 layout (lower PPL wins).
+    ppl = out["results"]
+    paired_part = out["table"].split("Paired by seed", 1)[1]
+    paired = next(x for x in paired_part.splitlines() if x.startswith("| snip"))
+    difference = ppl["pl"]["test_perplexity"][0] - ppl["snip"]["test_perplexity"][0]
+    assert paired.split(" | ")[1] == f"{difference:+.4f}"
     figures = out["figures"]
     layers, heads = np.shape(figures["head_conditions"])
     assert np.all(np.asarray(figures["head_conditions"]) >= 1.0)
