@@ -11,7 +11,12 @@ from jaxprune.data.builtin import (
     load_digits,
     teacher_student,
 )
-from jaxprune.data.linear import LinearProblem, decaying_theta, scaled_linear_regression
+from jaxprune.data.linear import (
+    LinearProblem,
+    decaying_theta,
+    scaled_linear_regression,
+    scaling_diagonal,
+)
 from jaxprune.data.mlm import mask_tokens, num_to_mask
 from jaxprune.data.registry import DATASET_NAMES, DataConfig, Splits, load_dataset
 from jaxprune.data.text import docstring_corpus, read_text_files
@@ -43,6 +48,7 @@ __all__ = [
     "prefetch",
     "read_text_files",
     "scaled_linear_regression",
+    "scaling_diagonal",
     "teacher_student",
     "train_tokenizer",
 ]

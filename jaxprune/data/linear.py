@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxprune._validation import check_positive_int, check_real
 
-__all__ = ["LinearProblem", "decaying_theta", "scaled_linear_regression"]
+__all__ = ["LinearProblem", "decaying_theta", "scaled_linear_regression", "scaling_diagonal"]
 
 
 class LinearProblem(NamedTuple):
@@ -84,8 +84,20 @@ def scaled_linear_regression(
     theta = decaying_theta(dim)
     x = np.asarray(jax.random.normal(kx, (num_examples, dim)), np.float64)
     y = x @ theta + noise * np.asarray(jax.random.normal(kz, (num_examples,)), np.float64)
-    scales = np.ones(dim)
-    scales[: int(fraction * dim)] = scale
+    scales = scaling_diagonal(dim, scale, fraction)
     return LinearProblem(
         (x * scales).astype(np.float32), y.astype(np.float32), theta, scales, float(noise)
     )
+
+
+def scaling_diagonal(p: int, lam: float, fraction: float) -> np.ndarray:
+    """Eq. 3.5: the diagonal of ``Λ``, ``λ`` on the first ``⌊fraction·p⌋`` features, else 1.
+
+    References: Li et al. (2020), Sec. 3.1, eq. 3.5.
+    """
+    p = check_positive_int(p, "p")
+    lam = check_real(lam, "lam", minimum=0.0, strict=True)
+    fraction = check_real(fraction, "fraction", minimum=0.0, maximum=1.0)
+    diagonal = np.ones(p)
+    diagonal[: int(fraction * p)] = lam
+    return diagonal

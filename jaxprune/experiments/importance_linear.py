@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from jaxprune._validation import check_int, check_positive_int, check_real
-from jaxprune.data.linear import decaying_theta
+from jaxprune.data.linear import decaying_theta, scaling_diagonal
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.settings import check_positive_values
 from jaxprune.methods.importance.linear import (
@@ -53,7 +53,6 @@ __all__ = [
     "plot_importance_linear",
     "run_importance_linear",
     "run_risk_curves",
-    "scaling_diagonal",
 ]
 
 _SHORT = {"magnitude": "MP", "hessian": "HP"}
@@ -99,21 +98,6 @@ class ImportanceLinearSettings:
         check_int(self.num_draws, "num_draws", minimum=2)
         check_int(self.num_trials, "num_trials", minimum=2)
         check_int(self.seed, "seed", minimum=0)
-
-
-def scaling_diagonal(p: int, lam: float, fraction: float) -> np.ndarray:
-    """Eq. 3.5: the diagonal of ``Λ``, ``λ`` on the first ``⌊fraction·p⌋`` features, else 1.
-
-    The convention of :func:`jaxprune.data.scaled_linear_regression`.
-
-    References: Li et al. (2020), Sec. 3.1, eq. 3.5.
-    """
-    p = check_positive_int(p, "p")
-    lam = check_real(lam, "lam", minimum=0.0, strict=True)
-    fraction = check_real(fraction, "fraction", minimum=0.0, maximum=1.0)
-    diagonal = np.ones(p)
-    diagonal[: int(fraction * p)] = lam
-    return diagonal
 
 
 def run_risk_curves(config: ImportanceLinearSettings, progress: bool = False) -> dict[str, Any]:

@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxprune.data.linear import decaying_theta
+from jaxprune.data.linear import decaying_theta, scaling_diagonal
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.importance_linear import EXPERIMENT, scaling_diagonal
+from jaxprune.experiments.importance_linear import EXPERIMENT
 
 SMOKE = EXPERIMENT.presets["smoke"]
 
