@@ -7,12 +7,15 @@
 - :mod:`~jaxprune.methods.directional` (Chao et al. 2020): the directional-pruning solution,
   scores from the Hessian's flat directions, eq. 9, and Bézier connecting curves.  The gRDA optimizer
   itself is :func:`jaxprune.optim.grda`.
+- :mod:`~jaxprune.methods.greedy` (Wolfe et al. 2023; Ye et al. 2020): greedy forward selection
+  of neurons with replacement (Sec. 3, eqs. 9–11) on one device or a device mesh (App. E,
+  Algorithm 3), Lemma 1's bound, and the layer-wise selection of CNN channels (App. D).
 - :mod:`~jaxprune.methods.importance` (Li et al. 2020): natural, magnitude and Hessian importance
   of any groups, pruning and natural pruning (Sec. 2), the exact risk of pruned linear models
   (Sec. 3, Def. 3.2) and the λ-rescaled two-layer network (Sec. 4, Lemma 4.1, Theorem 4.3).
 """
 
-from jaxprune.methods import directional, importance, pl_gating
+from jaxprune.methods import directional, greedy, importance, pl_gating
 from jaxprune.methods.directional import (
     BezierFit,
     bezier_point,
@@ -38,6 +41,7 @@ __all__ = [
     "directional_pruning_solution",
     "fit_bezier_midpoint",
     "flat_direction_scores",
+    "greedy",
     "importance",
     "line_losses",
     "pl_gating",
