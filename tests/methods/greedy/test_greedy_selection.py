@@ -250,3 +250,54 @@ def test_distributed_selection_equals_one_device_on_four_cpu_devices():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "distributed ok" in result.stdout
+
+
+_MULTI_HOST_SCRIPT = """
+import sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+import numpy as np
+from jaxprune.methods import greedy
+assert jax.process_count() == 2 and jax.device_count() == 4, (jax.process_count(), jax.devices())
+mesh = jax.sharding.Mesh(np.array(jax.devices()), ("candidates",))
+rng = np.random.default_rng(0)
+phi, y = rng.normal(size=(13, 11)).astype(np.float32), rng.normal(size=11).astype(np.float32)
+result = greedy.greedy_forward_selection(phi, y, 20, mesh=mesh)
+print("order", np.asarray(result.order).tolist(), np.asarray(result.counts).tolist())
+"""
+
+
+def test_multi_host_selection_through_jax_distributed_equals_one_device():
+    """Two processes of two CPU devices each, joined by ``jax.distributed`` (the same call as
+    on a cluster): every process gets the one-device picks."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        address = f"localhost:{sock.getsockname()[1]}"
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _MULTI_HOST_SCRIPT, address, str(rank)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    for process, (out, err) in zip(processes, outputs):
+        assert process.returncode == 0, out + err
+    rng = np.random.default_rng(0)
+    phi, y = rng.normal(size=(13, 11)).astype(np.float32), rng.normal(size=11).astype(np.float32)
+    one = greedy.greedy_forward_selection(phi, y, 20)
+    expected = f"order {np.asarray(one.order).tolist()} {np.asarray(one.counts).tolist()}"
+    for out, _ in outputs:
+        assert expected in out.splitlines()
