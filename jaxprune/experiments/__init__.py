@@ -40,6 +40,7 @@ EXPERIMENTS = {
     "grda_valley": "jaxprune.experiments.grda_valley",
     "importance_linear": "jaxprune.experiments.importance_linear",
     "importance_lambda": "jaxprune.experiments.importance_lambda",
+    "greedy_pretraining": "jaxprune.experiments.greedy_pretraining",
 }
 
 
