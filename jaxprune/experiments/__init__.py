@@ -41,6 +41,7 @@ EXPERIMENTS = {
     "importance_linear": "jaxprune.experiments.importance_linear",
     "importance_lambda": "jaxprune.experiments.importance_lambda",
     "greedy_pretraining": "jaxprune.experiments.greedy_pretraining",
+    "greedy_cnn": "jaxprune.experiments.greedy_cnn",
 }
 
 

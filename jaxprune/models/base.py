@@ -51,6 +51,7 @@ __all__ = [
     "register_model",
     "sequence_length",
     "sequence_sizes",
+    "split_gates",
     "warn_renamed",
 ]
 
@@ -157,6 +158,52 @@ def check_float_dtype(value: Any, name: str = "dtype") -> None:
         raise ValueError(
             f"{name}: expected a floating compute dtype (e.g. jnp.bfloat16), got {value!r}"
         )
+
+
+def split_gates(gates: Any, widths: Sequence[int], dtype: Any, name: str) -> list[jax.Array]:
+    """Per-layer gate pieces from a flat ``(sum(widths),)`` vector or a sequence of pieces.
+
+    Every gated zoo model accepts either form for its gates argument: the flat vector in group
+    order, or one ``(width,)`` array per layer of its :class:`~jaxprune.masks.GroupLayout`.
+    Pieces let a caller vary one layer's gates under ``vmap`` while the others stay unbatched,
+    so the layers upstream of it are computed once for all lanes (greedy channel selection
+    scores its candidates this way).
+
+    Args:
+      gates: ``(p,)`` array, ``p = sum(widths)``, or a list/tuple of ``len(widths)`` arrays of
+        shapes ``(widths[i],)``.
+      widths: groups per layer, in group order.
+      dtype: the pieces' dtype (the model's compute dtype).
+      name: the argument's name, for errors.
+
+    Returns:
+      ``len(widths)`` arrays of shapes ``(widths[i],)``.
+
+    Raises:
+      ValueError: wrong total shape, wrong number of pieces or a piece of the wrong shape.
+    """
+    widths = tuple(int(w) for w in widths)
+    if isinstance(gates, list | tuple):
+        if len(gates) != len(widths):
+            raise ValueError(
+                f"{name}: expected {len(widths)} per-layer pieces of sizes {widths}, got "
+                f"{len(gates)} pieces"
+            )
+        pieces = [jnp.asarray(g) for g in gates]
+        for i, (piece, width) in enumerate(zip(pieces, widths)):
+            if piece.shape != (width,):
+                raise ValueError(
+                    f"{name}[{i}]: expected shape ({width},), one gate per group of layer {i}, "
+                    f"got {piece.shape}"
+                )
+        return [piece.astype(dtype) for piece in pieces]
+    gates = jnp.asarray(gates)
+    if gates.shape != (sum(widths),):
+        raise ValueError(
+            f"{name}: expected shape ({sum(widths)},), one gate per group in group order (or "
+            f"{len(widths)} per-layer pieces), got {gates.shape}"
+        )
+    return jnp.split(gates.astype(dtype), np.cumsum(widths)[:-1])
 
 
 def config_module(config: nn.Module) -> nn.Module:

@@ -25,6 +25,7 @@ from jaxprune.models.base import (
     config_module,
     deprecated_alias,
     flat_size,
+    split_gates,
     warn_renamed,
 )
 from jaxprune.typing import PyTree
@@ -71,7 +72,8 @@ class MLP(nn.Module):
         """``(n, ...)`` inputs to ``(n, num_outputs)`` outputs.
 
         ``neuron_gates``: optional ``(sum(hidden),)`` multipliers of the hidden units' outputs,
-        layer by layer (the group order of :func:`group_ids`); a gate of 0 removes exactly
+        layer by layer (the group order of :func:`group_ids`), or one ``(width,)`` piece per
+        hidden layer (:func:`~jaxprune.models.base.split_gates`); a gate of 0 removes exactly
         that neuron's contribution, and gates are differentiable.
         """
         if any(w < 1 for w in self.hidden) or self.num_outputs < 1:
@@ -79,20 +81,18 @@ class MLP(nn.Module):
                 f"MLP: widths must be >= 1, got hidden={tuple(self.hidden)}, "
                 f"num_outputs={self.num_outputs}"
             )
-        if neuron_gates is not None and np.shape(neuron_gates) != (sum(self.hidden),):
-            raise ValueError(
-                f"neuron_gates: expected shape ({sum(self.hidden)},), one gate per hidden "
-                f"neuron, got {np.shape(neuron_gates)}"
-            )
         x = x.reshape(x.shape[0], -1)
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        offset = 0
-        for width in self.hidden:
+        gates = (
+            None
+            if neuron_gates is None
+            else split_gates(neuron_gates, self.hidden, x.dtype, "neuron_gates")
+        )
+        for i, width in enumerate(self.hidden):
             x = self.activation(nn.Dense(width, dtype=self.dtype)(x))
-            if neuron_gates is not None:
-                x = x * neuron_gates[offset : offset + width].astype(x.dtype)
-            offset += width
+            if gates is not None:
+                x = x * gates[i].astype(x.dtype)
         return nn.Dense(self.num_outputs, dtype=self.dtype)(x)
 
 

@@ -66,7 +66,7 @@ from jaxprune.masks.compact import Link
 from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models.base import ModelSpec, check_float_dtype, image_shape
+from jaxprune.models.base import ModelSpec, check_float_dtype, image_shape, split_gates
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -337,14 +337,9 @@ def make_config(
 
 
 def _split_gates(gates: Any, config: MobileNetV2Config) -> dict[int, jax.Array]:
-    """The flat ``(p,)`` gates as one ``(hidden,)`` piece per prunable block index."""
-    gates = jnp.asarray(gates)
-    if gates.shape != (config.num_channels,):
-        raise ValueError(
-            f"channel_gates: expected shape ({config.num_channels},), one gate per hidden channel "
-            f"of the prunable blocks in group order, got {gates.shape}"
-        )
-    pieces = jnp.split(gates.astype(config.dtype), np.cumsum(config.prunable_widths)[:-1])
+    """The gates (flat ``(p,)`` or per-block pieces) as one ``(hidden,)`` piece per prunable
+    block index."""
+    pieces = split_gates(gates, config.prunable_widths, config.dtype, "channel_gates")
     return dict(zip(config.prunable_blocks, pieces))
 
 
@@ -370,7 +365,8 @@ class MobileNetV2(nn.Module):
           channel_gates: optional ``(p,)`` gates, ``p = config.num_channels``, in group order
             (the prunable blocks' hidden channels, block by block, as :func:`group_ids`).
             Hidden channel ``o`` of block ``j`` is multiplied by its gate after the depthwise
-            BatchNorm and ReLU6; a gate of 0 removes exactly that channel.  Differentiable.
+            BatchNorm and ReLU6; a gate of 0 removes exactly that channel.  Differentiable. Also accepted: one
+            piece per layer (:func:`~jaxprune.models.base.split_gates`).
 
         Returns:
           Logits in the compute dtype ``config.dtype``.

@@ -51,6 +51,7 @@ from jaxprune.models.base import (
     check_float_dtype,
     deprecated_alias,
     image_shape,
+    split_gates,
     warn_renamed,
 )
 from jaxprune.typing import PyTree
@@ -214,7 +215,8 @@ class ResNet(nn.Module):
           filter_gates: optional ``(p,)`` gates, ``p = config.num_filters``, in group order
             (block 0's inner filters first, as :func:`group_ids`).  Inner filter ``o`` of
             block ``j`` is multiplied by its gate after ``bn1``, before ReLU; a gate of 0
-            removes exactly that filter's contribution.  Differentiable.
+            removes exactly that filter's contribution.  Differentiable. Also accepted: one
+            piece per layer (:func:`~jaxprune.models.base.split_gates`).
 
         Returns:
           Logits in the compute dtype ``config.dtype``.
@@ -222,13 +224,7 @@ class ResNet(nn.Module):
         cfg = self.config
         gates = None
         if filter_gates is not None:
-            filter_gates = jnp.asarray(filter_gates)
-            if filter_gates.shape != (cfg.num_filters,):
-                raise ValueError(
-                    f"filter_gates: expected shape ({cfg.num_filters},), one gate per inner "
-                    f"filter in group order, got {filter_gates.shape}"
-                )
-            gates = jnp.split(filter_gates.astype(cfg.dtype), np.cumsum(cfg.inner)[:-1])
+            gates = split_gates(filter_gates, cfg.inner, cfg.dtype, "filter_gates")
         conv = functools.partial(
             nn.Conv,
             kernel_size=(3, 3),

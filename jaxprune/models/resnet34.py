@@ -213,7 +213,8 @@ class ResNet34(nn.Module):
           filter_gates: optional ``(p,)`` gates, ``p = config.num_filters``, in group order
             (block 0's inner channels first, as :func:`group_ids`).  Inner channel ``o`` of
             block ``j`` is multiplied by its gate after ``bn1``, before ReLU; a gate of 0
-            removes exactly that channel's contribution.  Differentiable.
+            removes exactly that channel's contribution.  Differentiable. Also accepted: one
+            piece per layer (:func:`~jaxprune.models.base.split_gates`).
 
         Returns:
           Logits in the compute dtype ``config.dtype``.

@@ -40,7 +40,7 @@ from jaxprune.masks.compact import Link
 from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models.base import ModelSpec, deprecated_alias, flat_size
+from jaxprune.models.base import ModelSpec, deprecated_alias, flat_size, split_gates
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -182,7 +182,9 @@ class TwoLayer(nn.Module):
           counts: optional ``(N,)`` multiplicities: the output is Wolfe et al. (2023)'s ``f_S`` of the
             multiset with these counts (:func:`counts_to_gates`); all ones give ``f``.
           neuron_gates: optional ``(N,)`` gates multiplying each neuron's activation
-            ``σ(a_iᵀx)``; a gate of 0 removes exactly that neuron.  Differentiable.
+            ``σ(a_iᵀx)`` (or a one-element sequence of it, the per-layer form of
+            :func:`~jaxprune.models.base.split_gates`); a gate of 0 removes exactly that
+            neuron.  Differentiable.
 
         Returns:
           ``(n, K)`` outputs in the compute dtype ``config.dtype``.
@@ -202,6 +204,8 @@ class TwoLayer(nn.Module):
                 name="hidden",
             )(x)
         )
+        if neuron_gates is not None:
+            (neuron_gates,) = split_gates(neuron_gates, (cfg.width,), cfg.dtype, "neuron_gates")
         for name, gates in (("counts", counts), ("neuron_gates", neuron_gates)):
             if gates is None:
                 continue

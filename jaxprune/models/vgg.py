@@ -43,6 +43,7 @@ from jaxprune.models.base import (
     check_float_dtype,
     deprecated_alias,
     image_shape,
+    split_gates,
     warn_renamed,
 )
 from jaxprune.typing import PyTree
@@ -168,16 +169,8 @@ def make_config(
 
 
 def _split_gates(gates: Any, widths: tuple[int, ...], dtype: Any) -> list[jax.Array] | None:
-    """The flat ``(sum(widths),)`` gate vector cut into one ``(width,)`` piece per layer."""
-    if gates is None:
-        return None
-    gates = jnp.asarray(gates)
-    if gates.shape != (sum(widths),):
-        raise ValueError(
-            f"filter_gates: expected shape ({sum(widths)},), one gate per filter in group order, "
-            f"got {gates.shape}"
-        )
-    return jnp.split(gates.astype(dtype), np.cumsum(widths)[:-1])
+    """The gates (flat ``(sum(widths),)`` or per-layer pieces) as one piece per layer."""
+    return None if gates is None else split_gates(gates, widths, dtype, "filter_gates")
 
 
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -206,7 +199,8 @@ class VGG(nn.Module):
             (the order of :func:`group_ids`: all filters of ``conv_0``, then ``conv_1``,
             ...).  Filter ``o`` of convolution ``i`` is multiplied by its gate after BatchNorm,
             before ReLU; a gate of 0 removes exactly that filter's contribution.  Differentiable
-            (Michel et al. 2019's importance ``|∂L/∂gate|``).
+            (Michel et al. 2019's importance ``|∂L/∂gate|``). Also accepted: one
+            piece per layer (:func:`~jaxprune.models.base.split_gates`).
 
         Returns:
           Logits in the compute dtype ``config.dtype``.

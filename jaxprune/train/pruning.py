@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,8 +42,9 @@ from jaxprune.criteria import (
     random_scores,
     snip_scores,
 )
-from jaxprune.masks import GroupLayout, PruningSchedule, topk_mask
+from jaxprune.masks import GroupLayout, PruningSchedule, apply_group_mask, topk_mask
 from jaxprune.methods import pl_gating
+from jaxprune.methods.greedy.channels import flat_gates, greedy_gate_selection
 from jaxprune.methods.importance.scores import natural_importance
 from jaxprune.typing import PyTree
 
@@ -52,6 +54,7 @@ __all__ = [
     "Pruner",
     "PrunerEntry",
     "criterion_pruner",
+    "greedy_pruner",
     "lth_pruner",
     "make_pruner",
     "pl_gating_pruner",
@@ -374,6 +377,121 @@ def lth_pruner(
     return criterion_pruner("magnitude", schedule, per_layer=per_layer, min_per_layer=min_per_layer)
 
 
+def _layer_quotas(layout: GroupLayout, num_keep: int, min_per_layer: int) -> np.ndarray:
+    """``(L,)`` groups kept per layer by ``topk_mask(..., per_layer=True, min_per_layer=...)``
+    (the quotas do not depend on the scores)."""
+    kept = topk_mask(
+        np.zeros(layout.num_groups),
+        num_keep,
+        layout=layout,
+        per_layer=True,
+        min_per_layer=min_per_layer,
+    )
+    return np.bincount(layout.layer_of_group[kept > 0], minlength=layout.num_layers)
+
+
+def greedy_pruner(
+    schedule: PruningSchedule,
+    *,
+    num_batches: int | None = None,
+    min_per_layer: int = 1,
+    max_candidates: int | None = None,
+    chunk_size: int | None = None,
+) -> Pruner:
+    """Greedy forward selection (Wolfe et al. (2023), App. D, Algorithm 2) as a pruning method.
+
+    At each event every layer gets the quota of ``topk_mask(..., per_layer=True,
+    min_per_layer=min_per_layer)`` (the same fraction of each layer); each layer with fewer
+    quota than alive groups is searched from the input on by
+    :func:`~jaxprune.methods.greedy.channels.greedy_gate_selection` with that budget: it
+    starts empty and adds, one step per minibatch, the alive group whose addition gives the
+    lowest loss, earlier layers as selected and later ones full.  Groups pruned earlier stay
+    pruned and are never candidates; a layer whose quota exceeds its alive groups is an error
+    (only possible without compaction when quotas are not monotone in the ratio).
+
+    The loss of a candidate mask ``m`` is ``context.loss_fn(apply_group_mask(params, ids, m),
+    batch)``: the task's training-mode loss of the model with ``m`` installed (what the
+    engine runs after the event), exact for groups whose ids cover everything that feeds
+    their output (kernel slice, bias, BatchNorm scale and bias, as in the zoo's filter and
+    neuron groups: a zeroed filter then outputs 0 with batch or running statistics).
+
+    Args:
+      schedule: the pruning schedule.
+      num_batches: the event's training batches (``context.batches(n)``) the steps cycle
+        through; None: one fresh batch per step (Algorithm 2, line 5; all are prepared at the
+        event, so memory grows with the number of kept groups).
+      min_per_layer: groups kept in every layer, at least (>= 1).
+      max_candidates: score a random subset of this many candidates per step (Ye et al.
+        2020; the event's key draws them); None: exact search.
+      chunk_size: candidates evaluated together (see ``greedy_gate_selection``).
+
+    Returns:
+      :class:`Pruner` named ``"greedy"``; its event record holds the picks in order
+      (``order``), their layers (``layer_of_pick``), the loss after each pick (``losses``) and
+      the whole layer's loss on the same batch (``full_losses``).
+
+    References:
+      Wolfe et al. (2023), App. D, Algorithm 2; readings GS-3 and GS-13 (docs/readings.md);
+      Ye et al. (2020) (layer-wise selection, random candidate subsets).
+    """
+    _check_schedule(schedule)
+    if num_batches is not None:
+        check_positive_int(num_batches, "num_batches")
+    check_positive_int(min_per_layer, "min_per_layer")
+    if max_candidates is not None:
+        check_positive_int(max_candidates, "max_candidates")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+
+    def select(context: PruneContext, state: Any) -> tuple[np.ndarray, Any, dict]:
+        layout, alive = context.layout, context.gates > 0
+        quotas = _layer_quotas(layout, context.num_keep, min_per_layer)
+        alive_counts = np.bincount(layout.layer_of_group[alive], minlength=layout.num_layers)
+        over = np.flatnonzero(quotas > alive_counts)
+        if over.size:
+            layer = over[0]
+            raise ValueError(
+                f"greedy: layer {layout.layer_names[layer]!r} must keep {quotas[layer]} groups "
+                f"but only {alive_counts[layer]} are alive; compact after events or use a "
+                "criterion with global TopK"
+            )
+        searched = np.flatnonzero(quotas < alive_counts)
+        if not searched.size:  # every layer keeps all its alive groups
+            picks = {"order": np.zeros(0, np.int64), "layer_of_pick": np.zeros(0, np.int64)}
+            losses = {"losses": np.zeros(0), "full_losses": np.zeros(0)}
+            return alive.astype(np.float32), state, {**picks, **losses}
+        budgets = [int(quotas[layer]) for layer in searched]
+        group_ids, loss_fn = context.group_ids, context.loss_fn
+
+        def masked_loss(params: PyTree, pieces: tuple, batch: dict) -> tuple:
+            gates = flat_gates(pieces, layout)
+            return loss_fn(apply_group_mask(params, group_ids, gates), batch), jnp.full((), jnp.nan)
+
+        batches = context.batches(sum(budgets) if num_batches is None else num_batches)
+        result = greedy_gate_selection(
+            masked_loss,
+            context.params,
+            layout,
+            itertools.cycle(batches),
+            keep_per_layer=budgets,
+            layers=[int(layer) for layer in searched],
+            alive=alive,
+            max_candidates=max_candidates,
+            key=context.key,
+            chunk_size=chunk_size,
+        )
+        layers = result.layers
+        record = {
+            "order": np.concatenate([r.order for r in layers]),
+            "layer_of_pick": np.concatenate([np.full(len(r.order), r.layer) for r in layers]),
+            "losses": np.concatenate([r.losses for r in layers]),
+            "full_losses": np.concatenate([r.full_losses for r in layers]),
+        }
+        return result.mask, state, record
+
+    return Pruner("greedy", schedule, select)
+
+
 class PrunerEntry(NamedTuple):
     """One registered pruning method.
 
@@ -508,4 +626,11 @@ register_pruner(
         "seed",
         *(f.name for f in dataclasses.fields(pl_gating.PLGatingConfig)),
     ),
+)
+
+register_pruner(
+    "greedy",
+    greedy_pruner,
+    description="greedy forward selection, layer by layer to per-layer quotas (Wolfe et al. "
+    "2023, App. D; Ye et al. 2020)",
 )

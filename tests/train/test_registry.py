@@ -40,7 +40,7 @@ def scratch_registry(monkeypatch):
 
 
 def test_every_criterion_lth_and_pl_are_registered_in_order():
-    assert pruner_names() == (*CRITERIA, "lth", "pl")
+    assert pruner_names() == (*CRITERIA, "lth", "pl", "greedy")
     for name in pruner_names():
         assert pruner_entry(name).description
 

@@ -1,0 +1,88 @@
+"""``greedy_cnn`` (Wolfe et al. (2023), Table 1): the smoke preset pre-trains, prunes by greedy
+channel selection, fine-tunes and writes its table, results and plot; the recorded FLOPs and
+parameter ratios are those of the compacted models; the bold "first match" and the settings
+checks behave as documented."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from jaxprune.experiments import get_experiment
+from jaxprune.experiments.greedy_cnn import (
+    EXPERIMENT,
+    IMAGENET_TABLE2,
+    GreedyCNNSettings,
+    first_match,
+)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("greedy_cnn")
+    return out, EXPERIMENT.run(EXPERIMENT.presets["smoke"], out, False)
+
+
+def test_smoke_writes_table_results_and_plot(smoke):
+    out, results = smoke
+    assert get_experiment("greedy_cnn") is EXPERIMENT
+    for name in ("table.md", "results.json", "table1.png"):
+        assert (out / name).stat().st_size > 0
+    settings = EXPERIMENT.presets["smoke"]
+    saved = json.loads((out / "results.json").read_text())
+    assert len(saved["records"]) == len(settings.seeds) * len(settings.models) * len(settings.sizes)
+    for record in saved["records"]:
+        assert [p["iteration"] for p in record["points"]] == list(settings.prune_at)
+        for point in record["points"]:
+            assert 0.0 <= point["pruned_accuracy"] <= 1.0
+            assert 0.0 <= point["dense_accuracy"] <= 1.0
+            assert 1 <= point["kept"] <= point["groups"]
+            # Compaction removed exactly the unselected channels: fewer FLOPs and parameters
+            # unless every channel was kept.
+            assert 0.0 < point["flops_ratio"] <= 1.0
+            assert 0.0 < point["params_ratio"] <= 1.0
+            assert (point["flops_ratio"] < 1.0) == (point["kept"] < point["groups"])
+        assert record["final_dense_accuracy"] == record["points"][-1]["dense_accuracy"]
+    table = (out / "table.md").read_text()
+    assert "Table 1" in table and "first matching prune point" in table
+    rows = results["rows"]
+    assert [(r["model"], r["size"]) for r in rows] == [
+        (m, s) for m in settings.models for s in settings.sizes
+    ]
+
+
+def test_first_match_is_the_first_prune_point_within_tolerance():
+    prune_at = (10, 20, 40)
+    assert first_match(np.array([0.5, 0.79, 0.9]), 0.8, prune_at, 0.01) == 20
+    assert first_match(np.array([0.81, 0.7, 0.9]), 0.8, prune_at, 0.0) == 10
+    assert first_match(np.array([0.5, 0.6, 0.7]), 0.8, prune_at, 0.05) is None
+
+
+def test_paper_presets_validate_without_running():
+    paper = EXPERIMENT.presets["paper"]
+    assert paper.dataset == "tfds:cifar10" and paper.eps == (0.02, 0.05)
+    assert paper.prune_at == (20_000, 40_000, 60_000, 80_000) and paper.finetune_steps == 2_500
+    assert IMAGENET_TABLE2.dataset == "tfds:imagenet2012"
+    assert IMAGENET_TABLE2.presets == ("mobilenet_v2", "resnet34")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"presets": ("resnet34-tiny",)}, "presets: expected one entry per model"),
+        ({"eps": (-0.1, 0.05)}, "eps"),
+        ({"criterion": "median"}, "criterion"),
+        ({"sizes": (800, 400)}, "sizes"),
+        ({"prune_at": (100, 100)}, "prune_at"),
+        ({"finetune_steps": -1}, "finetune_steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"max_candidates": 0}, "max_candidates"),
+        ({"models": ()}, "models"),
+    ],
+)
+def test_bad_settings_are_refused(change, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        dataclasses.replace(GreedyCNNSettings(), **change)
