@@ -10,7 +10,7 @@ method treat all models alike.
 Built-in names (``MODEL_NAMES``) and their prunable group kinds:
   ``mlp`` (neurons), ``two_layer`` (neurons), ``cnn`` (filters; no compaction), ``vgg``
   (filters), ``resnet`` (inner filters), ``bert`` (heads), ``switch`` (experts, heads or
-  experts+heads).
+  experts+heads), ``resnet34`` (inner filters), ``mobilenet_v2`` (expanded-width channels).
 """
 
 from __future__ import annotations

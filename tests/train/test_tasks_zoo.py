@@ -47,6 +47,8 @@ def test_mlm_task_scores_only_masked_positions():
         ("two_layer", (64,), None, 8),
         ("cnn", (8, 8, 1), None, 24),
         ("resnet", (32, 32, 3), None, 28),
+        ("resnet34", (16, 16, 3), None, 60),
+        ("mobilenet_v2", (16, 16, 3), None, 240),
         ("bert", (16,), None, 8),
         ("switch", (16,), "experts+heads", 12),
     ],
@@ -67,6 +69,13 @@ def test_registered_models_gate_and_compact_consistently(name, shape, kind, grou
     for layer in np.unique(layout.layer_of_group):  # drop the first group of every layer
         keep[np.flatnonzero(layout.layer_of_group == layer)[0]] = False
     gated = model.apply(variables, x, train=False, gates=jnp.asarray(keep, jnp.float32))[0]
+    if model.gate_keyword is not None:  # the same gates as one piece per layout layer
+        pieces = [
+            jnp.asarray(keep[layout.layer_of_group == layer], jnp.float32)
+            for layer in range(layout.num_layers)
+        ]
+        by_layer = model.apply(variables, x, train=False, gates=pieces)[0]
+        np.testing.assert_array_equal(by_layer, gated)
     small, small_variables = model.compact(variables, keep)
     compacted = small.apply(small_variables, x, train=False)[0]
     np.testing.assert_allclose(compacted, gated, atol=1e-5)
