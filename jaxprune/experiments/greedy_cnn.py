@@ -104,7 +104,7 @@ class GreedyCNNSettings:
     criterion: str = "relative"
     dataset: str = "digits32"
     data_dir: str | None = None
-    sizes: tuple[int, ...] = (400, 800, 1400)
+    sizes: tuple[int, ...] = (320, 640, 1280)
     prune_at: tuple[int, ...] = (50, 100, 200, 400)
     finetune_steps: int = 50
     batch_size: int = 64
