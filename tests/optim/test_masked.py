@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from cpu_devices import cpu_devices_env
 
 from jaxprune.optim.masked import MaskedState, apply_mask, masked, set_mask
 
@@ -462,15 +462,10 @@ _PARALLEL_SCRIPT = textwrap.dedent(
 def test_data_parallel_pmap_and_shard_map_match_single_device():
     """Data parallelism over 4 CPU devices (gradients averaged with pmean) gives the
     single-device result, with pruned weights exactly 0.0 on every replica."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
         [sys.executable, "-c", _PARALLEL_SCRIPT],
         cwd=ROOT,
-        env=env,
+        env=cpu_devices_env(4),
         capture_output=True,
         text=True,
         timeout=300,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from cpu_devices import cpu_devices_env
 
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.masks import PruningSchedule, apply_group_mask, linear, one_shot
@@ -223,14 +223,9 @@ _DATA_PARALLEL = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def data_parallel_results():
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-    }
     done = subprocess.run(
         [sys.executable, "-c", _DATA_PARALLEL],
-        env=env,
+        env=cpu_devices_env(4),
         capture_output=True,
         text=True,
         timeout=600,

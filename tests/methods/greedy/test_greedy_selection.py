@@ -4,7 +4,6 @@ against a plain NumPy implementation, brute-force losses and the compacted subne
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cpu_devices import cpu_devices_env
 
 from jaxprune.methods import greedy
 from jaxprune.models import TwoLayer, TwoLayerConfig
@@ -235,15 +235,10 @@ print("distributed ok")
 
 def test_distributed_selection_equals_one_device_on_four_cpu_devices():
     """Algorithm 3 over 4 (and 2) forced CPU devices, N not a multiple of the device count."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
     result = subprocess.run(
         [sys.executable, "-c", _DISTRIBUTED_SCRIPT],
         cwd=ROOT,
-        env=env,
+        env=cpu_devices_env(4),
         capture_output=True,
         text=True,
         timeout=300,
@@ -276,11 +271,7 @@ def test_multi_host_selection_through_jax_distributed_equals_one_device():
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         address = f"localhost:{sock.getsockname()[1]}"
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    env = cpu_devices_env(2)
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", _MULTI_HOST_SCRIPT, address, str(rank)],
