@@ -383,7 +383,9 @@ def greedy_forward_selection(
     At step ``k = 1, 2, ...`` the neuron ``q_k = argmin_i ℓ((z_{k−1} + Φ_i)/k)`` is added
     (``z_0 = 0``; the smallest index among equal losses), ``z_k = z_{k−1} + Φ_{q_k}``, and the
     subnetwork's outputs are ``u_k = z_k / k``.  One compiled ``lax.while_loop``; each step is
-    one vectorized pass over ``Φ``.
+    one vectorized pass over ``Φ``.  Before the loop ``Φ`` is read once on the host to map every
+    neuron to its first bit-identical copy (one hash per row), which makes ties among identical
+    neurons go to the smallest index however the device rounds them.
 
     Multi-host: start every process with ``jax.distributed.initialize(coordinator_address,
     num_processes, process_id)`` (on GPU/TPU clusters the arguments are usually detected), build
