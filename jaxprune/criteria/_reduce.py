@@ -6,14 +6,17 @@ with :func:`group_sum`; weights whose group id is ``-1`` (ungrouped) count in no
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from jaxprune._validation import check_finite_tree
-from jaxprune.group_ids import leaf_group_ids, validate_group_ids
+from jaxprune.group_ids import validate_group_ids
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.typing import PyTree
 
@@ -35,20 +38,55 @@ def group_sum(values: PyTree, group_ids: PyTree, p: int) -> jax.Array:
 
     Args:
       values: pytree with the structure and leaf shapes of the parameters (one value per weight).
-      group_ids: group-id pytree matching ``values`` (see :mod:`jaxprune.group_ids`).
+      group_ids: group-id pytree matching ``values`` (see :mod:`jaxprune.group_ids`); its leaves
+        may be traced (a compiled criterion takes them as arguments, so one program serves
+        every call).
       p: number of groups.
 
     Returns:
       ``(p,)`` array in the dtype of ``values``; weights with id ``-1`` are dropped.
     """
     leaves = jax.tree_util.tree_leaves(values)
-    ids = leaf_group_ids(values, group_ids)
+    ids = jax.tree_util.tree_leaves(group_ids)
     # segment_sum drops ids outside [0, p), so the ungrouped id -1 counts nowhere.
     per_leaf = [
-        jax.ops.segment_sum(jnp.ravel(leaf), np.ravel(leaf_ids), num_segments=p)
+        jax.ops.segment_sum(
+            jnp.ravel(leaf), jnp.ravel(jnp.broadcast_to(leaf_ids, jnp.shape(leaf))), p
+        )
         for leaf, leaf_ids in zip(leaves, ids, strict=True)
     ]
     return sum(per_leaf[1:], per_leaf[0])
+
+
+def call_compiled(
+    core: Callable[..., Any], static_argnums: tuple[int, ...], loss_fn: Callable, *args: Any
+) -> Any:
+    """``core(loss_fn, *args)`` compiled, once per function when ``loss_fn`` is a ``Partial``.
+
+    A :class:`jax.tree_util.Partial` is passed as an argument (its bound arrays are traced, its
+    function is part of the compile key), so the same function with new data (the batches of
+    each pruning event, a new seed) reuses one program.  Any other callable is compiled by a
+    jit of its own, as a closure must be: its captured arrays are constants of the program, and
+    that jit is dropped with the call rather than kept alive in a shared cache.
+
+    Args:
+      core: ``core(loss_fn, *args)``, traceable.
+      static_argnums: positions (in ``(loss_fn, *args)``) of the hashable, static arguments.
+      loss_fn: the loss the criterion differentiates.
+      *args: the remaining arguments of ``core``.
+    """
+    if isinstance(loss_fn, Partial):
+        return _shared_jit(core, static_argnums)(loss_fn, *args)
+
+    def program(*arguments: Any) -> Any:  # a new function: jit's caches forget it with the call
+        return core(*arguments)
+
+    return jax.jit(program, static_argnums=static_argnums)(Partial(loss_fn), *args)
+
+
+@functools.cache
+def _shared_jit(core: Callable[..., Any], static_argnums: tuple[int, ...]) -> Callable[..., Any]:
+    return jax.jit(core, static_argnums=static_argnums)
 
 
 def check_layout(layout: Any, p: int, name: str = "layout") -> GroupLayout:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 
-from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
 from jaxprune.spectra.hessian import hvp
 from jaxprune.typing import PyTree
 
@@ -53,9 +54,9 @@ def grasp_scores(
       PL-9 (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
+    return call_compiled(_grasp_scores, (3,), loss_fn, params, group_ids, p)
 
-    def scores(params: PyTree) -> jax.Array:
-        hessian_grad = hvp(loss_fn, params, jax.grad(loss_fn)(params))
-        return group_sum(jax.tree_util.tree_map(jnp.multiply, params, hessian_grad), group_ids, p)
 
-    return jax.jit(scores)(params)
+def _grasp_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
+    hessian_grad = hvp(loss_fn, params, jax.grad(loss_fn)(params))
+    return group_sum(jax.tree_util.tree_map(jnp.multiply, params, hessian_grad), group_ids, p)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
+from jax.tree_util import Partial
 
 from jaxprune._validation import check_positive_int
-from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
 from jaxprune.spectra.hessian import (
     Distribution,
     TraceEstimate,
@@ -83,12 +84,7 @@ def hessian_diagonal_scores(
                 f"exact=True pass neither, got key={key!r}, num_probes={num_probes!r}"
             )
         p = checked_num_groups(params, group_ids)
-
-        def scores(params: PyTree) -> jax.Array:
-            diagonal = _exact_hessian_diagonal(loss_fn, params)
-            return group_sum(_obd_saliency(diagonal, params), group_ids, p)
-
-        return jax.jit(scores)(params)
+        return call_compiled(_exact_scores, (3,), loss_fn, params, group_ids, p)
     if key is None or num_probes is None:
         raise ValueError(
             f"the Hutchinson estimate (exact=False) needs both key and num_probes, got "
@@ -132,24 +128,50 @@ def hessian_diagonal_score_estimate(
     """
     p = checked_num_groups(params, group_ids)
     num_probes = check_positive_int(num_probes, "num_probes")
-
-    def summary(params: PyTree, key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        diagonal = hessian_diagonal(
-            loss_fn,
-            params,
-            key,
-            num_probes=num_probes,
-            distribution=distribution,
-            batch_size=batch_size,
-        )
-        samples = jax.vmap(lambda d: group_sum(_obd_saliency(d, params), group_ids, p))(
-            diagonal.samples
-        )
-        estimate = TraceEstimate.from_samples(samples, num_probes)
-        return estimate.estimate, estimate.stderr, estimate.samples
-
-    estimate, stderr, samples = jax.jit(summary)(params, key)
+    estimate, stderr, samples = call_compiled(
+        _estimated_scores,
+        (4, 5, 6, 7),
+        loss_fn,
+        params,
+        group_ids,
+        key,
+        p,
+        num_probes,
+        distribution,
+        batch_size,
+    )
     return TraceEstimate(estimate, stderr, num_probes, samples)
+
+
+def _exact_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
+    diagonal = _exact_hessian_diagonal(loss_fn, params)
+    return group_sum(_obd_saliency(diagonal, params), group_ids, p)
+
+
+def _estimated_scores(
+    loss_fn: Partial,
+    params: PyTree,
+    group_ids: PyTree,
+    key: jax.Array,
+    p: int,
+    num_probes: int,
+    distribution: Distribution,
+    batch_size: int | None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(estimate, stderr, samples)`` of :func:`hessian_diagonal_score_estimate`."""
+    diagonal = hessian_diagonal(
+        loss_fn,
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    samples = jax.vmap(lambda d: group_sum(_obd_saliency(d, params), group_ids, p))(
+        diagonal.samples
+    )
+    estimate = TraceEstimate.from_samples(samples, num_probes)
+    return estimate.estimate, estimate.stderr, estimate.samples
 
 
 def _obd_saliency(diagonal: PyTree, params: PyTree) -> PyTree:

@@ -9,6 +9,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import jax
@@ -49,10 +50,11 @@ def magnitude_scores(
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     p = checked_num_groups(params, group_ids)
+    return _magnitude_scores(params, group_ids, p, norm)
 
-    def scores(params: PyTree) -> jax.Array:
-        if norm == "l1":
-            return group_sum(jax.tree_util.tree_map(jnp.abs, params), group_ids, p)
-        return jnp.sqrt(group_sum(jax.tree_util.tree_map(jnp.square, params), group_ids, p))
 
-    return jax.jit(scores)(params)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _magnitude_scores(params: PyTree, group_ids: PyTree, p: int, norm: str) -> jax.Array:
+    if norm == "l1":
+        return group_sum(jax.tree_util.tree_map(jnp.abs, params), group_ids, p)
+    return jnp.sqrt(group_sum(jax.tree_util.tree_map(jnp.square, params), group_ids, p))

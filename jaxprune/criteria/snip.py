@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 
-from jaxprune.criteria._reduce import checked_num_groups, group_sum
+from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
 from jaxprune.typing import PyTree
 
 __all__ = ["snip_scores"]
@@ -44,10 +45,10 @@ def snip_scores(
       (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
+    return call_compiled(_snip_scores, (3,), loss_fn, params, group_ids, p)
 
-    def scores(params: PyTree) -> jax.Array:
-        grads = jax.grad(loss_fn)(params)
-        sensitivity = jax.tree_util.tree_map(lambda g, w: jnp.abs(g * w), grads, params)
-        return group_sum(sensitivity, group_ids, p)
 
-    return jax.jit(scores)(params)
+def _snip_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
+    grads = jax.grad(loss_fn)(params)
+    sensitivity = jax.tree_util.tree_map(lambda g, w: jnp.abs(g * w), grads, params)
+    return group_sum(sensitivity, group_ids, p)

@@ -155,7 +155,9 @@ def run_comparison(
     Args:
       model, splits: what is trained.
       methods: name -> factory of a fresh pruner (``None``: dense training).
-      optimizer: factory of the optimizer.
+      optimizer: factory of the optimizer, called once: optax transformations are pure, so
+        every run uses the same object, and runs of equal shapes reuse one compiled step
+        (:mod:`jaxprune.train.programs`).
       config: training settings (``seed`` is replaced per run; ``compact`` applies to pruned
         runs only).
       seeds: one run per seed and method.
@@ -174,6 +176,7 @@ def run_comparison(
     """
     results: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, list[list[dict]]] = {}
+    shared_optimizer = optimizer()  # pure: one object lets runs share compiled steps
     for name, new_pruner in methods.items():
         for seed in seeds:
             pruner = new_pruner()
@@ -191,7 +194,7 @@ def run_comparison(
                 )
             if saved is None:
                 figures, rows = _train_one(
-                    model, splits, optimizer(), run_config, pruner, run_dir, report_steps
+                    model, splits, shared_optimizer, run_config, pruner, run_dir, report_steps
                 )
                 if key is not None:
                     _save_finished(finished, key, figures, rows)

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -41,13 +40,11 @@ from jaxprune._validation import check_int, check_positive_int
 from jaxprune.data.batches import BatchPosition, iterate_batches, prefetch
 from jaxprune.data.registry import Splits
 from jaxprune.masks import GroupLayout
-from jaxprune.optim import masked
-from jaxprune.train.analysis import analysis_fn, analyze_state, probe_batch
+from jaxprune.train.analysis import analyze_state, probe_batch
 from jaxprune.train.events import (
     EventFns,
     compact,
     event_batches,
-    event_fns,
     group_sparsity,
     prune,
     prune_context,
@@ -57,13 +54,13 @@ from jaxprune.train.events import (
 from jaxprune.train.logging import MetricsLogger, plot_curves
 from jaxprune.train.parallel import (
     check_batch_size,
-    compile_step,
     data_mesh,
     local_slice,
     replicate,
     shard_batch,
     to_host,
 )
+from jaxprune.train.programs import model_programs, pruning_optimizer
 from jaxprune.train.pruning import Pruner
 from jaxprune.train.run_state import (
     PhaseTimer,
@@ -73,13 +70,7 @@ from jaxprune.train.run_state import (
     saved_compactions,
     saved_step,
 )
-from jaxprune.train.steps import (
-    TrainState,
-    init_state,
-    make_eval_step,
-    make_loss_fn,
-    make_train_step,
-)
+from jaxprune.train.steps import TrainState, init_state
 from jaxprune.train.tasks import Task, accumulate_metrics, make_task, summarize_metrics
 from jaxprune.train.zoo import Bound
 from jaxprune.typing import PyTree
@@ -292,7 +283,7 @@ def _setup(
                 f"pruning schedule event at step {last} is beyond the run's "
                 f"num_steps={config.num_steps}"
             )
-        optimizer = masked(optimizer, lambda params: jax.tree_util.tree_map(jnp.ones_like, params))
+        optimizer = pruning_optimizer(optimizer)
         example = splits.train["x"][:1]
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
         num_groups0 = len(model.group_ids(shapes["params"])[1].layer_of_group)
@@ -302,20 +293,24 @@ def _setup(
 
 
 def _bind(setup: _Setup, model: Bound, params: PyTree) -> _Binding:
-    """Compile ``model``'s steps; group ids over ``params`` when pruning."""
-    task, mesh, config = setup.task, setup.mesh, setup.config
-    loss_fn = make_loss_fn(model, task)
+    """``model``'s compiled steps (shared with earlier runs of the same model, task and
+    optimizer: :func:`~jaxprune.train.programs.model_programs`); group ids over ``params``
+    when pruning."""
+    config = setup.config
+    programs = model_programs(
+        model,
+        setup.task,
+        setup.optimizer,
+        setup.mesh,
+        num_probes=config.analysis_probes,
+        projections=config.analysis_projections,
+    )
     return _Binding(
         model=model,
-        train_step=compile_step(make_train_step(model, task, setup.optimizer), mesh),
-        eval_step=compile_step(make_eval_step(model, task), mesh, donate_state=False),
-        analysis=analysis_fn(
-            model,
-            loss_fn,
-            num_probes=config.analysis_probes,
-            projections=config.analysis_projections,
-        ),
-        events=event_fns(model, loss_fn),
+        train_step=programs.train_step,
+        eval_step=programs.eval_step,
+        analysis=programs.analysis,
+        events=programs.events,
         groups=None if setup.pruner is None else model.group_ids(params),
     )
 

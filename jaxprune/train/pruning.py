@@ -31,6 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.criteria import (
@@ -132,13 +133,14 @@ def _check_schedule(schedule: Any) -> None:
         raise TypeError(f"schedule: expected a PruningSchedule, got {type(schedule).__name__}")
 
 
-def _batch_loss(context: PruneContext, num_batches: int) -> Callable[[PyTree], jax.Array]:
-    batches = context.batches(num_batches)
+def _mean_batch_loss(loss_fn: Callable, batches: list[dict], params: PyTree) -> jax.Array:
+    return sum(loss_fn(params, b) for b in batches) / len(batches)
 
-    def loss(params: PyTree) -> jax.Array:
-        return sum(context.loss_fn(params, b) for b in batches) / len(batches)
 
-    return loss
+def _batch_loss(context: PruneContext, num_batches: int) -> Partial:
+    """The mean loss over ``num_batches`` event batches as a ``Partial`` (the batches and the
+    event's model state are its arguments, so a compiled criterion compiles once)."""
+    return Partial(_mean_batch_loss, context.loss_fn, context.batches(num_batches))
 
 
 #: ``score(context, num_batches, num_probes) -> (p,)`` scores of the current groups.

@@ -124,10 +124,18 @@ def mlm(*, vocab_size: int, mask_id: int, special_ids: Sequence[int]) -> Task:
     cross-entropy on the selected positions; metrics loss (per masked token) and accuracy.
     Perplexity is ``exp`` of the mean loss (see :func:`summarize_metrics`).
 
+    Equal arguments return the same :class:`Task` object, so runs on one dataset share their
+    compiled steps (:mod:`jaxprune.train.programs`).
+
     References: Devlin et al. (2019), Section 3.1.
     """
+    return _mlm_task(int(vocab_size), int(mask_id), tuple(int(i) for i in special_ids))
+
+
+@functools.cache
+def _mlm_task(vocab_size: int, mask_id: int, special_ids: tuple[int, ...]) -> Task:
     prepare = functools.partial(
-        _mlm_prepare, vocab_size=vocab_size, mask_id=mask_id, special_ids=tuple(special_ids)
+        _mlm_prepare, vocab_size=vocab_size, mask_id=mask_id, special_ids=special_ids
     )
     return Task("mlm", prepare, _mlm_loss)
 
