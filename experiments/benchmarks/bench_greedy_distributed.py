@@ -3,14 +3,23 @@ devices, and whether the picks are the same.
 
     cd experiments/benchmarks && python bench_greedy_distributed.py [--devices 1,2,4]
         [--neurons 10000] [--examples 2000] [--steps 200] [--repeats 3]
+        [--cnn mobilenet_v2-tiny] [--cnn-steps 4] [--cnn-batch 64]
 
+Part 1, the two-layer search:
 Each device count runs in a fresh process (``--xla_force_host_platform_device_count`` on CPU;
 on a machine with that many accelerators the real devices are used), splitting the candidates
 of :func:`jaxprune.methods.greedy.greedy_forward_selection` over a 1-D mesh.  Printed per device
 count: the median time of the whole selection (compile excluded), the speed-up over one device,
-and whether the picks equal the one-device run's.  Forced CPU devices share this machine's
-cores, so on a 2-core CPU they show the cost of the communication, not a speed-up; Figure 5's
-speed-ups need real devices.
+and whether the picks equal the one-device run's.
+
+Part 2, Figure 5's time per layer: :func:`~jaxprune.methods.greedy.greedy_channel_selection` of
+a zoo CNN (``--cnn``, a ``model:preset`` or a preset of ``mobilenet_v2``/``resnet34``; random
+32×32 inputs, ``--cnn-batch`` examples) with each step's candidates split over the mesh, one
+layer at a time (``layers=[layer]``, ``--cnn-steps`` picks), timed warm; printed per layer and
+device count, with whether the picks equal one device's.
+
+Forced CPU devices share this machine's cores, so on a 2-core CPU they show the cost of the
+communication, not a speed-up; Figure 5's speed-ups need real devices.
 """
 
 from __future__ import annotations
@@ -43,19 +52,78 @@ print(json.dumps({"seconds": statistics.median(times), "order": order,
 """
 
 
-def run_worker(devices: int, args: argparse.Namespace) -> dict:
+_CNN_WORKER = """
+import itertools, json, statistics, sys, time
+import jax, numpy as np
+from jaxprune.methods.greedy import greedy_channel_selection
+from jaxprune.train import build_model
+name, preset = sys.argv[1], sys.argv[2]
+steps, batch_size, repeats, devices = map(int, sys.argv[3:7])
+model = build_model(name, num_outputs=10, input_shape=(32, 32, 3), preset=preset)
+variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32))
+_, layout = model.group_ids(variables["params"])
+rng = np.random.default_rng(0)
+batch = {"x": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
+         "y": rng.integers(0, 10, batch_size)}
+mesh = None if devices == 1 else jax.sharding.Mesh(np.array(jax.devices()[:devices]), ("c",))
+layers = []
+for layer in range(layout.num_layers):
+    def run():
+        return greedy_channel_selection(model, variables, itertools.repeat(batch),
+                                        keep_per_layer=(steps,), layers=[layer], mesh=mesh)
+    order = run().layers[0].order.tolist()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    layers.append({"name": layout.layer_names[layer], "groups":
+                   len(layout.groups_in_layer(layer)), "seconds": statistics.median(times),
+                   "order": order})
+print(json.dumps({"layers": layers, "backend": jax.default_backend()}))
+"""
+
+
+def _run(script: str, devices: int, arguments: list) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     ).strip()
-    command = [
-        sys.executable,
-        "-c",
-        _WORKER,
-        *map(str, (args.neurons, args.examples, args.steps, args.repeats, devices)),
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", script, *map(str, arguments)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"worker on {devices} device(s) failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_worker(devices: int, args: argparse.Namespace) -> dict:
+    arguments = [args.neurons, args.examples, args.steps, args.repeats, devices]
+    return _run(_WORKER, devices, arguments)
+
+
+def run_cnn_worker(devices: int, args: argparse.Namespace) -> dict:
+    name, _, preset = args.cnn.rpartition(":")
+    name = name or preset.split("-")[0]
+    arguments = [name, preset, args.cnn_steps, args.cnn_batch, args.repeats, devices]
+    return _run(_CNN_WORKER, devices, arguments)
+
+
+def print_cnn(counts: list[int], args: argparse.Namespace) -> None:
+    results = {d: run_cnn_worker(d, args) for d in counts}
+    base = results[counts[0]]["layers"]
+    print(
+        f"\n{args.cnn}: greedy_channel_selection one layer at a time, {args.cnn_steps} picks, "
+        f"batch {args.cnn_batch} of 32x32x3, candidates split over the mesh (Figure 5)"
+    )
+    header = "".join(f" {f'{d} dev s':>9s} {'×':>5s}" for d in counts)
+    print(f"{'layer':<28s} {'groups':>6s}{header}  same picks")
+    for i, layer in enumerate(base):
+        cells = ""
+        for d in counts:
+            seconds = results[d]["layers"][i]["seconds"]
+            cells += f" {seconds:9.3f} {layer['seconds'] / seconds:5.2f}"
+        same = all(results[d]["layers"][i]["order"] == layer["order"] for d in counts)
+        print(f"{layer['name']:<28s} {layer['groups']:6d}{cells}  {same}")
 
 
 def main() -> None:
@@ -65,6 +133,9 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=2_000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cnn", default="mobilenet_v2:mobilenet_v2-tiny")
+    parser.add_argument("--cnn-steps", type=int, default=4)
+    parser.add_argument("--cnn-batch", type=int, default=64)
     args = parser.parse_args()
     counts = [int(d) for d in args.devices.split(",")]
     start = time.perf_counter()
@@ -81,6 +152,8 @@ def main() -> None:
             f"{d:8d} {r['seconds']:9.2f} {base['seconds'] / r['seconds']:8.2f}x  "
             f"{r['order'] == base['order']}"
         )
+    if args.cnn:
+        print_cnn(counts, args)
     print(
         f"(medians of {args.repeats} runs, one process per device count; benchmark wall time "
         f"{time.perf_counter() - start:.0f} s)"

@@ -47,9 +47,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
 from jaxprune.masks.layout import GroupLayout
+from jaxprune.methods.greedy.selection import check_mesh
 from jaxprune.methods.importance.scores import default_chunk_size
 from jaxprune.typing import PyTree
 
@@ -219,11 +222,21 @@ def _scalar_pair(value: Any) -> tuple[jax.Array, jax.Array]:
 
 @functools.lru_cache(maxsize=32)
 def _step_scorer(
-    gated_eval: GatedEval, chunk_size: int, layer_groups: tuple[tuple[int, ...], ...], layer: int
+    gated_eval: GatedEval,
+    chunk_size: int,
+    layer_groups: tuple[tuple[int, ...], ...],
+    layer: int,
+    mesh: Mesh | None = None,
 ) -> Callable:
     """The jit-compiled scoring of one greedy step of layer ``layer``: ``score(operands,
     base_gates, full_gates, candidates, num_valid, batch) -> (losses, accuracies, full_loss,
     full_accuracy)``.
+
+    With a ``mesh``, ``candidates`` (padded to a multiple of ``chunk_size`` times the mesh
+    size) is split along the mesh's axis by ``shard_map``: every device scores its slice with
+    the same block loop (stopping after its last real candidate) on replicated operands and
+    batch, and the scores come back in candidate order, so the caller's argmin, and therefore
+    every pick, is the one-device search's (Wolfe et al. (2023), App. E, applied to a layer).
 
     ``gated_eval`` sees the gates as per-layer pieces (``layer_groups[l]`` are the groups of
     layout layer ``l``), and under the ``vmap`` over candidates only the searched layer's piece
@@ -260,15 +273,31 @@ def _step_scorer(
                 for out, new in zip(scores, block_lanes(indices))
             )
 
-        empty = (
-            jnp.full(candidates.shape, jnp.inf, full_loss.dtype),
-            jnp.zeros(candidates.shape, full_accuracy.dtype),
+        empty = (  # like ``candidates``: varying over the mesh axis when sharded
+            jnp.full_like(candidates, jnp.inf, full_loss.dtype),
+            jnp.zeros_like(candidates, full_accuracy.dtype),
         )
         num_blocks = (num_valid + chunk_size - 1) // chunk_size
         losses, accuracies = jax.lax.fori_loop(0, num_blocks, block, empty)
         return losses, accuracies, full_loss, full_accuracy
 
-    return jax.jit(score)
+    if mesh is None:
+        return jax.jit(score)
+    axis = mesh.axis_names[0]
+
+    def shard(operands, base_gates, full_gates, candidates, num_valid, batch):
+        local = candidates.shape[0]
+        local_valid = jnp.clip(num_valid - jax.lax.axis_index(axis) * local, 0, local)
+        return score(operands, base_gates, full_gates, candidates, local_valid, batch)
+
+    return jax.jit(
+        jax.shard_map(
+            shard,
+            mesh=mesh,
+            in_specs=(P(), P(), P(), P(axis), P(), P()),
+            out_specs=(P(axis), P(axis), P(), P()),
+        )
+    )
 
 
 def _resolve_layers(layers: Any, layout: GroupLayout) -> tuple[int, ...]:
@@ -363,6 +392,7 @@ class _Search(NamedTuple):
     max_candidates: int | None
     key: jax.Array | None
     chunk_size: int
+    mesh: Mesh | None
 
 
 def _search_layer(
@@ -380,7 +410,8 @@ def _search_layer(
     """One layer of Algorithm 2: ``(mask, record, minibatches drawn so far)``."""
     size = len(groups) if search.max_candidates is None else min(search.max_candidates, len(groups))
     chunk = min(search.chunk_size, size)
-    padded = math.ceil(size / chunk) * chunk
+    lanes = chunk * (1 if search.mesh is None else search.mesh.devices.size)
+    padded = math.ceil(size / lanes) * lanes
     scorer = scorer_of(chunk, layer)
     full_gates = mask.copy()
     full_gates[groups] = 1.0
@@ -456,6 +487,7 @@ def greedy_gate_selection(
     key: jax.Array | None = None,
     chunk_size: int | None = None,
     finetune: Callable[[PyTree, np.ndarray, int], PyTree] | None = None,
+    mesh: Mesh | None = None,
 ) -> GateSelection:
     """Layer-wise greedy forward selection of gated groups (Algorithm 2) on any evaluation.
 
@@ -494,6 +526,10 @@ def greedy_gate_selection(
         accelerators).
       finetune: optional ``finetune(operands, mask (p,), layer) -> operands`` run after every
         searched layer but the last, with the current 0/1 mask.
+      mesh: a 1-D :class:`jax.sharding.Mesh` over this process's devices (any axis name):
+        each step's candidates are split along its axis (``shard_map``), operands and batch
+        replicated; the picks equal the one-device search's.  ``chunk_size`` is then per
+        device.
 
     Returns:
       :class:`GateSelection`.
@@ -538,13 +574,15 @@ def greedy_gate_selection(
             raise ValueError(f"layers: layer {layout.layer_names[layer]!r} has no alive groups")
         layer_groups.append(groups)
     budgets = _check_budgets(keep_per_layer, [len(g) for g in layer_groups])
-    search = _Search(criterion, eps, max_candidates, key, chunk_size)
+    if mesh is not None:
+        mesh = check_mesh(mesh)
+    search = _Search(criterion, eps, max_candidates, key, chunk_size, mesh)
     layout_groups = tuple(
         tuple(int(g) for g in layout.groups_in_layer(layer)) for layer in range(layout.num_layers)
     )
 
     def scorer_of(chunk: int, layer: int) -> Callable:
-        return _step_scorer(gated_eval, chunk, layout_groups, layer)
+        return _step_scorer(gated_eval, chunk, layout_groups, layer, mesh)
 
     structure = jax.tree_util.tree_structure(operands)
     batches = iter(batches)
@@ -601,6 +639,7 @@ def greedy_channel_selection(
     loss: Callable[[jax.Array, Mapping[str, Any]], jax.Array] | None = None,
     key: jax.Array | None = None,
     chunk_size: int | None = None,
+    mesh: Mesh | None = None,
 ) -> ChannelSelection:
     """Greedy forward selection of a zoo model's channels, layer by layer (Algorithm 2).
 
@@ -642,6 +681,9 @@ def greedy_channel_selection(
       key: PRNG key of the random subsets (required with ``max_candidates``).
       chunk_size: candidates evaluated together (memory: about ``chunk_size`` forward passes'
         activations); None: ``default_chunk_size()`` (4 on CPU, 64 on accelerators).
+      mesh: a 1-D device mesh to split each step's candidates over (the distributed search
+        of App. E applied to channels; same picks as one device); see
+        :func:`greedy_gate_selection`.
 
     Returns:
       :class:`ChannelSelection`: the mask, the compacted model and variables (when
@@ -683,6 +725,7 @@ def greedy_channel_selection(
         key=key,
         chunk_size=chunk_size,
         finetune=None if finetune is None else finetune_operands,
+        mesh=mesh,
     )
     if not model.compactable:
         return ChannelSelection(result.mask, None, result.operands, result.layers)

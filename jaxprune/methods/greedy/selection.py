@@ -358,7 +358,8 @@ def _select_sharded(phi, first_copy, y, tol, *, loss_fn, num_steps, mesh, num_re
     )(phi, first_copy, y, tol)
 
 
-def _check_mesh(mesh: Any) -> Mesh:
+def check_mesh(mesh: Any) -> Mesh:
+    """``mesh`` if it is a 1-D :class:`~jax.sharding.Mesh`, else a clear error."""
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
     if mesh.devices.ndim != 1:
@@ -430,7 +431,7 @@ def greedy_forward_selection(
             phi, first_copy, y, tol, loss_fn=loss_fn, num_steps=num_steps
         )
     else:
-        mesh = _check_mesh(mesh)
+        mesh = check_mesh(mesh)
         padding = (-num_candidates) % mesh.devices.size
         padded = jnp.concatenate([phi, jnp.zeros((padding, *phi.shape[1:]), phi.dtype)])
         first_copy = np.concatenate([first_copy, num_candidates + np.arange(padding)])

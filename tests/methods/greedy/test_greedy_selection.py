@@ -230,11 +230,34 @@ with jax.enable_x64(True):
     stop = int(np.argmax(np.asarray(one.losses) <= tol)) + 1
     np.testing.assert_array_equal(np.asarray(stopped.order), np.asarray(one.order[:stop]))
 print("distributed ok")
+
+# Channel selection (Algorithm 2) with each step's candidates split over the mesh: a tiny
+# ResNet with 3, 5, 5 prunable filters, chunks of 2 per device, so candidate counts are not
+# multiples of the lanes and some devices get only padding.
+from jaxprune.train import build_model
+model = build_model("resnet", num_outputs=3, input_shape=(8, 8, 3), preset="resnet-tiny",
+                    overrides={"inner_channels": (3, 5, 5)})
+variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+batches = [{"x": rng.normal(size=(8, 8, 8, 3)).astype(np.float32), "y": rng.integers(0, 3, 8)}
+           for _ in range(20)]
+for options in ({"eps": 0.01}, {"keep_per_layer": (2, 3, 4)}):
+    one = greedy.greedy_channel_selection(model, variables, iter(batches), chunk_size=2,
+                                          **options)
+    for m in (mesh, two):
+        many = greedy.greedy_channel_selection(model, variables, iter(batches), chunk_size=2,
+                                               mesh=m, **options)
+        np.testing.assert_array_equal(many.mask, one.mask)
+        for a, b in zip(many.layers, one.layers):
+            np.testing.assert_array_equal(a.order, b.order)
+            np.testing.assert_allclose(a.losses, b.losses, rtol=1e-6)
+            np.testing.assert_allclose(a.full_losses, b.full_losses, rtol=1e-6)
+print("distributed channels ok")
 """
 
 
 def test_distributed_selection_equals_one_device_on_four_cpu_devices():
-    """Algorithm 3 over 4 (and 2) forced CPU devices, N not a multiple of the device count."""
+    """Algorithm 3 over 4 (and 2) forced CPU devices, N not a multiple of the device count;
+    then Algorithm 2's channel search with its candidates split the same way."""
     result = subprocess.run(
         [sys.executable, "-c", _DISTRIBUTED_SCRIPT],
         cwd=ROOT,
@@ -245,6 +268,7 @@ def test_distributed_selection_equals_one_device_on_four_cpu_devices():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "distributed ok" in result.stdout
+    assert "distributed channels ok" in result.stdout
 
 
 _MULTI_HOST_SCRIPT = """
