@@ -18,6 +18,7 @@ from jaxprune.criteria.snip import _snip_scores
 from jaxprune.data import load_dataset
 from jaxprune.masks import one_shot
 from jaxprune.train import TrainConfig, build_model, make_pruner, train
+from jaxprune.train.parallel import data_mesh
 from jaxprune.train.programs import clear_program_cache, model_programs, pruning_optimizer
 from jaxprune.train.tasks import make_task, mlm
 
@@ -39,30 +40,23 @@ def _run(digits, optimizer, seed, method="snip"):
     return train(_model(), digits, optimizer, config, pruner=pruner)
 
 
+def _pruned_run_programs(model, task, optimizer):
+    """The entry the engine uses for a pruned run of ``model`` with ``optimizer``."""
+    return model_programs(
+        model, task, pruning_optimizer(optimizer), data_mesh(None), num_probes=8, projections=None
+    )
+
+
 def test_runs_sharing_an_optimizer_share_compiled_steps_and_match_fresh_programs(digits):
     clear_program_cache()
     optimizer = optax.adam(1e-2)
     first = _run(digits, optimizer, seed=0)
     task = make_task(digits.task, num_outputs=digits.num_outputs, info=digits.info)
-    programs = model_programs(
-        first.model,
-        task,
-        pruning_optimizer(optimizer),
-        jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
-        num_probes=8,
-        projections=None,
-    )
+    programs = _pruned_run_programs(first.model, task, optimizer)
     # Equal models (a second build, the compacted model rebuilt) and the same optimizer object
     # find the same entry; the compacted model's step compiled once for both seeds.
     second = _run(digits, optimizer, seed=1)
-    again = model_programs(
-        second.model,
-        task,
-        pruning_optimizer(optimizer),
-        jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)),
-        num_probes=8,
-        projections=None,
-    )
+    again = _pruned_run_programs(second.model, task, optimizer)
     assert again is programs
     assert programs.train_step._cache_size() == 1
     # A fresh cache builds new programs, and the run is bit-identical to the shared one.
