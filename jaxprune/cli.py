@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
@@ -291,8 +293,15 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--devices", type=_positive, default=None, help="data-parallel devices (default: all)"
     )
     train.add_argument("--seed", type=_non_negative, default=0)
-    train.add_argument("--out", default="runs/train", help="run directory")
-    train.add_argument("--fresh", action="store_true", help="ignore checkpoints in --out")
+    train.add_argument(
+        "--out",
+        default=None,
+        help="run directory (default: a new runs/train-MODEL-METHOD-TIME); an existing one with "
+        "checkpoints resumes its run, and refuses different settings",
+    )
+    train.add_argument(
+        "--fresh", action="store_true", help="start over in --out, deleting its checkpoints"
+    )
     train.add_argument(
         "--tensorboard",
         action="store_true",
@@ -404,6 +413,15 @@ def _pruner(args: argparse.Namespace):
     return make_pruner(args.method, _schedule(args), **given)
 
 
+def _unused_directory(base: str) -> str:
+    """``base``, or ``base-2``, ``base-3``, ... when it exists (two runs in the same second)."""
+    candidate, suffix = base, 1
+    while os.path.exists(candidate):
+        suffix += 1
+        candidate = f"{base}-{suffix}"
+    return candidate
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from jaxprune.data import DataConfig, load_dataset
     from jaxprune.train import TrainConfig, build_model, train
@@ -432,8 +450,18 @@ def _run_train(args: argparse.Namespace) -> int:
         kind=args.kind,
     )
     optimizer = _optimizer(args.optimizer, args.learning_rate)
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = _unused_directory(f"runs/train-{args.model}-{args.method}-{stamp}")
     result = train(
-        model, splits, optimizer, config, pruner=pruner, run_dir=args.out, resume=not args.fresh
+        model,
+        splits,
+        optimizer,
+        config,
+        pruner=pruner,
+        run_dir=args.out,
+        resume=not args.fresh,
+        run_info={"optimizer": args.optimizer, "learning_rate": args.learning_rate},
     )
     from jaxprune.train import summary_table
 

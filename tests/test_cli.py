@@ -151,6 +151,26 @@ def test_train_end_to_end_and_resume(tmp_path, capsys):
     assert main(args) == 0
     again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert again == rows
+    # Other settings on the same --out: refused in one line naming the fields and --fresh.
+    capsys.readouterr()
+    changed = [*args]
+    changed[changed.index("snip")] = "magnitude"
+    changed[changed.index("--prune-at") + 1] = "8"
+    assert main(changed) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "--fresh" in message
+    assert "method.name: 'snip' -> 'magnitude'" in message and "event_steps" in message
+    assert main([*changed, "--fresh"]) == 0
+    assert json.loads((out / "events.json").read_text())[0]["step"] == 8
+
+
+def test_train_without_out_writes_a_new_directory_per_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model-preset", "8", "--steps", "4", "--batch-size", "32", "--quiet"]
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.name.startswith("train-mlp-none-") for r in runs)
+    assert all((r / "metrics.jsonl").exists() for r in runs)
 
 
 def test_experiment_smoke_preset_and_fields(tmp_path, capsys):

@@ -18,6 +18,7 @@ from jaxprune.train.checkpoint import (
     save_checkpoint,
 )
 from jaxprune.train.engine import RunResult, TrainConfig, evaluate, train
+from jaxprune.train.identity import RunMismatchError
 from jaxprune.train.logging import MetricsLogger, plot_curves, read_metrics, summary_table
 from jaxprune.train.parallel import compile_step, data_mesh, replicate, shard_batch
 from jaxprune.train.pruning import (
@@ -51,6 +52,7 @@ __all__ = [
     "PruneContext",
     "Pruner",
     "PrunerEntry",
+    "RunMismatchError",
     "RunResult",
     "Task",
     "TrainConfig",

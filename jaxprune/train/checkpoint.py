@@ -15,7 +15,9 @@ Writes are atomic: each file is written to a temporary file in the same director
 ``fsync``-ed, then moved into place with ``os.replace`` (the data file first, the sidecar last),
 and the directory is ``fsync``-ed.  A write killed at any point leaves every earlier checkpoint
 intact and :func:`latest_step` unchanged; its leftover ``.tmp-*`` file is ignored (and removed by
-the next :func:`save_checkpoint`).  Only the newest ``keep`` checkpoints are kept.
+the next :func:`save_checkpoint`).  Only the newest ``keep`` checkpoints are kept, and older ones
+are deleted only after the new one has been read back and verified.  :func:`verify_checkpoint`
+checks one step without restoring it (a resume falls back past corrupt ones).
 
 Restoring goes into the structure of a ``target`` pytree (e.g. freshly initialized state), so
 optax ``NamedTuple`` states, tuples and typed PRNG keys come back with their types; leaves come
@@ -53,7 +55,14 @@ from flax import serialization
 from jaxprune._validation import check_int, check_positive_int
 from jaxprune.typing import PyTree
 
-__all__ = ["checkpoint_paths", "latest_step", "restore_checkpoint", "save_checkpoint"]
+__all__ = [
+    "checkpoint_paths",
+    "committed_steps",
+    "latest_step",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "verify_checkpoint",
+]
 
 FORMAT = "jaxprune-checkpoint-v1"
 _SIDECAR = re.compile(r"^checkpoint_(\d+)\.json$")
@@ -142,6 +151,22 @@ def _committed_steps(directory: Path) -> list[int]:
     return sorted(int(m.group(1)) for m in steps if m is not None)
 
 
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+    """The committed steps in ``directory``, oldest first (``[]`` if none or no directory)."""
+    return _committed_steps(Path(directory))
+
+
+def verify_checkpoint(directory: str | os.PathLike, step: int) -> dict:
+    """Check that checkpoint ``step`` is intact (sidecar readable, data present with the
+    sidecar's size and SHA-256); return its metadata.
+
+    Raises:
+      ValueError: naming the file, when it is missing, unreadable, partial or corrupt.
+    """
+    data_path, sidecar_path = checkpoint_paths(directory, step)
+    return _read_verified(data_path, sidecar_path)[1]["metadata"]
+
+
 def latest_step(directory: str | os.PathLike) -> int | None:
     """The newest committed step in ``directory`` (``None`` if there is none or no directory).
 
@@ -201,6 +226,7 @@ def save_checkpoint(
     _write_atomic(data_path, data)
     _write_atomic(sidecar_path, sidecar_bytes)
     _fsync_directory(directory)
+    _read_verified(data_path, sidecar_path)  # read back: older ones go only once this is sound
 
     for old in _committed_steps(directory)[:-keep]:
         old_data, old_sidecar = checkpoint_paths(directory, old)

@@ -51,6 +51,7 @@ from jaxprune.train.events import (
     rewind_point,
     write_event,
 )
+from jaxprune.train.identity import RunMismatchError, identity_differences, run_identity
 from jaxprune.train.logging import MetricsLogger, plot_curves
 from jaxprune.train.parallel import (
     check_batch_size,
@@ -65,10 +66,9 @@ from jaxprune.train.pruning import Pruner
 from jaxprune.train.run_state import (
     PhaseTimer,
     RunState,
+    intact_checkpoint,
     restore_run,
     save_run,
-    saved_compactions,
-    saved_step,
 )
 from jaxprune.train.steps import TrainState, init_state
 from jaxprune.train.tasks import Task, accumulate_metrics, make_task, summarize_metrics
@@ -355,18 +355,48 @@ def _prune_event(
 
 
 def _resume(
-    setup: _Setup, run: RunState, binding: _Binding, timer: PhaseTimer
-) -> tuple[RunState, _Binding]:
-    """The run continued from its newest checkpoint (unchanged if there is none)."""
+    setup: _Setup, run: RunState, binding: _Binding, timer: PhaseTimer, identity: dict
+) -> tuple[RunState, _Binding, dict]:
+    """The run continued from its newest intact checkpoint (unchanged if there is none), and
+    the metrics row that was being assembled at that checkpoint (``{}``: none).
+
+    Raises:
+      RunMismatchError: the checkpoint is of a different run (its identity differs).
+    """
     directory = None if setup.run_dir is None else setup.run_dir / "checkpoints"
-    step = saved_step(directory)
-    if step is None:
-        return run, binding
-    for keep in saved_compactions(directory, step):
+    found = intact_checkpoint(directory)
+    if found is None:
+        return run, binding, {}
+    for line in found.skipped:
+        print(f"jaxprune: skipping a corrupt checkpoint, {line}", flush=True)
+    saved = found.metadata.get("identity")
+    differences = (
+        ["identity: <absent> (written before runs recorded one)"]
+        if saved is None
+        else identity_differences(saved, identity)
+    )
+    if differences:
+        raise RunMismatchError(
+            f"run_dir: {setup.run_dir} holds a checkpoint (step {found.step}) of a different "
+            f"run: {'; '.join(differences)}; start fresh with resume=False (--fresh) or use "
+            "another run directory (--out)"
+        )
+    for keep in found.metadata["compactions"]:
         run, binding = _compact(setup, run, binding, np.asarray(keep, bool))
-    run, seconds = restore_run(directory, step, run)
+    run, seconds = restore_run(directory, found.step, run)
     timer.resume(seconds)
-    return run, binding
+    return run, binding, found.pending
+
+
+def _clear_checkpoints(run_dir: Path | None) -> None:
+    """Remove an earlier run's checkpoints from ``run_dir`` (a fresh run: ``resume=False``),
+    so that they can never be taken for this run's."""
+    directory = None if run_dir is None else run_dir / "checkpoints"
+    if directory is None or not directory.is_dir() or jax.process_index() != 0:
+        return
+    for path in directory.iterdir():
+        if path.is_file() and path.name.startswith(("checkpoint_", ".tmp-checkpoint_")):
+            path.unlink()
 
 
 def _weight_sparsity(params: PyTree) -> float:
@@ -384,6 +414,7 @@ def train(
     pruner: Pruner | None = None,
     run_dir: str | Path | None = None,
     resume: bool = True,
+    run_info: dict | None = None,
 ) -> RunResult:
     """Train ``model`` on ``splits`` with ``optimizer``, pruning on ``pruner``'s schedule.
 
@@ -395,7 +426,13 @@ def train(
       config: :class:`TrainConfig`.
       pruner: a :class:`~jaxprune.train.pruning.Pruner`, or ``None`` for dense training.
       run_dir: directory for metrics, events, checkpoints and plots (``None``: nothing written).
-      resume: continue from the newest checkpoint in ``run_dir`` if there is one.
+      resume: continue from the newest intact checkpoint in ``run_dir`` if there is one (a
+        corrupt newer one is skipped with a line saying so); it must be of the same run:
+        same model, data, settings, method and ``run_info`` (:mod:`jaxprune.train.identity`),
+        else :class:`~jaxprune.train.identity.RunMismatchError`.  ``False``: start fresh and
+        delete the directory's earlier checkpoints.
+      run_info: JSON-like settings the engine cannot see but a resume must match (the
+        optimizer's, e.g. ``{"optimizer": "adam", "learning_rate": 1e-3}``).
 
     Returns:
       :class:`RunResult`.
@@ -415,18 +452,20 @@ def train(
     method_state = None if pruner is None else pruner.initial_state(setup.key_for(_METHOD))
     run = RunState(state, method_state, None, BatchPosition(0, 0), [], [], {})
     binding = _bind(setup, model, state.params)
+    identity = {} if run_dir is None else run_identity(model, splits, config, pruner, run_info)
+    pending: dict[str, Any] = {}
     if resume:
-        run, binding = _resume(setup, run, binding, timer)
+        run, binding, pending = _resume(setup, run, binding, timer, identity)
+    else:
+        _clear_checkpoints(run_dir)
     start = int(run.state.step)
     run = run._replace(state=replicate(run.state, setup.mesh))
     logger = None
     if setup.writes:
-        logger = MetricsLogger(
-            run_dir, resume_step=start if start else None, tensorboard=config.tensorboard
-        )
+        # Rows from the pending one on were not written at the checkpoint: log them again.
+        kept = (pending["step"] - 1 if pending else start) if start else None
+        logger = MetricsLogger(run_dir, resume_step=kept, tensorboard=config.tensorboard)
     rows: list[dict] = [] if logger is None else logger.rows
-
-    pending: dict[str, Any] = {}
 
     def log(step: int, row: dict) -> None:
         """Rows of one step are merged (after-update metrics of step ``s - 1`` and analysis
@@ -529,7 +568,15 @@ def train(
                 if setup.writes:
                     with timer.phase("checkpoint"):
                         directory = run_dir / "checkpoints"
-                        save_run(directory, done, run, timer, keep=config.keep_checkpoints)
+                        save_run(
+                            directory,
+                            done,
+                            run,
+                            timer,
+                            keep=config.keep_checkpoints,
+                            identity=identity,
+                            pending=pending,
+                        )
             bar.update(1)
         flush()
     finally:

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -115,6 +115,8 @@ class Pruner:
       init_state: the method state before the first event (any pytree; ``None`` if unused).
       init: ``init(key) -> state``, the method state before the first event from the run's
         key (so it follows the run's seed); when given, it replaces ``init_state``.
+      settings: the method's options (:func:`make_pruner` records them), part of the run's
+        identity that a resumed run must match (:mod:`jaxprune.train.identity`).
     """
 
     name: str
@@ -122,6 +124,7 @@ class Pruner:
     select: Callable[[PruneContext, Any], tuple[np.ndarray, Any, dict]]
     init_state: Any = None
     init: Callable[[jax.Array], Any] | None = None
+    settings: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
 
     def initial_state(self, key: jax.Array) -> Any:
         """The method state before the first event of a run whose method key is ``key``."""
@@ -587,7 +590,10 @@ def make_pruner(name: str, schedule: PruningSchedule, **options: Any) -> Pruner:
         raise ValueError(
             f"options: {name!r} takes {entry.options or 'no options'}, got unknown {unknown}"
         )
-    return entry.factory(schedule, **options)
+    pruner = entry.factory(schedule, **options)
+    if isinstance(pruner, Pruner):  # the options become part of the run's identity
+        pruner = dataclasses.replace(pruner, settings=dict(options))
+    return pruner
 
 
 for _criterion in CRITERIA:

@@ -7,10 +7,14 @@ window of training metrics not yet logged.  :func:`save_run` writes it atomicall
 (:mod:`jaxprune.train.checkpoint`); :func:`restore_run` reads it back into a template of the
 same structure: a run stopped at any point and restarted with the same arguments ends with the
 same metrics as an uninterrupted one.  A compacted run's template is rebuilt first by replaying
-:func:`saved_compactions` on the initial state.
+the checkpoint's ``compactions`` on the initial state.
 
 Checkpoints live in ``<run_dir>/checkpoints``; the sidecar metadata holds ``position``,
-``events``, ``compactions``, ``has_rewind``, ``window`` and the phase ``seconds``.
+``events``, ``compactions``, ``has_rewind``, ``window``, the phase ``seconds``, the metrics row
+still being assembled (``pending``: logged rows are written when a later step starts, so the
+checkpoint step's row is not yet in ``metrics.jsonl``) and the run's ``identity``
+(:mod:`jaxprune.train.identity`).  :func:`intact_checkpoint` finds the newest checkpoint whose
+files verify, skipping corrupt ones.
 """
 
 from __future__ import annotations
@@ -23,19 +27,24 @@ from pathlib import Path
 from typing import NamedTuple
 
 from jaxprune.data.batches import BatchPosition
-from jaxprune.train.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from jaxprune.train.checkpoint import (
+    committed_steps,
+    restore_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from jaxprune.train.events import Rewind
 from jaxprune.train.parallel import to_host
 from jaxprune.train.steps import TrainState
 from jaxprune.typing import PyTree
 
 __all__ = [
+    "IntactCheckpoint",
     "PhaseTimer",
     "RunState",
+    "intact_checkpoint",
     "restore_run",
     "save_run",
-    "saved_compactions",
-    "saved_step",
 ]
 
 #: Metric name to accumulated ``(total, weight)`` (see :mod:`jaxprune.train.tasks`).
@@ -96,8 +105,18 @@ def _tree(run: RunState) -> dict:
     return {"state": run.state, "method": run.method_state, "rewind": run.rewind}
 
 
-def save_run(directory: Path, step: int, run: RunState, timer: PhaseTimer, *, keep: int) -> None:
-    """Checkpoint ``run`` as step ``step`` in ``directory`` (call on process 0 only)."""
+def save_run(
+    directory: Path,
+    step: int,
+    run: RunState,
+    timer: PhaseTimer,
+    *,
+    keep: int,
+    identity: dict,
+    pending: dict,
+) -> None:
+    """Checkpoint ``run`` as step ``step`` in ``directory`` (call on process 0 only), with the
+    run's ``identity`` and the ``pending`` metrics row (``{"step": ..., ...}`` or ``{}``)."""
     meta = {
         "position": list(run.position),
         "events": run.events,
@@ -105,23 +124,47 @@ def save_run(directory: Path, step: int, run: RunState, timer: PhaseTimer, *, ke
         "has_rewind": run.rewind is not None,
         "window": {k: [float(t), float(w)] for k, (t, w) in to_host(run.window).items()},
         "seconds": {**timer.seconds, "wall": timer.wall()},
+        "pending": json.dumps(pending),  # a string: the row may hold NaN, the sidecar may not
+        "identity": identity,
     }
     save_checkpoint(directory, step, to_host(_tree(run)), metadata=meta, keep=keep)
 
 
-def saved_step(directory: Path | None) -> int | None:
-    """The newest checkpointed step in ``directory`` (``None``: none, or no directory)."""
-    return None if directory is None else latest_step(directory)
+class IntactCheckpoint(NamedTuple):
+    """The checkpoint a run resumes from.
+
+    Attributes:
+      step: its step.
+      metadata: its sidecar metadata (see the module docstring).
+      skipped: one line per newer checkpoint that failed verification.
+    """
+
+    step: int
+    metadata: dict
+    skipped: list[str]
+
+    @property
+    def pending(self) -> dict:
+        """The metrics row being assembled at the checkpoint (``{}``: none)."""
+        return json.loads(self.metadata.get("pending", "{}"))
 
 
-def _metadata(directory: Path, step: int) -> dict:
-    return json.loads((directory / f"checkpoint_{step}.json").read_text())["metadata"]
-
-
-def saved_compactions(directory: Path, step: int) -> list[list[bool]]:
-    """The ``keep`` vectors of the compactions before checkpoint ``step``, to replay on the
-    initial state before :func:`restore_run`."""
-    return _metadata(directory, step)["compactions"]
+def intact_checkpoint(directory: Path | None) -> IntactCheckpoint | None:
+    """The newest checkpoint in ``directory`` whose files verify (``None``: none at all)."""
+    if directory is None:
+        return None
+    skipped = []
+    for step in reversed(committed_steps(directory)):
+        try:
+            return IntactCheckpoint(step, verify_checkpoint(directory, step), skipped)
+        except ValueError as err:
+            skipped.append(f"step {step}: {err}")
+    if skipped:
+        raise ValueError(
+            f"checkpoints: no intact checkpoint in {directory} ({'; '.join(skipped)}); "
+            "start fresh (resume=False, or --fresh on the command line)"
+        )
+    return None
 
 
 def restore_run(
@@ -132,7 +175,7 @@ def restore_run(
     Returns:
       ``(run, seconds)``: the restored run and the phase seconds at the checkpoint.
     """
-    if _metadata(directory, step)["has_rewind"]:
+    if verify_checkpoint(directory, step)["has_rewind"]:
         template = template._replace(rewind=(template.state.params, template.state.opt_state))
     tree, meta = restore_checkpoint(directory, _tree(template), step)
     run = RunState(

@@ -3,6 +3,7 @@ data-parallel == single device (in a subprocess with 4 forced CPU devices)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -18,8 +19,17 @@ from cpu_devices import cpu_devices_env
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.masks import PruningSchedule, apply_group_mask, linear, one_shot
 from jaxprune.spectra import empirical_ntk, spectrum_features
-from jaxprune.train import TrainConfig, build_model, criterion_pruner, evaluate, train
+from jaxprune.train import (
+    RunMismatchError,
+    TrainConfig,
+    build_model,
+    criterion_pruner,
+    evaluate,
+    make_pruner,
+    train,
+)
 from jaxprune.train import engine as engine_module
+from jaxprune.train.identity import run_identity
 from jaxprune.train.parallel import compile_step, data_mesh
 from jaxprune.train.steps import make_eval_step
 from jaxprune.train.tasks import make_task
@@ -110,6 +120,137 @@ def test_resume_equals_uninterrupted(digits, mlp, tmp_path, monkeypatch, compact
     assert [e["step"] for e in resumed.events] == [8, 18]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines] == whole.rows
+
+
+def _killed_in_event(pruner, step):
+    """``pruner`` whose selection at ``step`` is killed (once)."""
+    state = {"killed": False}
+
+    def select(context, method_state):
+        if context.step == step and not state["killed"]:
+            state["killed"] = True
+            raise KeyboardInterrupt("simulated kill during the pruning event")
+        return pruner.select(context, method_state)
+
+    return dataclasses.replace(pruner, select=select)
+
+
+def _killed_after_checkpoint(monkeypatch, step):
+    """A kill right after the checkpoint of ``step`` is written."""
+    original = engine_module.save_run
+
+    def save_then_die(directory, done, *args, **kwargs):
+        original(directory, done, *args, **kwargs)
+        if done == step:
+            raise KeyboardInterrupt("simulated kill right after a checkpoint")
+
+    monkeypatch.setattr(engine_module, "save_run", save_then_die)
+
+
+@pytest.mark.parametrize("kill", ["checkpoint 12", "checkpoint 18", "batch 16", "event 18"])
+def test_a_run_killed_anywhere_ends_with_the_rows_of_an_uninterrupted_one(
+    digits, mlp, tmp_path, monkeypatch, kill
+):
+    """Kills right after the checkpoints of steps 12 and 18 (rows being assembled, not yet
+    written), at the 16th batch placement, and inside the pruning event at step 18 (a
+    checkpoint step): every row, the checkpoint step's included, is in the resumed run's
+    metrics."""
+    schedule = PruningSchedule((8, 18), (0.25, 0.5))
+    config = _config(num_steps=24, checkpoint_every=6, eval_every=12, compact=True)
+    make = lambda: criterion_pruner("magnitude", schedule)  # noqa: E731
+    whole = train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "a")
+    kind, at = kill.split()
+    pruner = make()
+    if kind == "checkpoint":
+        _killed_after_checkpoint(monkeypatch, int(at))
+    elif kind == "batch":
+        _interrupt_after(monkeypatch, int(at))
+    else:
+        pruner = _killed_in_event(pruner, int(at))
+    with pytest.raises(KeyboardInterrupt):
+        train(mlp, digits, optax.adam(1e-2), config, pruner=pruner, run_dir=tmp_path / "b")
+    monkeypatch.undo()
+    resumed = train(mlp, digits, optax.adam(1e-2), config, pruner=pruner, run_dir=tmp_path / "b")
+    assert resumed.rows == whole.rows
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == whole.rows
+    assert [r["step"] for r in whole.rows] == [5, 8, 10, 12, 15, 18, 20, 24]
+
+
+def test_resume_refuses_a_different_run_naming_the_fields(digits, mlp, tmp_path):
+    config = _config(num_steps=12, checkpoint_every=6)
+    snip = criterion_pruner("snip", one_shot(3, 0.5))
+    train(mlp, digits, optax.adam(1e-2), config, pruner=snip, run_dir=tmp_path)
+    other = make_pruner("magnitude", one_shot(9, 0.5))
+    with pytest.raises(RunMismatchError, match=r"method\.name: 'snip' -> 'magnitude'.*--fresh"):
+        train(mlp, digits, optax.adam(1e-2), config, pruner=other, run_dir=tmp_path)
+    wider = build_model("mlp", num_outputs=10, input_shape=(64,), preset="16,16")
+    with pytest.raises(RunMismatchError, match=r"model\.config\.hidden"):
+        train(wider, digits, optax.adam(1e-2), config, pruner=snip, run_dir=tmp_path)
+    with pytest.raises(RunMismatchError, match=r"run_info\.learning_rate: <absent> -> 0\.1"):
+        train(
+            mlp,
+            digits,
+            optax.adam(1e-2),
+            config,
+            pruner=snip,
+            run_dir=tmp_path,
+            run_info={"learning_rate": 0.1},
+        )
+    # The same run resumes (its last checkpoint is the end: nothing left to train) ...
+    again = train(mlp, digits, optax.adam(1e-2), config, pruner=snip, run_dir=tmp_path)
+    assert again.rows[-1]["step"] == 12
+    # ... and operational settings may change.
+    quiet = dataclasses.replace(config, progress=True, checkpoint_every=4, keep_checkpoints=3)
+    train(mlp, digits, optax.adam(1e-2), quiet, pruner=snip, run_dir=tmp_path)
+    # resume=False starts over and removes the earlier run's checkpoints first.
+    train(
+        mlp,
+        digits,
+        optax.adam(1e-2),
+        _config(num_steps=10),
+        pruner=other,
+        run_dir=tmp_path,
+        resume=False,
+    )
+    assert not list((tmp_path / "checkpoints").glob("checkpoint_*"))
+
+
+def test_identity_names_functions_without_memory_addresses(digits, mlp):
+    pruner = make_pruner("pl", one_shot(3, 0.5))
+    identity = run_identity(mlp, digits, _config(), pruner, {"schedule": optax.constant_schedule})
+    assert "0x" not in json.dumps(identity)
+    assert identity == run_identity(
+        build_model("mlp", num_outputs=10, input_shape=(64,), preset="16,12"),
+        digits,
+        _config(),
+        make_pruner("pl", one_shot(3, 0.5)),
+        {"schedule": optax.constant_schedule},
+    )
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(
+    digits, mlp, tmp_path, monkeypatch, capsys
+):
+    config = _config(num_steps=24, checkpoint_every=6, keep_checkpoints=3)
+    make = lambda: criterion_pruner("magnitude", one_shot(8, 0.5))  # noqa: E731
+    whole = train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "a")
+    _interrupt_after(monkeypatch, 20)  # checkpoints 6, 12, 18 written
+    with pytest.raises(KeyboardInterrupt):
+        train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "b")
+    monkeypatch.undo()
+    data = tmp_path / "b" / "checkpoints" / "checkpoint_18.msgpack"
+    data.write_bytes(data.read_bytes()[:-7] + b"garbage")
+    resumed = train(mlp, digits, optax.adam(1e-2), config, pruner=make(), run_dir=tmp_path / "b")
+    out = capsys.readouterr().out
+    assert "skipping a corrupt checkpoint, step 18" in out and out.count("\n") == 1
+    assert resumed.rows == whole.rows
+    for a, b in zip(
+        jax.tree_util.tree_leaves(whole.state.params),
+        jax.tree_util.tree_leaves(resumed.state.params),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_evaluate_counts_every_example_once(digits, mlp):
