@@ -144,16 +144,13 @@ def _fsync_directory(directory: Path) -> None:
             os.close(fd)
 
 
-def _committed_steps(directory: Path) -> list[int]:
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+    """The committed steps in ``directory``, oldest first (``[]`` if none or no directory)."""
+    directory = Path(directory)
     if not directory.is_dir():
         return []
     steps = (_SIDECAR.match(p.name) for p in directory.iterdir())
     return sorted(int(m.group(1)) for m in steps if m is not None)
-
-
-def committed_steps(directory: str | os.PathLike) -> list[int]:
-    """The committed steps in ``directory``, oldest first (``[]`` if none or no directory)."""
-    return _committed_steps(Path(directory))
 
 
 def verify_checkpoint(directory: str | os.PathLike, step: int) -> dict:
@@ -171,7 +168,7 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     """The newest committed step in ``directory`` (``None`` if there is none or no directory).
 
     Only steps whose sidecar exists count, so an interrupted write is never reported."""
-    steps = _committed_steps(Path(directory))
+    steps = committed_steps(directory)
     return steps[-1] if steps else None
 
 
@@ -228,7 +225,7 @@ def save_checkpoint(
     _fsync_directory(directory)
     _read_verified(data_path, sidecar_path)  # read back: older ones go only once this is sound
 
-    for old in _committed_steps(directory)[:-keep]:
+    for old in committed_steps(directory)[:-keep]:
         old_data, old_sidecar = checkpoint_paths(directory, old)
         old_sidecar.unlink(missing_ok=True)
         old_data.unlink(missing_ok=True)
@@ -283,7 +280,7 @@ def restore_checkpoint(
     if not sidecar_path.is_file():
         raise FileNotFoundError(
             f"no checkpoint for step {step} in {directory} (committed: "
-            f"{_committed_steps(directory)})"
+            f"{committed_steps(directory)})"
         )
     data, sidecar = _read_verified(data_path, sidecar_path)
     try:

@@ -383,7 +383,7 @@ def _resume(
         )
     for keep in found.metadata["compactions"]:
         run, binding = _compact(setup, run, binding, np.asarray(keep, bool))
-    run, seconds = restore_run(directory, found.step, run)
+    run, seconds = restore_run(directory, found, run)
     timer.resume(seconds)
     return run, binding, found.pending
 

@@ -168,16 +168,17 @@ def intact_checkpoint(directory: Path | None) -> IntactCheckpoint | None:
 
 
 def restore_run(
-    directory: Path, step: int, template: RunState
+    directory: Path, found: IntactCheckpoint, template: RunState
 ) -> tuple[RunState, dict[str, float]]:
-    """Checkpoint ``step`` read into ``template`` (the initial run, compactions replayed).
+    """Checkpoint ``found`` (from :func:`intact_checkpoint`) read into ``template`` (the
+    initial run, compactions replayed).
 
     Returns:
       ``(run, seconds)``: the restored run and the phase seconds at the checkpoint.
     """
-    if verify_checkpoint(directory, step)["has_rewind"]:
+    if found.metadata["has_rewind"]:
         template = template._replace(rewind=(template.state.params, template.state.opt_state))
-    tree, meta = restore_checkpoint(directory, _tree(template), step)
+    tree, meta = restore_checkpoint(directory, _tree(template), found.step)
     run = RunState(
         state=tree["state"],
         method_state=tree["method"],
