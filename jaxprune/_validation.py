@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "check_positive_int",
     "check_ratio",
     "check_real",
+    "check_symmetric",
+    "is_traced",
 ]
 
 
@@ -92,16 +95,21 @@ def check_choice(value: Any, choices: Iterable[str], name: str) -> str:
     return value
 
 
+def is_traced(value: Any) -> bool:
+    """Whether ``value`` is a tracer (inside ``jit``/``vmap``/``grad``): its values are unknown."""
+    return isinstance(value, jax.core.Tracer)
+
+
 def check_finite_tree(tree: Any, name: str = "params") -> None:
     """Raise ``ValueError`` naming the first leaf of ``tree`` holding NaN or inf.
 
     Traced leaves (inside ``jit``) are not inspected: the check runs on concrete values only.
     """
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if isinstance(leaf, jax.core.Tracer):
+        if is_traced(leaf):
             return
         values = np.asarray(leaf)
-        if np.issubdtype(values.dtype, np.inexact) and not np.all(np.isfinite(values)):
+        if jnp.issubdtype(values.dtype, jnp.inexact) and not np.all(np.isfinite(values)):
             bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
             raise ValueError(
                 f"{name}{jax.tree_util.keystr(path)}: {bad} non-finite value(s) (NaN or inf); "
@@ -119,4 +127,29 @@ def check_batch(x: Any, name: str) -> None:
     if len(shape) < 1 or shape[0] < 1:
         raise ValueError(
             f"{name}: expected a leading batch axis of length >= 1, got shape {tuple(shape)}"
+        )
+
+
+def check_symmetric(matrices: Any, name: str, *, rtol: float) -> None:
+    """Raise ``ValueError`` unless each of the ``(..., n, n)`` ``matrices`` is symmetric to ``rtol``.
+
+    A matrix ``A`` passes when ``max|A - Aᵀ| <= rtol * max|A|`` (entrywise maxima, per matrix of
+    a stack): relative to its own scale, so a stack of kernels of very different sizes is judged
+    matrix by matrix.  Values must be finite (check them first).  Traced values (inside ``jit``)
+    are not inspected: the check runs on concrete values only.
+    """
+    if is_traced(matrices):
+        return
+    values = np.asarray(matrices)
+    if not jnp.issubdtype(values.dtype, jnp.inexact) or values.dtype.itemsize < 4:
+        values = values.astype(np.float64)  # integers, bools, float16, bfloat16
+    asymmetry = np.abs(values - np.swapaxes(values, -1, -2)).max(axis=(-2, -1), initial=0.0)
+    scale = np.abs(values).max(axis=(-2, -1), initial=0.0)
+    bad = np.flatnonzero(asymmetry > rtol * scale)
+    if bad.size:
+        index = np.unravel_index(bad[0], asymmetry.shape)
+        where = f" in matrix [{', '.join(str(int(i)) for i in index)}]" if index else ""
+        raise ValueError(
+            f"{name}: expected a symmetric matrix (max|A - Aᵀ| <= {rtol:g} max|A|), got "
+            f"max|A - Aᵀ| = {asymmetry[index]:.3g} with max|A| = {scale[index]:.3g}{where}"
         )

@@ -124,15 +124,20 @@ def run_analyze(config: AnalyzeConfig, *, progress: bool = True) -> dict[str, An
 
 
 def _run(config: AnalyzeConfig, progress: bool) -> dict[str, Any]:
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     dtype = jnp.float64 if config.float64 else jnp.float32
     # The five keys of earlier versions (data, initialization for 0 steps, the data order of
     # analyze's former training loop, Hessian probes, Lanczos start), so that data and probes
     # stay the same; training by the engine draws initialization and order from config.seed.
     key_data, key_init, _, key_trace, key_eig = jax.random.split(jax.random.PRNGKey(config.seed), 5)
     data = load_builtin(config.dataset, key_data)
-    n = min(config.probe_examples, data.x.shape[0])
+    n = config.probe_examples
+    if n > data.x.shape[0]:
+        raise ValueError(
+            f"probe_examples: expected at most the {data.x.shape[0]} examples of dataset "
+            f"{config.dataset!r}, got {n}"
+        )
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
     x_all, y_all = np.asarray(data.x, dtype), np.asarray(data.y)
     splits = Splits(
         train={"x": x_all, "y": y_all},

@@ -7,6 +7,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jaxprune.models import ModelSpec
 
 __all__ = ["main"]
 
@@ -186,7 +191,8 @@ METHOD_OPTIONS = {
         "--hessian",
         str,
         "pl: Hessian of the trace term: auto (the loss Hessian where the output Hessian is "
-        "identically zero, as on ReLU networks), outputs (eq. 36) or loss",
+        "identically zero, as on ReLU networks), outputs (eq. 36), loss, or gauss_newton (the "
+        "loss's Gauss-Newton trace: the loss Hessian's on ReLU networks, cheaper to train on)",
     ),
 }
 METHOD_FLAGS = {"per_layer": "--per-layer", **{n: o[0] for n, o in METHOD_OPTIONS.items()}}
@@ -279,7 +285,14 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     for name, (flag, parse, help_text) in METHOD_OPTIONS.items():
         options.add_argument(flag, dest=name, type=parse, help=help_text)
-    train.add_argument("--compact", action="store_true", help="physically remove pruned groups")
+    compacting = _compacting_models()
+    masked_only = [name for name in MODEL_NAMES if name not in compacting]
+    train.add_argument(
+        "--compact",
+        action="store_true",
+        help=f"physically remove pruned groups; models that compact: {', '.join(compacting)}"
+        + (f" (not {', '.join(masked_only)})" if masked_only else ""),
+    )
     train.add_argument("--eval-every", type=_non_negative, default=0, help="0: at the end only")
     train.add_argument("--log-every", type=_positive, default=25)
     train.add_argument(
@@ -413,6 +426,65 @@ def _pruner(args: argparse.Namespace):
     return make_pruner(args.method, _schedule(args), **given)
 
 
+#: What a model needs, by the dataset input kinds (:data:`~jaxprune.data.INPUT_KINDS`) it takes.
+_NEEDS = {
+    ("tokens",): "a token dataset",
+    ("images",): "an image dataset",
+    ("features", "images"): "a feature or image dataset",
+}
+
+
+def _compacting_models() -> list[str]:
+    """The built-in models that ``--compact`` can compact (their spec has ``compact``)."""
+    from jaxprune.models import model_spec
+    from jaxprune.train import MODEL_NAMES
+
+    return [name for name in MODEL_NAMES if model_spec(name).compact is not None]
+
+
+def _model_inputs(spec: ModelSpec) -> tuple[str, ...]:
+    """The dataset input kinds a model spec takes: token rows (masked language models),
+    ``(H, W, C)`` images (an image example shape), else features or images (flattened)."""
+    if spec.mlm:
+        return ("tokens",)
+    if len(spec.example_input_shape) == 3:
+        return ("images",)
+    return ("features", "images")
+
+
+def _check_model_and_data(args: argparse.Namespace) -> None:
+    """Refuse a ``--dataset`` whose examples ``--model`` cannot take, and ``--compact`` for a
+    model without compaction, before any data is loaded or program compiled."""
+    from jaxprune.data import DATASET_NAMES, dataset_inputs
+    from jaxprune.models import model_spec
+
+    spec = model_spec(args.model)
+    takes = _model_inputs(spec)
+    if dataset_inputs(args.dataset) not in takes:
+        fitting = [name for name in DATASET_NAMES if dataset_inputs(name) in takes]
+        raise ValueError(
+            f"--dataset: model {args.model!r} needs {_NEEDS[takes]} ({', '.join(fitting)}), "
+            f"got {args.dataset!r}"
+        )
+    if args.compact and spec.compact is None:
+        raise ValueError(
+            f"--compact: model {args.model!r} cannot be compacted (its pruned groups stay "
+            f"masked at 0); models that compact: {', '.join(_compacting_models())}"
+        )
+
+
+def _check_out(out: str) -> None:
+    """Refuse an ``--out`` that cannot be a directory: it, or a folder above it, is a file."""
+    path = Path(out)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ValueError(
+                    f"--out: expected a directory, got {out!r}, where {str(candidate)!r} is a file"
+                )
+            return
+
+
 def _unused_directory(base: str) -> str:
     """``base``, or ``base-2``, ``base-3``, ... when it exists (two runs in the same second)."""
     candidate, suffix = base, 1
@@ -426,6 +498,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from jaxprune.data import DataConfig, load_dataset
     from jaxprune.train import TrainConfig, build_model, train
 
+    _check_model_and_data(args)
     pruner = _pruner(args)
     config = TrainConfig(
         num_steps=args.steps,
@@ -441,7 +514,10 @@ def _run_train(args: argparse.Namespace) -> int:
         tensorboard=args.tensorboard,
         progress=not args.quiet,
     )
-    splits = load_dataset(DataConfig(name=args.dataset, seed=args.seed, data_dir=args.data_dir))
+    try:
+        splits = load_dataset(DataConfig(name=args.dataset, seed=args.seed, data_dir=args.data_dir))
+    except ValueError as error:
+        raise ValueError(f"--dataset {args.dataset}: {error}") from None
     model = build_model(
         args.model,
         num_outputs=splits.num_outputs,
@@ -483,7 +559,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_experiment(args: argparse.Namespace) -> int:
     import dataclasses
-    from pathlib import Path
 
     from jaxprune.experiments import apply_overrides, get_experiment
 
@@ -505,39 +580,44 @@ def _run_demo(args: argparse.Namespace) -> int:
     return _run_experiment(args)
 
 
+def _run_analyze(args: argparse.Namespace) -> int:
+    from jaxprune.analyze import AnalyzeConfig, format_table, run_analyze
+
+    config = AnalyzeConfig(
+        dataset=args.dataset,
+        hidden=args.hidden,
+        activation=args.activation,
+        train_steps=args.train_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        probe_examples=args.probe_examples,
+        num_probes=args.num_probes,
+        top_k=args.top_k,
+        seed=args.seed,
+        float64=args.float64,
+        out=args.out,
+    )
+    summary = run_analyze(config, progress=not args.quiet)
+    print(format_table(summary))
+    print(f"\nwrote {config.out}/summary.json, spectrum.png, groups.png")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxprune`` command; returns the exit status."""
     args = _build_parser().parse_args(argv)
     from jaxprune.compile_cache import enable_compilation_cache
 
     enable_compilation_cache()
-    if args.command == "analyze":
-        from jaxprune.analyze import AnalyzeConfig, format_table, run_analyze
-
-        try:
-            config = AnalyzeConfig(
-                dataset=args.dataset,
-                hidden=args.hidden,
-                activation=args.activation,
-                train_steps=args.train_steps,
-                batch_size=args.batch_size,
-                learning_rate=args.learning_rate,
-                probe_examples=args.probe_examples,
-                num_probes=args.num_probes,
-                top_k=args.top_k,
-                seed=args.seed,
-                float64=args.float64,
-                out=args.out,
-            )
-            summary = run_analyze(config, progress=not args.quiet)
-        except (ValueError, TypeError) as error:
-            print(f"jaxprune analyze: error: {error}", file=sys.stderr)
-            return 2
-        print(format_table(summary))
-        print(f"\nwrote {config.out}/summary.json, spectrum.png, groups.png")
-        return 0
-    runners = {"train": _run_train, "experiment": _run_experiment, "demo": _run_demo}
+    runners = {
+        "analyze": _run_analyze,
+        "train": _run_train,
+        "experiment": _run_experiment,
+        "demo": _run_demo,
+    }
     try:
+        if args.out is not None:
+            _check_out(args.out)
         return runners[args.command](args)
     except (ValueError, TypeError) as error:
         print(f"jaxprune {args.command}: error: {error}", file=sys.stderr)

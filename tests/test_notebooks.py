@@ -29,3 +29,8 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
         if output.output_type == "error"
     ]
     assert not errors
+
+
+def test_the_notebooks_the_readme_names_are_executed():
+    names = {"greedy_selection", "grda", "hessian_bias", "ntk_spectra", "pl_gating"}
+    assert {f"{name}.ipynb" for name in names} <= {p.name for p in NOTEBOOKS}

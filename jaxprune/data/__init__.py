@@ -18,7 +18,14 @@ from jaxprune.data.linear import (
     scaling_diagonal,
 )
 from jaxprune.data.mlm import mask_tokens, num_to_mask
-from jaxprune.data.registry import DATASET_NAMES, DataConfig, Splits, load_dataset
+from jaxprune.data.registry import (
+    DATASET_NAMES,
+    INPUT_KINDS,
+    DataConfig,
+    Splits,
+    dataset_inputs,
+    load_dataset,
+)
 from jaxprune.data.text import docstring_corpus, read_text_files
 from jaxprune.data.tfds_loader import TFDS_IMAGE_DATASETS, load_tfds
 from jaxprune.data.tokenizer import Tokenizer, pack_sequences, train_tokenizer
@@ -26,6 +33,7 @@ from jaxprune.data.tokenizer import Tokenizer, pack_sequences, train_tokenizer
 __all__ = [
     "DATASETS",
     "DATASET_NAMES",
+    "INPUT_KINDS",
     "TFDS_IMAGE_DATASETS",
     "BatchPosition",
     "DataConfig",
@@ -33,6 +41,7 @@ __all__ = [
     "LinearProblem",
     "Splits",
     "Tokenizer",
+    "dataset_inputs",
     "decaying_theta",
     "docstring_corpus",
     "epoch_batches",

@@ -29,7 +29,7 @@ from jaxprune.data.text import docstring_corpus, leading_documents, read_text_fi
 from jaxprune.data.tfds_loader import TFDS_IMAGE_DATASETS, load_tfds
 from jaxprune.data.tokenizer import MASK_ID, SPECIAL_TOKENS, pack_sequences, train_tokenizer
 
-__all__ = ["DATASET_NAMES", "DataConfig", "Splits", "load_dataset"]
+__all__ = ["DATASET_NAMES", "INPUT_KINDS", "DataConfig", "Splits", "dataset_inputs", "load_dataset"]
 
 DATASET_NAMES = (
     "digits",
@@ -44,6 +44,23 @@ DATASET_NAMES = (
 )
 
 TASKS = ("classification", "regression", "mlm")
+
+#: What one example of a dataset is: a flat feature vector, an ``(H, W, C)`` image, or a row of
+#: token ids (MLM).
+INPUT_KINDS = ("features", "images", "tokens")
+
+#: The input kind of each fixed name and of each ``PREFIX:`` family.
+_INPUTS = {
+    "digits": "features",
+    "digits_image": "images",
+    "digits32": "images",
+    "gaussian_mixture": "features",
+    "teacher_student": "features",
+    "linear": "features",
+    "docstrings": "tokens",
+    "tfds:": "images",
+    "text:": "tokens",
+}
 
 
 class Splits(NamedTuple):
@@ -94,10 +111,7 @@ class DataConfig:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _known(self.name):
-            raise ValueError(
-                f"unknown dataset {self.name!r}; expected one of {', '.join(DATASET_NAMES)}"
-            )
+        _check_name(self.name)
         check_ratio(self.test_fraction, "test_fraction")
         for field in ("num_examples", "dim", "seq_len", "vocab_size"):
             check_int(getattr(self, field), field, minimum=2)
@@ -105,10 +119,26 @@ class DataConfig:
             check_positive_int(self.max_chars, "max_chars")
 
 
-def _known(name: str) -> bool:
-    if name.startswith("text:"):
-        return len(name) > len("text:")
-    return name in DATASET_NAMES and name != "text:PATH"
+def _check_name(name: Any) -> None:
+    """Raise a ``ValueError`` listing :data:`DATASET_NAMES` unless ``name`` is one of them
+    (``text:`` followed by paths)."""
+    known = isinstance(name, str) and (
+        len(name) > len("text:") if name.startswith("text:") else name in DATASET_NAMES
+    )
+    if not known:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+
+
+def dataset_inputs(name: str) -> str:
+    """The :data:`INPUT_KINDS` entry of dataset ``name`` (also ``"text:PATH"``), known without
+    loading it.
+
+    Raises:
+      ValueError: an unknown name (the message lists the valid ones).
+    """
+    _check_name(name)
+    prefix, colon, _ = name.partition(":")
+    return _INPUTS[prefix + colon]
 
 
 def _split(arrays: dict[str, np.ndarray], fraction: float, seed: int) -> tuple[dict, dict]:

@@ -162,6 +162,21 @@ def _is_wikitext_heading(line: str) -> bool:
     return len(line) > 1 and line.startswith("=") and line.endswith("=")
 
 
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; a ``ValueError`` naming it when it cannot be read as UTF-8."""
+    expected = f"paths: expected readable UTF-8 text files, got {str(path)!r}"
+    if path.is_dir():
+        raise ValueError(f"{expected} (a directory)")
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{expected} (no such file)") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{expected} (not UTF-8: {error.reason} at byte {error.start})") from None
+    except OSError as error:
+        raise ValueError(f"{expected} ({error.strerror})") from None
+
+
 def read_text_files(paths: Iterable[str | Path]) -> list[str]:
     """Documents from local UTF-8 text files, e.g. WikiText's ``wiki.train.tokens``.
 
@@ -173,12 +188,16 @@ def read_text_files(paths: Iterable[str | Path]) -> list[str]:
 
     Returns:
       A list of documents (non-empty strings).
+
+    Raises:
+      ValueError: a path that is missing, a directory, or not UTF-8 text (the message names
+        it).
     """
     documents: list[str] = []
     for path in paths:
         if not isinstance(path, (str, Path)):
             raise TypeError(f"paths must hold str or Path, got {path!r}")
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
+        for line in _read_utf8(Path(path)).splitlines():
             text = normalize_whitespace(line)
             if text and not _is_wikitext_heading(text):
                 documents.append(text)

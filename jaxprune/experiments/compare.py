@@ -12,8 +12,9 @@ weight sparsity and the parameter count (after compaction).  Given the experimen
 it reuses runs that an earlier, interrupted invocation finished in the same directory with the
 same settings and the same jaxprune source, so a long comparison resumes where it stopped.
 :func:`comparison_table` prints
-means ± standard deviations over seeds, :func:`plot_comparison` draws training curves, the NTK
-condition number over training (Figures 3 and 5) and the test metric.
+means ± standard deviations over seeds, :func:`plot_comparison` draws the training loss, the NTK
+condition number and the Hessian trace over training (Figures 3 and 5; before and after every
+pruning event, which are marked) and the test metric.
 
 References:
   Chen et al. (2023), Sec. 4 (Tables 1-3), App. D (condition number of the empirical NTK).
@@ -27,7 +28,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -39,6 +40,16 @@ from jaxprune.experiments.settings import ComparisonSettings
 from jaxprune.masks import PruningSchedule
 from jaxprune.masks import lth_schedule as _lth_schedule
 from jaxprune.train import Bound, Pruner, TrainConfig, build_model, make_pruner, train
+from jaxprune.train.logging import (
+    STEP_LABEL,
+    draw_curve,
+    draw_events,
+    event_steps,
+    loss_unit,
+    metric_label,
+    skipped_note,
+    y_scale,
+)
 
 __all__ = [
     "DENSE",
@@ -330,33 +341,96 @@ def plot_comparison(
     results: dict[str, dict[str, list[float]]],
     metric: str,
     path: Path,
-) -> None:
-    """Training loss and NTK condition number over training (first seed) and the test metric
-    per method (mean, error bar = std over seeds)."""
+) -> Any:
+    """Save the comparison figure to ``path`` and return it (a Matplotlib ``Figure``).
+
+    Panels, one colour per method: the training loss at every logged step, and where any run
+    logged them the NTK condition number and the Hessian trace over training (first seed;
+    the values before and after each pruning event marked, :func:`jaxprune.train.logging.draw_curve`),
+    with dotted lines at every method's pruning events; then the test ``metric`` per method
+    (mean ± sample standard deviation over seeds, its axis fitted to them).
+    """
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(13, 4), layout="constrained")
+    first_runs = {method: runs[0] for method, runs in curves.items()}
+    keys = ["train_loss"] + [
+        key
+        for key in ("ntk_condition", "hessian_trace")
+        if any(key in row for rows in first_runs.values() for row in rows)
+    ]
+    grid = (2, 2) if len(keys) == 3 else (1, len(keys) + 1)
+    figure = Figure(figsize=(5.5 * grid[1], 4.2 * grid[0]), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 3)
-    panels = [("train_loss", "training loss"), ("ntk_condition", "NTK λmax/λmin")]
-    for ax, (key, label) in zip(axes, panels):
-        for method, runs in curves.items():
-            points = [(r["step"], r[key]) for r in runs[0] if key in r and np.isfinite(r[key])]
-            if points:
-                steps, values = zip(*points)
-                ax.plot(steps, values, label=method, marker=None if key == "train_loss" else ".")
-        ax.set(xlabel="step", ylabel=label, yscale="log")
-    axes[0].legend(fontsize=8)
-    names = list(results)
-    means = [np.mean(results[m][metric]) for m in names]
-    errors = [np.std(results[m][metric]) for m in names]
-    axes[2].bar(names, means, yerr=errors, color="tab:blue")
-    axes[2].set(ylabel=metric.replace("_", " "))
-    axes[2].tick_params(axis="x", rotation=45)
-    if metric == "test_accuracy":
-        axes[2].set_ylim(max(0.0, min(means) - 0.1), 1.0)
+    axes = figure.subplots(*grid, squeeze=False).ravel()
+    palette = colormaps["tab10" if len(results) <= 10 else "tab20"]
+    colors = {method: palette(i) for i, method in enumerate(results)}
+    loss = loss_unit(row for rows in first_runs.values() for row in rows)
+    for ax, key in zip(axes, keys):
+        values, skipped = [], 0
+        for method, rows in first_runs.items():
+            drawn, missing = draw_curve(
+                ax, rows, key, label=method, color=colors[method], label_markers=False
+            )
+            draw_events(ax, event_steps(rows), color=colors[method], label=False)
+            values += drawn
+            skipped += missing
+        _legend_keys(ax, key, first_runs.values())
+        title, label = metric_label(key, loss)
+        ax.set(
+            xlabel=STEP_LABEL, ylabel=label, title=f"{title} (first seed){skipped_note(skipped)}"
+        )
+        ax.set_yscale(y_scale(values))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    _plot_metric(axes[-1], results, metric, colors, loss)
     figure.savefig(path, dpi=120)
+    return figure
+
+
+def _legend_keys(ax: Any, key: str, runs: Iterable[Sequence[dict]]) -> None:
+    """Legend entries in black for the marks of :func:`plot_comparison`'s curve panels that
+    some run has: values before / after a pruning event, pruning events (in the method's
+    colour on the axes)."""
+    runs = list(runs)
+    if any(f"{key}_before_event" in row for rows in runs for row in rows):
+        ax.plot([], [], "kx", ls="none", ms=7, label="before event")
+        ax.plot([], [], "ko", ls="none", ms=7, mfc="none", label="after event")
+    if any(event_steps(rows) for rows in runs):
+        ax.plot([], [], "k:", lw=1.2, label="pruning event")
+
+
+def _plot_metric(
+    ax: Any,
+    results: dict[str, dict[str, list[float]]],
+    metric: str,
+    colors: dict[str, Any],
+    loss: str,
+) -> None:
+    """Mean ± sample standard deviation of ``metric`` per method on ``ax`` (``loss``: the unit
+    of a loss), the axis fitted to them (accuracy within ``[0, 1]``)."""
+    names = list(results)
+    values = [np.asarray(results[m][metric], float) for m in names]
+    means = np.array([v.mean() for v in values])
+    errors = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    seeds = len(values[0])
+    spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "1 seed"
+    for i, name in enumerate(names):
+        ax.errorbar(i, means[i], yerr=errors[i], fmt="o", ms=7, capsize=4, color=colors[name])
+    ax.errorbar([], [], yerr=[], fmt="ko", ms=7, capsize=4, label=spread)
+    finite = np.isfinite(means)
+    if finite.any():
+        low = np.min((means - errors)[finite])
+        high = np.max((means + errors)[finite])
+        pad = max(0.1 * (high - low), 0.01 * abs(high), 1e-6)
+        high = high + pad if not metric.endswith("accuracy") else min(high + pad, 1.0)
+        ax.set_ylim(max(low - pad, 0.0), high)  # accuracy, perplexity, loss: all >= 0
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    title, label = metric_label(metric, loss)
+    ax.set(xlabel="method", ylabel=label, title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
 
 
 def write_results(out_dir: Path, config: dict, results: dict, table: str) -> None:
@@ -442,8 +516,9 @@ def compare_methods(
       splits: the data (default: :func:`load_splits` of ``settings``).
       model_options: further :func:`~jaxprune.train.build_model` arguments (``kind``,
         ``overrides``).
-      train_options: further :class:`~jaxprune.train.TrainConfig` fields (the steps, batch
-        size and ``log_every``, the gcd of the report steps, come from ``settings``).
+      train_options: further :class:`~jaxprune.train.TrainConfig` fields (the steps and batch
+        size come from ``settings``; ``log_every`` is the gcd of the report steps unless given
+        here, and then should divide them).
       run_settings: more settings that identify the runs (e.g. the group kind), added to
         ``dataclasses.asdict(settings)`` for the reuse of finished runs.
       progress: print one line per run and show progress bars.
@@ -456,11 +531,11 @@ def compare_methods(
         preset=settings.model_preset,
         **(model_options or {}),
     )
+    log_every = int(np.gcd.reduce([*settings.report_steps, settings.num_steps]))
     config = TrainConfig(
         num_steps=settings.num_steps,
         batch_size=settings.batch_size,
-        log_every=int(np.gcd.reduce([*settings.report_steps, settings.num_steps])),
-        **(train_options or {}),
+        **{"log_every": log_every, **(train_options or {})},
     )
     results, curves = run_comparison(
         bound,

@@ -3,8 +3,11 @@
 Trains one small model on built-in data densely and with each pruning method at the same
 structured sparsity (same initialization, data order and optimizer), then prints the
 comparison table in the layout of Chen et al. (2023)'s Tables 1-3 (training loss at fixed
-steps, test metric, wall time, sparsity) and saves plots of the training curves, of the NTK
-condition number over training (Figures 3 and 5) and of the test metric.
+steps, test metric, wall time, sparsity) and saves ``demo.png``
+(:func:`~jaxprune.experiments.compare.plot_comparison`): the training loss every ``log_every``
+steps, with ``analysis_every`` the NTK condition number and Hessian trace over training
+(Figures 3 and 5, before and after each pruning event), the pruning steps marked, and the test
+metric.
 
 Methods: ``dense``; ``pl`` (PL gating, Chen et al. (2023), Algorithm 2, one-shot at
 ``prune_step``); ``random``, ``magnitude``, ``snip``, ``grasp``, ``taylor`` (Att-Score),
@@ -28,6 +31,7 @@ from typing import Any
 
 import optax
 
+from jaxprune._validation import check_positive_int
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import pruner_factories, run_method_comparison
 from jaxprune.experiments.settings import (
@@ -62,6 +66,9 @@ class DemoSettings(MethodComparisonSettings):
       seeds: one run per seed and method (seed ``i`` shares initialization and data order
         across methods); the table shows mean ± standard deviation, then PL's paired
         differences against every baseline with win counts.
+      log_every: steps between logged training losses (the plotted curve; the table's loss
+        at a report step is the mean over the ``log_every`` steps before it), a divisor of
+        every report step.
       analysis_every: steps between NTK-condition / Hessian-trace analyses (0: off).
       compact: remove pruned groups physically (pruned runs then really run faster).
       gating_steps: batches the PL gating network trains on at the pruning event.
@@ -84,6 +91,7 @@ class DemoSettings(MethodComparisonSettings):
     ratio: float = 0.9
     model: str = "mlp"
     prune_step: int = 50
+    log_every: int = 10
     per_layer: bool = True
     analysis_every: int = 0
     compact: bool = True
@@ -91,6 +99,12 @@ class DemoSettings(MethodComparisonSettings):
 
     def check(self) -> None:
         check_step(self.prune_step, self.num_steps, "prune_step")
+        check_positive_int(self.log_every, "log_every")
+        if any(step % self.log_every for step in self.report_steps):
+            raise ValueError(
+                f"log_every: expected a divisor of every report step {self.report_steps}, got "
+                f"{self.log_every}"
+            )
 
 
 def _schedule(settings: DemoSettings, method: str) -> PruningSchedule:
@@ -120,7 +134,8 @@ def run_demo(config: DemoSettings, out_dir: Path, progress: bool = True) -> dict
         f"{config.model} ({config.model_preset}) on {config.dataset}, {config.num_steps} "
         f"Adam steps, {config.ratio:.0%} of groups pruned at step {config.prune_step} (LTH: 3 "
         f"rounds with rewinding), {TOPK_NOTE[config.per_layer]} for every method, seeds "
-        f"{', '.join(map(str, config.seeds))}; params = parameters after compaction."
+        f"{', '.join(map(str, config.seeds))}; train loss @s = mean over the "
+        f"{config.log_every} steps up to s; params = parameters after compaction."
     )
     return run_method_comparison(
         config,
@@ -131,7 +146,11 @@ def run_demo(config: DemoSettings, out_dir: Path, progress: bool = True) -> dict
         note=note,
         plot="demo.png",
         progress=progress,
-        train_options={"analysis_every": config.analysis_every, "compact": config.compact},
+        train_options={
+            "log_every": config.log_every,
+            "analysis_every": config.analysis_every,
+            "compact": config.compact,
+        },
     ).report()
 
 
@@ -149,6 +168,7 @@ EXPERIMENT = Experiment(
             num_steps=40,
             prune_step=10,
             report_steps=(20, 40),
+            log_every=2,
             seeds=(0,),
             analysis_every=20,
             gating_steps=30,  # more than the 22 batches of an epoch: events span epochs
@@ -164,6 +184,7 @@ EXPERIMENT = Experiment(
             prune_step=2_000,
             batch_size=128,
             report_steps=(5_000, 10_000, 20_000),
+            log_every=100,
             analysis_every=1_000,
         ),
     },

@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import optax
 
+from jaxprune._validation import check_choice
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.compare import load_splits, pruner_factories, run_method_comparison
 from jaxprune.experiments.settings import (
@@ -59,6 +60,7 @@ from jaxprune.experiments.settings import (
     pl_options,
 )
 from jaxprune.masks import PruningSchedule, lth_schedule, one_shot, per_epoch_from
+from jaxprune.methods.pl_gating import HESSIANS
 
 __all__ = ["EXPERIMENT", "METHODS", "PLVGGSettings", "linear_schedule", "run_pl_vgg"]
 
@@ -86,6 +88,9 @@ class PLVGGSettings(MethodComparisonSettings):
       analysis_examples, analysis_probes: probe-batch size and Hutchinson probes of the
         analysis.
       gating_steps, feature_batch_size: PL gating network training per event.
+      hessian: PL's trace target (``auto``, ``loss``, ``gauss_newton`` or ``outputs``, see
+        :class:`~jaxprune.methods.pl_gating.PLGatingConfig`); ``gauss_newton`` equals the loss
+        Hessian's trace on this piecewise-linear network and differentiates at one order less.
       per_layer: every method's TopK within each layer (the same fraction of each; default,
         reading PL-12) instead of the paper's global TopK keeping one group per layer.
       compact: remove pruned filters physically after each event (each new shape recompiles
@@ -111,6 +116,7 @@ class PLVGGSettings(MethodComparisonSettings):
     analysis_probes: int = 2
     gating_steps: int = 5
     feature_batch_size: int = 16
+    hessian: str = "auto"
     per_layer: bool = True
     compact: bool = True
 
@@ -122,6 +128,7 @@ class PLVGGSettings(MethodComparisonSettings):
                 f"kind: {self.model} has no group kind {self.kind!r}; expected one of "
                 f"{MODELS[self.model]}"
             )
+        check_choice(self.hessian, ("auto", *HESSIANS), "hessian")
         if not 0 <= self.prune_start_epoch <= self.prune_end_epoch:
             raise ValueError(
                 f"prune_end_epoch: expected 0 <= prune_start_epoch={self.prune_start_epoch} <= "

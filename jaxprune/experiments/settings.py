@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: Settings fields passed to PL gating under the same name (``PLGatingConfig`` fields).
-PL_FIELDS = ("gating_steps", "feature_batch_size", "output_projections", "alpha")
+PL_FIELDS = ("gating_steps", "feature_batch_size", "output_projections", "alpha", "hessian")
 
 
 def check_step(step: Any, num_steps: int, name: str) -> int:

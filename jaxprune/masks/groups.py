@@ -10,7 +10,10 @@ groups, with one numbering over all specs.
 Paths and patterns:
   A leaf ``params["params"]["Dense_0"]["kernel"]`` has the *layer path* ``"params/Dense_0"``:
   the keys (dict keys, sequence indices, attribute names) above the leaf joined by ``"/"``, the
-  leaf's own name excluded.  *Module paths* are the layer paths and all their prefixes
+  leaf's own name excluded.  A Flax NNX ``nnx.State`` has the same paths: its leaf
+  ``state["l1"]["kernel"]`` (the array inside the ``nnx.Param``) is the kernel of layer
+  ``"l1"``, and ``nnx.Sequential``'s layers are ``"layers/0"``, ``"layers/1"``, ...
+  *Module paths* are the layer paths and all their prefixes
   (``"params"``, ``"params/Block_0"``, ...; the root is ``""``).  Every pattern is a regular
   expression matched with :func:`re.search`, so ``"Dense_1"`` also matches
   ``"params/Dense_10"``: anchor it (``"Dense_1$"``) to name one layer.
@@ -33,6 +36,7 @@ References:
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -333,9 +337,38 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _variable_types() -> tuple[type, ...]:
+    """Flax NNX's variable classes, if NNX is loaded (an ``nnx.State`` cannot exist otherwise)."""
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is None:
+        return ()
+    # Flax < 0.11 holds ``VariableState`` leaves; later versions alias it (with a warning).
+    return tuple(t for t in (nnx.Variable, vars(nnx).get("VariableState")) if t is not None)
+
+
+def _leaves_with_paths(params: PyTree) -> list[tuple[tuple, Any]]:
+    """``tree_flatten_with_path(params)``, except that the key of the array inside an NNX
+    variable (``.value``) is dropped: ``nnx.State`` leaf ``l1/kernel`` is layer ``l1``'s
+    kernel, as in Linen's ``{"l1": {"kernel": ...}}``."""
+    variables = _variable_types()
+    entries = jax.tree_util.tree_flatten_with_path(
+        params, is_leaf=lambda node: isinstance(node, variables)
+    )[0]
+    flat = []
+    for path, node in entries:
+        if isinstance(node, variables):
+            flat += [
+                (path + inner[1:], leaf)
+                for inner, leaf in jax.tree_util.tree_flatten_with_path(node)[0]
+            ]
+        else:
+            flat.append((path, node))
+    return flat
+
+
 def _index(params: PyTree) -> _Index:
     leaves, layers, modules = [], {}, {}
-    for position, (path, leaf) in enumerate(jax.tree_util.tree_flatten_with_path(params)[0]):
+    for position, (path, leaf) in enumerate(_leaves_with_paths(params)):
         names = [_key_name(k) for k in path]
         layer = "/".join(names[:-1])
         shape = tuple(leaf.shape) if hasattr(leaf, "shape") else np.shape(leaf)
@@ -603,15 +636,17 @@ def build_group_ids(
     claims are ungrouped (``-1``).
 
     Args:
-      params: a Flax parameter pytree (e.g. ``variables`` or ``variables["params"]``); only the
-        leaves' shapes are read, so ``jax.eval_shape(model.init, ...)`` works too.
+      params: a Flax parameter pytree (e.g. ``variables`` or ``variables["params"]``, or an
+        NNX ``nnx.State``); only the leaves' shapes are read, so ``jax.eval_shape(model.init,
+        ...)`` works too.
       specs: one spec or a sequence of specs from :func:`neurons`, :func:`filters`,
         :func:`heads`, :func:`experts`, :func:`unstructured`.
 
     Returns:
-      ``(group_ids, layout)``: the group-id pytree (structure of ``params``, int32 leaves
-      broadcastable to each leaf: ``(1, out)`` for a kernel's columns, ``(out,)`` for a bias,
-      ...) with groups ``0..p-1``, and the :class:`GroupLayout` of its ``p`` groups.
+      ``(group_ids, layout)``: the group-id pytree (structure of ``params``, so an
+      ``nnx.State`` for an ``nnx.State``; int32 leaves broadcastable to each leaf: ``(1, out)``
+      for a kernel's columns, ``(out,)`` for a bias, ...) with groups ``0..p-1``, and the
+      :class:`GroupLayout` of its ``p`` groups.
 
     Raises:
       ValueError: a pattern matches nothing; ``next_layer``/``batchnorm`` match zero or several

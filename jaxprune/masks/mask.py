@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_int, check_positive_int, check_ratio
+from jaxprune._validation import check_int, check_positive_int, check_ratio, is_traced
 from jaxprune.group_ids import group_sizes, leaf_group_ids, validate_group_ids
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.typing import PyTree
@@ -50,6 +50,13 @@ def _mask_vector(mask: Any, p: int) -> jax.Array:
         raise TypeError(f"mask: expected a real or boolean array, got dtype {mask.dtype}")
     if mask.shape != (p,):
         raise ValueError(f"mask: expected shape ({p},), one entry per group, got {mask.shape}")
+    if not is_traced(mask) and jnp.issubdtype(mask.dtype, jnp.inexact):
+        bad = np.flatnonzero(~np.isfinite(np.asarray(mask)))
+        if bad.size:
+            raise ValueError(
+                f"mask: non-finite entries (NaN or inf) at groups {bad[:10].tolist()}; "
+                "expected finite values"
+            )
     return mask
 
 
@@ -89,7 +96,9 @@ def apply_group_mask(params: PyTree, group_ids: PyTree, mask: Any) -> PyTree:
     Args:
       params: parameter pytree.
       group_ids: group-id pytree of ``params`` with ``p`` groups.
-      mask: ``(p,)`` real or boolean array.
+      mask: ``(p,)`` real or boolean array with finite entries.  NaN or inf is a
+        ``ValueError`` naming the groups when the mask is concrete; a traced mask (inside
+        ``jit``) is not inspected and a NaN entry then reaches the weights of its group.
 
     Returns:
       A pytree like ``params``.
@@ -109,7 +118,8 @@ def param_mask(params: PyTree, group_ids: PyTree, mask: Any) -> PyTree:
     Args:
       params: parameter pytree (its shapes and dtypes are used).
       group_ids: group-id pytree of ``params`` with ``p`` groups.
-      mask: ``(p,)`` real or boolean array.
+      mask: ``(p,)`` real or boolean array with finite entries (checked when concrete, as in
+        :func:`apply_group_mask`).
 
     Returns:
       A pytree like ``params`` whose leaves have the full shape and dtype of each parameter, so

@@ -1,6 +1,11 @@
 """What the papers measure: empirical NTKs (whole and per group), their spectra, Hessian traces
 and eigenvalues, and PL condition numbers.  Pure functions of explicit arguments."""
 
+from jaxprune.spectra.gauss_newton import (
+    SplitLoss,
+    gauss_newton_quadratic_form,
+    gauss_newton_trace,
+)
 from jaxprune.spectra.hessian import (
     DiagonalSample,
     TraceEstimate,
@@ -33,11 +38,14 @@ __all__ = [
     "PLCondition",
     "SpectralDensity",
     "SpectrumFeatures",
+    "SplitLoss",
     "TraceEstimate",
     "density_moments",
     "empirical_ntk",
     "empirical_pl_ratio",
     "gauss_newton_diagonal",
+    "gauss_newton_quadratic_form",
+    "gauss_newton_trace",
     "group_hessian_traces",
     "group_rank_bound",
     "hessian_diagonal",

@@ -25,7 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune._validation import check_batch, check_choice, check_finite_tree, check_positive_int
+from jaxprune._validation import (
+    check_batch,
+    check_choice,
+    check_finite_tree,
+    check_positive_int,
+    is_traced,
+)
 from jaxprune.group_ids import leaf_group_ids, validate_group_ids
 from jaxprune.spectra.static import as_partial
 from jaxprune.typing import ApplyFn, LossFn, PyTree
@@ -103,7 +109,7 @@ def hessian_quadratic_form(loss_fn: LossFn, params: PyTree, tangent: PyTree) -> 
     mode instead of third-order (XLA compiles it in about half the time on BERT).
 
     Args:
-      loss_fn: ``loss_fn(params) -> scalar``.
+      loss_fn: ``loss_fn(params) -> scalar``; another output shape is a ``ValueError``.
       params: parameter pytree.
       tangent: pytree with the structure, shapes and dtypes of ``params``.
 
@@ -113,11 +119,28 @@ def hessian_quadratic_form(loss_fn: LossFn, params: PyTree, tangent: PyTree) -> 
     References:
       Griewank & Walther (2008), "Evaluating Derivatives", ch. 13 (higher-order forward mode).
     """
+    return _quadratic_form_and_loss(loss_fn, params, tangent)[0]
 
-    def directional_derivative(point: PyTree) -> jax.Array:
-        return jax.jvp(loss_fn, (point,), (tangent,))[1]
 
-    return jax.jvp(directional_derivative, (params,), (tangent,))[1]
+def _quadratic_form_and_loss(
+    loss_fn: LossFn, params: PyTree, tangent: PyTree
+) -> tuple[jax.Array, jax.Array]:
+    """``(vᵀ H v, loss_fn(params))``: the loss is the primal value the nested jvps compute anyway.
+
+    The output shape is static, so the scalar check costs nothing, traced or not.
+    """
+
+    def directional_derivative(point: PyTree) -> tuple[jax.Array, jax.Array]:
+        loss, derivative = jax.jvp(loss_fn, (point,), (tangent,))
+        if jnp.shape(loss) != ():
+            raise ValueError(
+                "loss_fn: expected a scalar loss (shape ()), got an output of shape "
+                f"{jnp.shape(loss)}"
+            )
+        return derivative, loss
+
+    _, form, loss = jax.jvp(directional_derivative, (params,), (tangent,), has_aux=True)
+    return form, loss
 
 
 def output_hvp(apply_fn: ApplyFn, params: PyTree, x: jax.Array, tangent: PyTree) -> PyTree:
@@ -158,7 +181,7 @@ def hessian_trace(
     with respect to ``params`` and to anything ``loss_fn`` closes over (for a fixed key).
 
     Args:
-      loss_fn: ``loss_fn(params) -> scalar``.
+      loss_fn: ``loss_fn(params) -> scalar``, finite at ``params``.
       params: parameter pytree (finite values).
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
@@ -168,16 +191,18 @@ def hessian_trace(
     Returns:
       :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
 
+    Raises:
+      ValueError: bad probe arguments, non-finite ``params``, a ``loss_fn`` output that is not
+        a scalar, or a loss that is NaN or inf at ``params``.  The values of ``params`` and of
+        the loss are checked when concrete only (the loss after the estimate is computed, from
+        the same evaluation): inside ``jit`` or ``grad`` a NaN loss gives a NaN estimate.
+
     References:
       Hutchinson (1990); Avron & Toledo (2011).
     """
-    num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
-
-    def sample(probe_key: jax.Array) -> jax.Array:
-        probe = _draw_probe(probe_key, params, distribution)
-        return hessian_quadratic_form(loss_fn, params, probe)
-
-    return TraceEstimate.from_samples(_map_probes(sample, key, num_probes, batch_size), num_probes)
+    estimate, loss = _hutchinson_trace(loss_fn, params, key, num_probes, distribution, batch_size)
+    _check_finite_loss(loss, "loss_fn: expected a finite loss at params, got")
+    return estimate
 
 
 def output_hessian_trace(
@@ -200,9 +225,9 @@ def output_hessian_trace(
     respect to ``params`` (the PL gating objective differentiates through it).
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs.
+      apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs, finite at ``params`` and ``x``.
       params: parameter pytree (finite values).
-      x: ``(n, ...)`` inputs.
+      x: ``(n, ...)`` inputs (finite values when floating).
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"gaussian"`` (default) or ``"rademacher"``.
@@ -211,18 +236,20 @@ def output_hessian_trace(
     Returns:
       :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
 
+    Raises:
+      ValueError: as :func:`hessian_trace`; non-finite ``x``; outputs summing to NaN or inf.
+        Values are checked when concrete only.
+
     References:
       Chen et al. (2023), Appendix E.2, Algorithm 1; Hutchinson (1990); Avron & Toledo (2011).
     """
     check_batch(x, "x")
-    return hessian_trace(
-        _summed_outputs(apply_fn, x),
-        params,
-        key,
-        num_probes=num_probes,
-        distribution=distribution,
-        batch_size=batch_size,
+    check_finite_tree(x, "x")
+    estimate, total = _hutchinson_trace(
+        _summed_outputs(apply_fn, x), params, key, num_probes, distribution, batch_size
     )
+    _check_finite_loss(total, "apply_fn: expected finite outputs at params and x, got a sum of")
+    return estimate
 
 
 def group_hessian_traces(
@@ -375,7 +402,7 @@ def _check_loss_hessian(loss_hessian: jax.Array, n: int, k: int) -> jax.Array:
     shape = jnp.shape(loss_hessian)
     if shape not in ((k, k), (n, k, k)):
         raise ValueError(
-            f"loss_hessian must have shape ({k}, {k}) or ({n}, {k}, {k}) for {n} examples with "
+            f"loss_hessian: expected shape ({k}, {k}) or ({n}, {k}, {k}) for {n} examples with "
             f"{k} outputs each, got {shape}"
         )
     return jnp.broadcast_to(loss_hessian, (n, k, k))
@@ -487,6 +514,31 @@ def _check_probe_args(
         batch_size = check_positive_int(batch_size, "batch_size")
     check_finite_tree(params, "params")
     return num_probes, min(batch_size, num_probes)
+
+
+def _hutchinson_trace(
+    loss_fn: LossFn,
+    params: PyTree,
+    key: jax.Array,
+    num_probes: Any,
+    distribution: Any,
+    batch_size: Any,
+) -> tuple[TraceEstimate, jax.Array]:
+    """Hutchinson's estimate of ``Tr(∇²loss_fn(params))`` and ``loss_fn(params)``."""
+    num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
+
+    def sample(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        probe = _draw_probe(probe_key, params, distribution)
+        return _quadratic_form_and_loss(loss_fn, params, probe)
+
+    samples, losses = _map_probes(sample, key, num_probes, batch_size)
+    return TraceEstimate.from_samples(samples, num_probes), losses[0]
+
+
+def _check_finite_loss(loss: jax.Array, message: str) -> None:
+    """Raise ``ValueError(f"{message} {loss}")`` if the concrete ``loss`` is NaN or inf."""
+    if not is_traced(loss) and not np.isfinite(float(loss)):
+        raise ValueError(f"{message} {float(loss)}")
 
 
 def _draw_probe(key: jax.Array, params: PyTree, distribution: str) -> PyTree:

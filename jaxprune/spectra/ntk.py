@@ -68,7 +68,7 @@ def empirical_ntk(
     Args:
       apply_fn: ``apply_fn(params, x) -> (n, ...)`` outputs for a batch ``x``.
       params: parameter pytree (finite values).
-      x: ``(n, ...)`` inputs.
+      x: ``(n, ...)`` inputs (finite values when floating).
       x2: optional ``(n2, ...)`` second inputs: the cross-kernel ``K(x, x2)``.
       group_ids: optional group-id pytree with ``p`` groups.
       backend: one of :data:`BACKENDS`.
@@ -80,7 +80,9 @@ def empirical_ntk(
 
     Raises:
       ValueError / TypeError: unknown backend, malformed ``group_ids`` (naming the path),
-        non-finite parameters, inputs without a batch axis, ``chunk_size < 1``.
+        non-finite parameters or inputs, inputs without a batch axis, ``chunk_size < 1``.
+        Values are checked on concrete arrays only: inside ``jit`` a NaN input gives a NaN
+        kernel.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -95,6 +97,8 @@ def empirical_ntk(
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_finite_tree(params)
+    check_finite_tree(x, "x")
+    check_finite_tree(x2, "x2")
 
     leaves, treedef = jax.tree_util.tree_flatten(params)
     if group_ids is None:
@@ -148,7 +152,9 @@ def _build_block(sig: _Signature) -> tuple[Callable, int]:
     plan, covered, calls = [], set(), []
     if backend in ("auto", "structured"):
         calls = find_linear_calls(sig.apply_fn, params, probe_x)
-        plan, covered = plan_structured(calls, list(ids), [s for s, _ in sig.leaf_specs])
+        plan, covered = plan_structured(
+            calls, list(ids), [s for s, _ in sig.leaf_specs], warn_if_empty=backend == "structured"
+        )
         if backend == "auto" and not covered:
             fits = 2 * k * sum(sizes) * 4 * 128 <= _BLOCK_BUDGET
             backend = "jacobian" if (not sig.whole or fits) else "ntvp"

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxprune._validation import check_real
-from jaxprune.spectra.spectrum import spectrum_features
+from jaxprune.spectra.spectrum import check_kernel, spectrum_features
 
 __all__ = [
     "PLCondition",
@@ -54,13 +54,20 @@ def pl_condition(kernel: jax.Array, *, loss_scale: float = 1.0, dtype: Any = Non
 
     Args:
       kernel: ``(n, n)`` or ``(p, n, n)`` empirical NTK(s) ``DF DFᵀ`` (for ``k`` outputs the
-        kernel traced over outputs, :func:`jaxprune.spectra.empirical_ntk`'s convention).
+        kernel traced over outputs, :func:`jaxprune.spectra.empirical_ntk`'s convention):
+        finite and symmetric, checked on concrete values as in
+        :func:`~jaxprune.spectra.spectrum_features` (skipped inside ``jit``).
       loss_scale: ``s`` in ``L = (1/(2s)) Σ ‖f − y‖²``: 1 for the summed square loss, ``n``
         for the mean.  μ scales as ``λ_min(K)/s`` and ``L_f`` as ``√(λ_max(K)/s)``.
-      dtype: eigen-decomposition dtype (``np.float64`` for ill-conditioned kernels).
+      dtype: eigen-decomposition dtype (``np.float64`` for ill-conditioned kernels); half
+        precision is computed in float32.
 
     Returns:
       :class:`PLCondition`.
+
+    Raises:
+      ValueError: ``loss_scale <= 0``; a kernel of the wrong shape, with NaN or inf, or not
+        symmetric (see :func:`~jaxprune.spectra.spectrum.check_kernel`).
     """
     check_real(loss_scale, "loss_scale", minimum=0.0, strict=True)
     features = spectrum_features(kernel, dtype=dtype)
@@ -105,7 +112,8 @@ def proposition8_bound(
     ``(‖DF(w₀)‖₂ + √n R sup_B ‖H_f‖₂) / inf_B λ_min(K)`` with ``‖DF(w₀)‖₂ = √λ_max(K(w₀))``.
 
     Args:
-      kernel_at_w0: ``(n, n)`` NTK at the centre w₀.
+      kernel_at_w0: ``(n, n)`` NTK at the centre w₀, finite and symmetric (checked on concrete
+        values, see :func:`~jaxprune.spectra.spectrum.check_kernel`).
       hessian_norm: ``sup_B ‖H_f‖₂ = sup_B max_i ‖∂²f_i/∂w²‖₂`` (e.g. from
         :func:`jaxprune.spectra.hessian_eigenvalues` of each output at points of the ball).
       radius: R.
@@ -118,6 +126,7 @@ def proposition8_bound(
     References: Chen et al. (2023), Proposition 8 and Appendix C.
     """
     check_real(radius, "radius", minimum=0.0)
+    check_kernel(kernel_at_w0, "kernel_at_w0")
     features = spectrum_features(kernel_at_w0)
     n = kernel_at_w0.shape[-1]
     lam = features.lambda_min if lambda_min_inf is None else jnp.asarray(lambda_min_inf)

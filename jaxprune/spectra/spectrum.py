@@ -14,7 +14,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["SpectrumFeatures", "group_rank_bound", "spectrum_features"]
+from jaxprune._validation import check_finite_tree, check_symmetric
+
+__all__ = [
+    "SYMMETRY_RTOL",
+    "SpectrumFeatures",
+    "check_kernel",
+    "group_rank_bound",
+    "spectrum_features",
+]
+
+# A kernel K is refused as non-symmetric when max|K - Kᵀ| > rtol · max|K| (per kernel), with
+# rtol = max(SYMMETRY_RTOL, 16 eps) for the eps of K's dtype: loose enough for the round-off of
+# kernels computed in float32 with TensorFloat-32 matrix products (unit round-off 2⁻¹¹ ≈ 5e-4,
+# JAX's default on recent NVIDIA GPUs) and of half-precision kernels, tight enough for what it
+# is meant to catch: a cross-kernel K(x, x2), a Jacobian product or a mis-assembled matrix,
+# whose asymmetry is of the order of max|K|.
+SYMMETRY_RTOL = 1e-2
 
 
 class SpectrumFeatures(NamedTuple):
@@ -67,6 +83,25 @@ def group_rank_bound(sizes: Any, num_outputs: int, num_examples: int) -> np.ndar
     return np.minimum(num_examples, num_outputs * sizes)
 
 
+def check_kernel(kernel: Any, name: str = "kernel") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``kernel`` is an ``(n, n)`` or ``(p, n, n)``
+    array (``n >= 1``) of finite, symmetric matrices.
+
+    Symmetric means ``max|K - Kᵀ| <= rtol · max|K|`` for each matrix, with
+    ``rtol = max(SYMMETRY_RTOL, 16 eps)`` for the eps of the kernel's dtype.  The shape is always
+    checked; the values only when concrete: traced kernels (inside ``jit``/``vmap``) are not
+    inspected.
+    """
+    shape = getattr(kernel, "shape", None)
+    if shape is None or len(shape) not in (2, 3) or shape[-1] != shape[-2] or shape[-1] < 1:
+        raise ValueError(
+            f"{name}: expected a square (n, n) or (p, n, n) array with n >= 1, got shape "
+            f"{None if shape is None else tuple(shape)}"
+        )
+    check_finite_tree(kernel, name)
+    check_symmetric(kernel, name, rtol=max(SYMMETRY_RTOL, 16 * _eps(kernel.dtype)))
+
+
 def spectrum_features(
     kernel: jax.Array,
     *,
@@ -76,8 +111,15 @@ def spectrum_features(
 ) -> SpectrumFeatures:
     """Eigen-decomposition summary of a symmetric PSD kernel or a stack of them.
 
+    The symmetric part ``(K + Kᵀ)/2`` is decomposed, which removes round-off asymmetry.
+
     Args:
-      kernel: ``(n, n)`` or ``(p, n, n)`` symmetric positive semi-definite matrices.
+      kernel: ``(n, n)`` or ``(p, n, n)`` symmetric positive semi-definite matrices.  Refused
+        (:func:`check_kernel`) when it holds NaN or inf or is clearly not symmetric:
+        ``max|K - Kᵀ| > max(SYMMETRY_RTOL, 16 eps) · max|K|`` for a kernel of the stack
+        (``1e-2`` for float32 and float64; :data:`SYMMETRY_RTOL` gives the reasons).  The value
+        checks need concrete values: inside ``jit``/``vmap`` they are skipped, and a
+        non-symmetric kernel is then symmetrized silently.
       max_rank: optional int or ``(p,)`` ints: only the top ``max_rank`` eigenvalues are
         considered (the rest are structural zeros); see :func:`group_rank_bound`.
       rtol: relative tolerance for zero eigenvalues; default ``n * eps`` (NumPy's
@@ -86,37 +128,54 @@ def spectrum_features(
         round-off.
       dtype: computation dtype, e.g. ``np.float64`` for ill-conditioned kernels.  With JAX's
         64-bit mode off, a float64 request is computed by NumPy on the host (not jit-able).
+        Half precision (float16, bfloat16, requested or the kernel's own) is computed in
+        float32: there is no half-precision eigensolver.
 
     Returns:
-      :class:`SpectrumFeatures` with leading shape ``()`` or ``(p,)``.
+      :class:`SpectrumFeatures` with leading shape ``()`` or ``(p,)``; float32 for a
+      half-precision kernel.
+
+    Raises:
+      ValueError: a kernel of the wrong shape, with non-finite entries or not symmetric; a bad
+        ``max_rank``.
     """
-    shape = getattr(kernel, "shape", None)
-    if shape is None or len(shape) not in (2, 3) or shape[-1] != shape[-2] or shape[-1] < 1:
-        raise ValueError(
-            f"kernel must be a square (n, n) or (p, n, n) array with n >= 1, got shape {shape}"
-        )
+    check_kernel(kernel)
+    shape = kernel.shape
     n = shape[-1]
     if max_rank is not None:
         ranks = np.asarray(max_rank)
         if not np.issubdtype(ranks.dtype, np.integer) or np.any(ranks < 1):
-            raise ValueError(f"max_rank must be integers >= 1, got {max_rank!r}")
+            raise ValueError(f"max_rank: expected ints >= 1, got {max_rank!r}")
         if ranks.ndim > 1 or (ranks.ndim == 1 and (len(shape) != 3 or ranks.size != shape[0])):
             raise ValueError(
-                f"max_rank must be an int or have one entry per kernel, got shape {ranks.shape} "
-                f"for kernels of shape {shape}"
+                f"max_rank: expected an int or one entry per kernel, got shape {ranks.shape} "
+                f"for kernels of shape {tuple(shape)}"
             )
         considered = np.minimum(ranks, n)
     else:
         considered = np.asarray(n)
     input_dtype = np.dtype(kernel.dtype)
-    input_eps = float(np.finfo(input_dtype).eps) if np.issubdtype(input_dtype, np.floating) else 0.0
-    host = dtype is not None and np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64
-    if host:
-        values = np.linalg.eigvalsh(np.asarray(kernel, np.float64))[..., ::-1]
+    input_eps = _eps(input_dtype)
+    compute = None if dtype is None else np.dtype(dtype)
+    if compute == np.float64 and not jax.config.jax_enable_x64:
+        kernel = np.asarray(kernel, np.float64)
+        values = np.linalg.eigvalsh(0.5 * (kernel + np.swapaxes(kernel, -1, -2)))[..., ::-1]
         return _summarize(np, values, considered, rtol, input_eps)
-    kernel = jnp.asarray(kernel, dtype) if dtype is not None else jnp.asarray(kernel)
+    if _is_half(input_dtype if compute is None else compute):
+        compute = np.dtype(np.float32)
+    kernel = jnp.asarray(kernel, compute)
     values = jnp.linalg.eigvalsh(0.5 * (kernel + jnp.swapaxes(kernel, -1, -2)))[..., ::-1]
     return _summarize(jnp, values, jnp.asarray(considered), rtol, input_eps)
+
+
+def _eps(dtype: Any) -> float:
+    """Machine epsilon of a floating dtype (bfloat16 included), 0 for integers."""
+    return float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.inexact) else 0.0
+
+
+def _is_half(dtype: np.dtype) -> bool:
+    """float16 and bfloat16: no eigensolver computes in them."""
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and dtype.itemsize < 4
 
 
 def _summarize(xp, values, considered, rtol, input_eps: float) -> SpectrumFeatures:

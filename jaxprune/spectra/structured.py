@@ -17,14 +17,19 @@ projection) use the transposed identity.  With several positions the per-unit Ja
 ``sum_t a_t ⊗ delta_t`` is formed by one einsum and contracted per cell.
 
 The activations ``a`` and sensitivities ``delta`` are collected without changing model code:
-``flax.linen.intercept_methods`` records each Dense/DenseGeneral/Conv call's input and adds a
-zero perturbation to its output, whose VJP is ``delta``.
+each Dense/DenseGeneral/Conv call's input is recorded and a zero perturbation is added to its
+output, whose VJP is ``delta``.  Linen calls are intercepted by ``flax.linen.intercept_methods``;
+Flax NNX has no such hook, so while a model is traced the ``__call__`` of ``nnx.Linear``,
+``nnx.LinearGeneral`` and ``nnx.Conv`` is wrapped (for the tracing thread only, restored
+afterwards).  An NNX model is passed as ``apply_fn(state, x) = nnx.merge(graphdef, state)(x)``
+with ``graphdef, state = nnx.split(model)``.
 
 Assumptions (documented in :func:`jaxprune.spectra.empirical_ntk`): examples are processed
 independently (the model is applied to one example at a time under ``vmap``), and a kernel is
-used only by its own module's call.  Kernels used by more than one call, grouped convolutions,
-``DenseGeneral`` with batch dimensions, and groups that vary along both the input and output
-axis of a kernel are left to the generic Jacobian path.
+used only by its own module's call.  Kernels used by more than one call, grouped or masked
+convolutions, ``DenseGeneral``/``LinearGeneral`` with batch dimensions, subclasses of these
+layers, and groups that vary along both the input and output axis of a kernel are left to the
+generic Jacobian path.
 
 References:
   Novak et al. (2022), "Fast finite width neural tangent kernel", Sections 3-4 (structured
@@ -33,7 +38,13 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+import sys
+import threading
+import types
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -47,7 +58,7 @@ __all__ = ["LinearCall", "find_linear_calls", "plan_structured", "structured_gro
 
 
 class LinearCall(NamedTuple):
-    """One call of a Flax layer that is linear in its kernel.
+    """One call of a Flax (Linen or NNX) layer that is linear in its kernel.
 
     Attributes:
       kernel_leaf: index of the kernel among ``jax.tree_util.tree_leaves(params)``.
@@ -69,36 +80,92 @@ class LinearCall(NamedTuple):
     shared: bool = False
 
 
-def _supported(module: nn.Module) -> bool:
-    if type(module) in (nn.Dense,):
+def _nnx() -> Any:
+    """The ``flax.nnx`` module if it was imported (an NNX model cannot exist otherwise)."""
+    return sys.modules.get("flax.nnx")
+
+
+def _is_nnx(module: Any) -> bool:
+    nnx = _nnx()
+    return nnx is not None and isinstance(module, nnx.Module)
+
+
+def _supported(module: Any) -> bool:
+    kind = type(module)
+    if kind is nn.Dense:
         return True
-    if type(module) is nn.DenseGeneral:
+    if kind is nn.DenseGeneral:
         return not module.batch_dims
-    if type(module) is nn.Conv:
+    if kind is nn.Conv:
+        return module.feature_group_count == 1 and module.mask is None
+    nnx = _nnx()
+    if nnx is None:
+        return False
+    if kind is nnx.Linear:
+        return True
+    if kind is nnx.LinearGeneral:
+        return not module.batch_axis
+    if kind is nnx.Conv:
         return module.feature_group_count == 1 and module.mask is None
     return False
 
 
-def _kernel_rows(module: nn.Module, inputs: jax.Array) -> jax.Array:
+def _variable_value(variable: Any) -> Any:
+    """The array held by an NNX variable (``get_value`` on current Flax, ``value`` before)."""
+    get_value = getattr(variable, "get_value", None)
+    return get_value() if get_value is not None else variable.value
+
+
+def _layer_params(module: Any) -> tuple[Any, Any]:
+    """``(kernel, bias)`` arrays of a supported layer; ``bias`` is None without one."""
+    if _is_nnx(module):
+        kernel = _variable_value(module.kernel)
+        bias = _variable_value(module.bias) if module.bias is not None else None
+        return kernel, bias
+    layer_params = module.variables.get("params", {})
+    bias = layer_params.get("bias") if getattr(module, "use_bias", False) else None
+    return layer_params.get("kernel"), bias
+
+
+def _conv_patches(module: Any, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The Jacobian ``(*spatial, *kernel.shape[:-1])`` of one filter's output w.r.t. that
+    filter, from a one-filter, bias-free copy of the layer, which inherits every
+    padding/stride/dilation convention of the Flax layer."""
+    single = jnp.zeros((*kernel.shape[:-1], 1), kernel.dtype)
+    if _is_nnx(module):
+        # NNX layers read their settings from attributes: a namespace copy with the kernel
+        # replaced by ``w`` runs the layer's own __call__ without touching the module.
+        settings = {**vars(module), "bias": None, "use_bias": False}
+        param = _nnx().Param
+
+        def conv(w):
+            probe = types.SimpleNamespace(**{**settings, "kernel": param(w)})
+            return type(module).__call__(probe, inputs)[..., 0]
+
+    else:
+        probe = module.clone(features=1, use_bias=False, parent=None)
+
+        def conv(w):
+            return probe.apply({"params": {"kernel": w}}, inputs)[..., 0]
+
+    return jax.jacfwd(conv)(single)[..., 0]
+
+
+def _kernel_rows(module: Any, inputs: jax.Array, kernel: jax.Array) -> jax.Array:
     """The rows ``a_t`` that multiply the flattened kernel: shape ``(positions, in_size)``."""
-    if type(module) is nn.Dense:
+    nnx = _nnx()
+    kind = type(module)
+    if kind is nn.Dense or (nnx is not None and kind is nnx.Linear):
         return inputs.reshape(-1, inputs.shape[-1])
-    if type(module) is nn.DenseGeneral:
+    if kind is nn.DenseGeneral or (nnx is not None and kind is nnx.LinearGeneral):
+        # Both layers contract the input axes in increasing order against the kernel's
+        # leading axes, whatever order ``axis`` lists them in.
         axes = module.axis if isinstance(module.axis, tuple) else (module.axis,)
-        axes = tuple(a % inputs.ndim for a in axes)
+        axes = tuple(sorted(a % inputs.ndim for a in axes))
         moved = jnp.moveaxis(inputs, axes, tuple(range(inputs.ndim - len(axes), inputs.ndim)))
         in_size = int(np.prod([inputs.shape[a] for a in axes]))
         return moved.reshape(-1, in_size)
-    # Conv: the patches are the Jacobian of a one-filter copy of the layer w.r.t. its kernel,
-    # which inherits every padding/stride/dilation convention of flax.linen.Conv.
-    kernel = module.variables["params"]["kernel"]
-    probe = module.clone(features=1, use_bias=False, parent=None)
-    single = jnp.zeros((*kernel.shape[:-1], 1), kernel.dtype)
-
-    def conv(w):
-        return probe.apply({"params": {"kernel": w}}, inputs)[..., 0]
-
-    patches = jax.jacfwd(conv)(single)  # (*spatial, *kernel.shape[:-1], 1)
+    patches = _conv_patches(module, inputs, kernel)
     return patches.reshape(-1, int(np.prod(kernel.shape[:-1])))
 
 
@@ -109,24 +176,66 @@ def _leaf_index(leaves: list[Any], value: Any) -> int | None:
     return None
 
 
+# NNX interception: the active recorders of each thread, and the wrapped classes' own __call__.
+_NNX_LOCAL = threading.local()
+_NNX_LOCK = threading.Lock()
+_NNX_ORIGINALS: dict[type, Callable] = {}
+_NNX_USERS = [0]
+
+
+def _nnx_wrapper(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def call(self, *args, **kwargs):
+        recorders = getattr(_NNX_LOCAL, "recorders", None)
+        if not recorders or not args or not _supported(self):
+            return original(self, *args, **kwargs)
+        return recorders[-1](self, args[0], lambda: original(self, *args, **kwargs))
+
+    return call
+
+
+@contextlib.contextmanager
+def _intercept_nnx(record: Callable) -> Iterator[None]:
+    """Route this thread's calls of ``nnx.Linear``/``LinearGeneral``/``Conv`` through
+    ``record(module, inputs, call) -> output`` (``call()`` runs the layer)."""
+    nnx = _nnx()
+    if nnx is None:
+        yield
+        return
+    with _NNX_LOCK:
+        if not _NNX_USERS[0]:
+            for cls in (nnx.Linear, nnx.LinearGeneral, nnx.Conv):
+                _NNX_ORIGINALS[cls] = cls.__call__
+                cls.__call__ = _nnx_wrapper(cls.__call__)
+        _NNX_USERS[0] += 1
+    recorders = _NNX_LOCAL.__dict__.setdefault("recorders", [])
+    recorders.append(record)
+    try:
+        yield
+    finally:
+        recorders.pop()
+        with _NNX_LOCK:
+            _NNX_USERS[0] -= 1
+            if not _NNX_USERS[0]:
+                for cls, original in _NNX_ORIGINALS.items():
+                    cls.__call__ = original
+                _NNX_ORIGINALS.clear()
+
+
 def _run_intercepted(apply_fn, params, x_single, perturbations=None):
     """Apply the model to one example, recording linear calls and perturbing their outputs."""
     leaves = jax.tree_util.tree_leaves(params)
     records: list[tuple[LinearCall | None, jax.Array | None]] = []
 
-    def interceptor(next_fun, args, kwargs, context):
-        module = context.module
-        if context.method_name != "__call__" or not _supported(module):
-            return next_fun(*args, **kwargs)
-        layer_params = module.variables.get("params", {})
-        kernel_leaf = _leaf_index(leaves, layer_params.get("kernel"))
-        bias = layer_params.get("bias") if getattr(module, "use_bias", False) else None
+    def record(module, inputs, call_layer):
+        kernel, bias = _layer_params(module)
+        kernel_leaf = _leaf_index(leaves, kernel)
         bias_leaf = None if bias is None else _leaf_index(leaves, bias)
-        out = next_fun(*args, **kwargs)
+        out = call_layer()
         if kernel_leaf is None or (bias is not None and bias_leaf is None):
             return out
-        rows = _kernel_rows(module, args[0])
-        out_size = int(np.prod(np.shape(leaves[kernel_leaf]))) // rows.shape[-1]
+        rows = _kernel_rows(module, inputs, kernel)
+        out_size = int(np.prod(np.shape(kernel))) // rows.shape[-1]
         index = len(records)
         call = LinearCall(kernel_leaf, bias_leaf, rows.shape[-1], out_size, rows.shape[0], index)
         records.append((call, rows))
@@ -134,13 +243,20 @@ def _run_intercepted(apply_fn, params, x_single, perturbations=None):
             out = out + perturbations[index].reshape(out.shape).astype(out.dtype)
         return out
 
-    with nn.intercept_methods(interceptor):
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if context.method_name != "__call__" or not _supported(module):
+            return next_fun(*args, **kwargs)
+        return record(module, args[0], lambda: next_fun(*args, **kwargs))
+
+    with nn.intercept_methods(interceptor), _intercept_nnx(record):
         out = apply_fn(params, x_single[None])[0]
     return out, records
 
 
 def find_linear_calls(apply_fn: Callable, params: Any, x: jax.Array) -> list[LinearCall]:
-    """Every intercepted Dense/DenseGeneral/Conv call of one forward pass, in call order.
+    """Every intercepted linear layer call of one forward pass, in call order: Linen
+    Dense/DenseGeneral/Conv and NNX Linear/LinearGeneral/Conv.
 
     Calls whose kernel or bias is used by more than one call are marked ``shared``.  ``x`` is a
     batch whose first example is used to trace the model abstractly (no FLOPs are spent).
@@ -213,12 +329,18 @@ def _kernel_cells_ids(ids: np.ndarray, shape: tuple[int, ...], call: LinearCall)
 
 
 def plan_structured(
-    calls: list[LinearCall], leaf_ids: list[np.ndarray], leaf_shapes: list[tuple[int, ...]]
+    calls: list[LinearCall],
+    leaf_ids: list[np.ndarray],
+    leaf_shapes: list[tuple[int, ...]],
+    *,
+    warn_if_empty: bool = False,
 ) -> tuple[list[tuple[LinearCall, str, np.ndarray, np.ndarray | None]], set[int]]:
     """Decide which calls are handled by factorization, and how.
 
     Returns the plan (call, kernel axis kind, kernel cell ids, bias cell ids) and the set of
-    leaf indices it covers; every other grouped leaf goes to the generic Jacobian path.
+    leaf indices it covers; every other grouped leaf goes to the generic Jacobian path.  With
+    ``warn_if_empty`` (``backend="structured"`` asked for explicitly) an empty plan, where the
+    whole kernel takes the Jacobian path, is reported by a ``UserWarning``.
     """
     plan: list[tuple[LinearCall, str, np.ndarray, np.ndarray | None]] = []
     covered: set[int] = set()
@@ -239,6 +361,15 @@ def plan_structured(
         covered.add(call.kernel_leaf)
         if call.bias_leaf is not None:
             covered.add(call.bias_leaf)
+    if warn_if_empty and not plan:
+        warnings.warn(
+            f"backend='structured': none of the model's {len(calls)} intercepted layer calls "
+            "can be factorized (supported: Linen Dense/DenseGeneral/Conv and NNX "
+            "Linear/LinearGeneral/Conv, not subclasses, whose kernel is a leaf of params used "
+            "by one call and grouped along one kernel axis); every leaf takes the Jacobian "
+            "path, as with backend='jacobian'",
+            stacklevel=3,
+        )
     return plan, covered
 
 

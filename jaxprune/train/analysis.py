@@ -86,7 +86,11 @@ def analyze_state(
     else:
         mask = jax.tree_util.tree_map(jnp.ones_like, state.params)
     kernel, trace = fn(*to_host((state.params, mask, state.collections, state.gates)), probe, key)
-    features = spectrum_features(np.asarray(kernel), dtype=np.float64)
+    kernel = np.asarray(kernel)
+    if not np.isfinite(kernel).all():  # a diverged run: NaN metrics, logged as such
+        names = ("ntk_lambda_max", "ntk_lambda_min", "ntk_condition")
+        return {**dict.fromkeys(names, float("nan")), "hessian_trace": float(trace)}
+    features = spectrum_features(kernel, dtype=np.float64)
     return {
         "ntk_lambda_max": float(features.lambda_max),
         "ntk_lambda_min": float(features.lambda_min),

@@ -1,39 +1,52 @@
-"""Atomic, hash-verified checkpoints of whole training states (single host).
+"""Atomic, hash-verified checkpoints of whole training states, written by orbax.
 
 A checkpoint is the full training-state pytree: parameters, optimizer state (optax ``NamedTuple``
 states included), masks, method state, data position, PRNG keys (typed ``jax.random.key`` arrays
-and legacy ``uint32`` ``PRNGKey`` arrays) and plain Python numbers.  Step ``s`` in ``directory``
-is two files:
+and legacy ``uint32`` ``PRNGKey`` arrays) and plain Python numbers.  ``directory`` is an
+``orbax.checkpoint.CheckpointManager`` directory; step ``s`` is the orbax step directory
+``<directory>/<s>`` with two items:
 
-- ``checkpoint_<s>.msgpack``: ``flax.serialization.msgpack_serialize(to_state_dict(state))`` with
-  typed PRNG keys stored as their raw ``uint32`` key data;
-- ``checkpoint_<s>.json``: a small sidecar ``{"format", "step", "time", "metadata", "file",
-  "bytes", "sha256"}``.  The sidecar is the commit marker: a step exists only once its sidecar
-  does, and :func:`restore_checkpoint` refuses data whose SHA-256 differs from the sidecar's.
+- ``state``: the state as a nested dict (``flax.serialization.to_state_dict``: tuples and
+  ``NamedTuple`` states become dicts keyed by position or field name), saved with
+  ``PyTreeSave``, typed PRNG keys stored as their ``uint32`` key data;
+- ``metadata``: JSON ``{"format", "step", "time", "metadata", "sha256", "tree"}``: the caller's
+  ``metadata``, the SHA-256 of every ``state`` leaf (its path, dtype, shape and bytes, in tree
+  order) and the state's structure (``"array"`` or ``"number"`` per leaf).
 
-Writes are atomic: each file is written to a temporary file in the same directory, flushed and
-``fsync``-ed, then moved into place with ``os.replace`` (the data file first, the sidecar last),
-and the directory is ``fsync``-ed.  A write killed at any point leaves every earlier checkpoint
-intact and :func:`latest_step` unchanged; its leftover ``.tmp-*`` file is ignored (and removed by
-the next :func:`save_checkpoint`).  Only the newest ``keep`` checkpoints are kept, and older ones
-are deleted only after the new one has been read back and verified.  :func:`verify_checkpoint`
-checks one step without restoring it (a resume falls back past corrupt ones).
+Any orbax user reads it without jaxprune, e.g.
+``ocp.CheckpointManager(directory).restore(step).state`` or
+``ocp.PyTreeCheckpointer().restore(f"{directory}/{step}/state")``.
+
+Writes are atomic: orbax writes a step into ``<s>.orbax-checkpoint-tmp-*`` and renames it into
+place when complete, so a write killed at any point leaves every earlier checkpoint intact and
+:func:`latest_step` unchanged; the leftover temporary directory is never a step (and is removed
+by the next :func:`save_checkpoint`).  Rotation is ours, not orbax's ``max_to_keep`` (which
+deletes while saving): only the newest ``keep`` checkpoints are kept, and older ones are deleted
+only after the new one has been read back and its hash verified.  :func:`verify_checkpoint`
+reads one step and checks its hash (a resume falls back past corrupt ones), and
+:func:`restore_checkpoint` refuses a step whose hash differs.
 
 Restoring goes into the structure of a ``target`` pytree (e.g. freshly initialized state), so
 optax ``NamedTuple`` states, tuples and typed PRNG keys come back with their types; leaves come
-back as the kind of their target leaf (``jax.Array``, ``np.ndarray`` or Python scalar), bitwise
-equal to what was saved.  Shapes and dtypes must match the target's.
+back as the kind of their target leaf (``jax.Array`` on the target leaf's sharding, ``np.ndarray``
+or Python scalar), bitwise equal to what was saved.  Structure, shapes and dtypes must match the
+target's.
 
-Multi-host caveat: this module assumes one writer.  On several hosts only process 0 saves
-(``if jax.process_index() == 0: save_checkpoint(...)``), after gathering any array that is not
-fully addressable (``jax.experimental.multihost_utils.process_allgather``); every process
-restores from a shared file system, and restored arrays live on the target leaf's sharding only
-when that sharding is addressable from the process.  For sharded, asynchronous or multi-host
-writes use orbax.
+Several processes: like orbax's ``CheckpointManager.save``, :func:`save_checkpoint`,
+:func:`verify_checkpoint` and :func:`restore_checkpoint` are collective, called by every process
+with the same arguments on a shared file system.  Orbax writes each shard of a global
+``jax.Array`` once (sharded arrays save sharded), and NumPy values, Python numbers and the
+metadata from process 0, so these (and process-local arrays, saved as NumPy) must be equal on
+every process; hashing gathers arrays that are not fully addressable.  Restoring reads whole arrays on every
+process and places them on the target leaves' shardings.  Only :func:`clear_checkpoints` is
+called on one process.
+
+Checkpoints of jaxprune before orbax (``checkpoint_<s>.msgpack`` with a ``.json`` sidecar) are
+not read: :func:`legacy_checkpoints` lists them so that callers can say to start fresh.
 
 References:
-  Flax serialization (``flax.serialization.to_state_dict`` / ``msgpack_serialize``).
-  Orbax ``CheckpointManager`` (atomic rename of a temporary directory, ``max_to_keep``).
+  Orbax checkpointing (``orbax.checkpoint.CheckpointManager``, ``PyTreeCheckpointHandler``).
+  Flax serialization (``flax.serialization.to_state_dict`` / ``from_state_dict``).
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,29 +63,57 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import serialization
+from jax.experimental import multihost_utils
 
 from jaxprune._validation import check_int, check_positive_int
 from jaxprune.typing import PyTree
 
 __all__ = [
     "checkpoint_paths",
+    "clear_checkpoints",
     "committed_steps",
     "latest_step",
+    "legacy_checkpoints",
     "restore_checkpoint",
     "save_checkpoint",
     "verify_checkpoint",
 ]
 
-FORMAT = "jaxprune-checkpoint-v1"
-_SIDECAR = re.compile(r"^checkpoint_(\d+)\.json$")
-_TMP_PREFIX = ".tmp-checkpoint_"
+FORMAT = "jaxprune-checkpoint-v2"
+_STATE, _METADATA = "state", "metadata"
+_LEGACY = re.compile(r"^(checkpoint_\d+\.(msgpack|json)|\.tmp-checkpoint_.*)$")
+_STEP_ENTRY = re.compile(r"^\d+($|\.orbax-checkpoint-tmp)")
 
 
 def checkpoint_paths(directory: str | os.PathLike, step: int) -> tuple[Path, Path]:
-    """The ``(data, sidecar)`` paths of checkpoint ``step`` in ``directory``."""
-    directory = Path(directory)
-    return directory / f"checkpoint_{step}.msgpack", directory / f"checkpoint_{step}.json"
+    """The ``(state, metadata)`` item directories of checkpoint ``step`` in ``directory``."""
+    step_dir = Path(directory) / str(step)
+    return step_dir / _STATE, step_dir / _METADATA
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    state, metadata = ocp.PyTreeCheckpointHandler(), ocp.JsonCheckpointHandler()
+    registry.add(_STATE, ocp.args.PyTreeSave, state)
+    registry.add(_STATE, ocp.args.PyTreeRestore, state)
+    registry.add(_METADATA, ocp.args.JsonSave, metadata)
+    registry.add(_METADATA, ocp.args.JsonRestore, metadata)
+    return registry
+
+
+def _manager(directory: Path, *, write: bool) -> ocp.CheckpointManager:
+    """A synchronous manager of ``directory`` that never deletes by itself (no
+    ``max_to_keep``); one that ``write``-s creates the directory and first removes temporary
+    directories of killed saves."""
+    options = ocp.CheckpointManagerOptions(
+        create=write,
+        cleanup_tmp_directories=write,
+        enable_async_checkpointing=False,
+        save_root_metadata=False,
+    )
+    return ocp.CheckpointManager(directory, options=options, handler_registry=_registry())
 
 
 def _is_typed_key(leaf: Any) -> bool:
@@ -80,96 +121,130 @@ def _is_typed_key(leaf: Any) -> bool:
     return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
 
 
-def _encode_leaf(leaf: Any) -> Any:
-    """Typed PRNG key arrays → their ``uint32`` key data; arrays → host NumPy arrays."""
+def _encode_leaf(path: tuple, leaf: Any) -> Any:
+    """Typed PRNG key arrays → their ``uint32`` key data, process-local arrays of a
+    multi-process run → NumPy; refuse what orbax cannot store."""
     if _is_typed_key(leaf):
-        return np.asarray(jax.random.key_data(leaf))
+        leaf = jax.random.key_data(leaf)
     if isinstance(leaf, jax.Array):
-        return np.asarray(leaf)
-    return leaf
+        local = leaf.is_fully_addressable and jax.process_count() > 1
+        return np.asarray(leaf) if local else leaf
+    if isinstance(leaf, np.ndarray | np.generic | bool | int | float):
+        return leaf
+    raise TypeError(
+        f"state: expected array, NumPy or Python-number leaves, got {type(leaf).__name__} at "
+        f"{_path_name(path)}"
+    )
 
 
 def _path_name(path: tuple) -> str:
     return jax.tree_util.keystr(path) or "<root>"
 
 
-def _decode_leaf(path: tuple, target: Any, value: Any, source: Path) -> Any:
-    """Restore one leaf as the kind of its ``target`` leaf, checking shape and dtype."""
-    if _is_typed_key(target):
-        expected = jax.random.key_data(target)
-        _check_array(path, expected.shape, expected.dtype, value, source)
-        key = jax.random.wrap_key_data(
-            jnp.asarray(value, dtype=expected.dtype), impl=jax.random.key_impl(target)
-        )
-        return jax.device_put(key, target.sharding)
-    if isinstance(target, jax.Array):
-        _check_array(path, target.shape, target.dtype, value, source)
-        return jax.device_put(np.asarray(value), target.sharding)
-    if isinstance(target, np.ndarray | np.generic):
-        _check_array(path, target.shape, target.dtype, value, source)
-        value = np.asarray(value)
-        return value[()] if isinstance(target, np.generic) else value
-    return value
+def _host_value(leaf: Any) -> np.ndarray:
+    """The whole value of a leaf on this host (gathering a not fully addressable array)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        leaf = multihost_utils.process_allgather(leaf, tiled=True)
+    return np.ascontiguousarray(leaf)
 
 
-def _check_array(path: tuple, shape: tuple, dtype: Any, value: Any, source: Path) -> None:
-    value = np.asarray(value)
-    if value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
-        raise ValueError(
-            f"checkpoint {source}: leaf {_path_name(path)} has shape {value.shape} and dtype "
-            f"{value.dtype}, but the target has shape {tuple(shape)} and dtype {np.dtype(dtype)}"
-        )
+def _digest(tree: dict) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes, in tree order."""
+    sha = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        value = _host_value(leaf)
+        header = f"{_path_name(path)}|{value.dtype.str}|{value.shape}|".encode()
+        sha.update(len(header).to_bytes(8, "little") + header)
+        sha.update(value.tobytes())
+    return sha.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsync-ed temporary file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    if os.name == "posix":
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def committed_steps(directory: str | os.PathLike) -> list[int]:
-    """The committed steps in ``directory``, oldest first (``[]`` if none or no directory)."""
+def legacy_checkpoints(directory: str | os.PathLike) -> list[Path]:
+    """Files of the format before orbax in ``directory`` (``checkpoint_<s>.msgpack``, its
+    ``.json`` sidecar and temporary files), which are not read; ``[]`` if none or no directory."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    steps = (_SIDECAR.match(p.name) for p in directory.iterdir())
-    return sorted(int(m.group(1)) for m in steps if m is not None)
+    return sorted(p for p in directory.iterdir() if _LEGACY.match(p.name))
 
 
-def verify_checkpoint(directory: str | os.PathLike, step: int) -> dict:
-    """Check that checkpoint ``step`` is intact (sidecar readable, data present with the
-    sidecar's size and SHA-256); return its metadata.
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+    """The committed steps in ``directory``, oldest first (``[]`` if none or no directory).
 
-    Raises:
-      ValueError: naming the file, when it is missing, unreadable, partial or corrupt.
-    """
-    data_path, sidecar_path = checkpoint_paths(directory, step)
-    return _read_verified(data_path, sidecar_path)[1]["metadata"]
+    A step counts once orbax has renamed it into place, so an interrupted write never does."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    with _manager(directory, write=False) as manager:
+        return sorted(manager.all_steps())
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
-    """The newest committed step in ``directory`` (``None`` if there is none or no directory).
-
-    Only steps whose sidecar exists count, so an interrupted write is never reported."""
+    """The newest committed step in ``directory`` (``None`` if there is none or no directory)."""
     steps = committed_steps(directory)
     return steps[-1] if steps else None
+
+
+def _skeleton(tree: Any) -> Any:
+    """The JSON form of a state-dict tree: ``"array"`` or ``"number"`` for each leaf."""
+    if isinstance(tree, dict):
+        return {key: _skeleton(value) for key, value in tree.items()}
+    if tree is None:
+        return None
+    if isinstance(tree, bool | int | float):
+        return "number"
+    if isinstance(tree, jax.Array | np.ndarray | np.generic):
+        return "array"
+    raise TypeError(
+        "state: expected dicts, lists, tuples, NamedTuples or Flax structs of leaves, got a "
+        f"{type(tree).__name__} node (not serializable by flax.serialization.to_state_dict)"
+    )
+
+
+def _read_verified(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+    """Step ``step`` as ``(state, document)``: the saved state-dict tree with host NumPy and
+    Python-number leaves, and its metadata document.
+
+    Raises:
+      ValueError: naming the step directory, when it is unreadable, partial or corrupt.
+    """
+    source = Path(manager.directory) / str(step)
+    try:
+        document = manager.restore(
+            step, args=ocp.args.Composite(**{_METADATA: ocp.args.JsonRestore()})
+        )[_METADATA]
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise ValueError(f"its metadata is not a {FORMAT} document")
+        as_host = jax.tree.map(  # arrays as NumPy: independent of the devices that saved them
+            lambda kind: ocp.RestoreArgs(restore_type=np.ndarray if kind == "array" else None),
+            document["tree"],
+        )
+        state = manager.restore(
+            step,
+            args=ocp.args.Composite(**{_STATE: ocp.args.PyTreeRestore(restore_args=as_host)}),
+        )[_STATE]
+        digest = _digest(state)
+    except Exception as err:  # orbax and tensorstore raise many kinds on damaged files
+        raise ValueError(f"checkpoint {source} is unreadable or partial: {err}") from err
+    if digest != document.get("sha256"):
+        raise ValueError(
+            f"checkpoint {source} is corrupt: its leaves have SHA-256 {digest}, expected "
+            f"{document.get('sha256')}"
+        )
+    return state, document
+
+
+def verify_checkpoint(directory: str | os.PathLike, step: int) -> dict:
+    """Read checkpoint ``step`` and check its SHA-256; return its metadata.
+
+    Raises:
+      ValueError: naming the step directory, when it is missing, unreadable, partial or corrupt.
+    """
+    directory = Path(directory)
+    if step not in committed_steps(directory):
+        raise ValueError(f"checkpoint {directory / str(step)} is missing")
+    with _manager(directory, write=False) as manager:
+        return _read_verified(manager, step)[1]["metadata"]
 
 
 def save_checkpoint(
@@ -187,69 +262,82 @@ def save_checkpoint(
       step: non-negative training step; saving an existing step replaces it.
       state: any pytree of arrays, typed PRNG keys, NumPy values, Python numbers, ``None``,
         dicts, lists, tuples, NamedTuples and Flax structs.
-      metadata: JSON-serializable dict stored in the sidecar and returned by restore.
+      metadata: JSON-serializable dict stored with the checkpoint and returned by restore.
       keep: number of newest checkpoints to keep (≥ 1).
 
     Returns:
-      The path of the data file.  Call on process 0 only (see the module docstring).
+      The step directory.  Call on every process (see the module docstring).
+
+    Raises:
+      ValueError: the new checkpoint does not read back with its hash (older ones are kept).
     """
     step = check_int(step, "step", minimum=0)
     keep = check_positive_int(keep, "keep")
     if metadata is not None and not isinstance(metadata, dict):
-        raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    for leftover in directory.glob(f"{_TMP_PREFIX}*"):
-        leftover.unlink(missing_ok=True)
-
-    host_state = jax.tree.map(_encode_leaf, state)
-    data = serialization.msgpack_serialize(serialization.to_state_dict(host_state))
-    data_path, sidecar_path = checkpoint_paths(directory, step)
-    sidecar = {
+        raise TypeError(f"metadata: expected a dict or None, got {type(metadata).__name__}")
+    encoded = serialization.to_state_dict(jax.tree_util.tree_map_with_path(_encode_leaf, state))
+    document = {
         "format": FORMAT,
         "step": step,
         "time": time.time(),
         "metadata": metadata or {},
-        "file": data_path.name,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": _digest(encoded),
+        "tree": _skeleton(encoded),
     }
     try:
-        sidecar_bytes = json.dumps(sidecar, indent=1, allow_nan=False).encode()
+        json.dumps(document, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise TypeError(f"metadata must be JSON-serializable, got {metadata!r}: {err}") from err
+        raise TypeError(
+            f"metadata: expected JSON-serializable data, got {metadata!r}: {err}"
+        ) from err
 
-    sidecar_path.unlink(missing_ok=True)  # re-saving a step: uncommit it before touching data
-    _write_atomic(data_path, data)
-    _write_atomic(sidecar_path, sidecar_bytes)
-    _fsync_directory(directory)
-    _read_verified(data_path, sidecar_path)  # read back: older ones go only once this is sound
-
-    for old in committed_steps(directory)[:-keep]:
-        old_data, old_sidecar = checkpoint_paths(directory, old)
-        old_sidecar.unlink(missing_ok=True)
-        old_data.unlink(missing_ok=True)
-    return data_path
-
-
-def _read_verified(data_path: Path, sidecar_path: Path) -> tuple[bytes, dict]:
-    """Read the data file and its sidecar; raise ``ValueError`` naming the file if corrupt."""
-    try:
-        sidecar = json.loads(sidecar_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint sidecar {sidecar_path} is unreadable: {err}") from err
-    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
-        raise ValueError(f"checkpoint sidecar {sidecar_path} is not a {FORMAT} sidecar")
-    if not data_path.is_file():
-        raise ValueError(f"checkpoint file {data_path} is missing (its sidecar exists)")
-    data = data_path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != sidecar["bytes"] or digest != sidecar["sha256"]:
-        raise ValueError(
-            f"checkpoint file {data_path} is corrupt or partial: {len(data)} bytes with SHA-256 "
-            f"{digest}, expected {sidecar['bytes']} bytes with SHA-256 {sidecar['sha256']}"
+    directory = Path(directory)
+    with _manager(directory, write=True) as manager:
+        if step in manager.all_steps():
+            manager.delete(step)  # re-saving a step replaces it
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{_STATE: ocp.args.PyTreeSave(encoded), _METADATA: ocp.args.JsonSave(document)}
+            ),
+            force=True,
         )
-    return data, sidecar
+        _read_verified(manager, step)  # read back: older ones go only once this is sound
+        for old in sorted(manager.all_steps())[:-keep]:
+            manager.delete(old)
+    return directory / str(step)
+
+
+def _decode_leaf(path: tuple, target: Any, value: Any, source: Path) -> Any:
+    """Restore one leaf as the kind of its ``target`` leaf, checking shape and dtype."""
+    if _is_typed_key(target):
+        expected = jax.random.key_data(target)
+        _check_array(path, expected.shape, expected.dtype, value, source)
+        key = jax.random.wrap_key_data(value, impl=jax.random.key_impl(target))
+        return jax.device_put(key, target.sharding)
+    if isinstance(target, jax.Array):
+        _check_array(path, target.shape, target.dtype, value, source)
+        return jax.device_put(value, target.sharding)
+    expected = np.asarray(target)
+    _check_array(path, expected.shape, expected.dtype, value, source)
+    if isinstance(target, np.ndarray):
+        return np.asarray(value)
+    if isinstance(target, np.generic):
+        return np.asarray(value)[()]
+    return type(target)(value)
+
+
+def _check_array(path: tuple, shape: tuple, dtype: Any, value: Any, source: Path) -> None:
+    value = np.asarray(value)
+    if value.shape != tuple(shape) or value.dtype != np.dtype(dtype):
+        raise ValueError(
+            f"checkpoint {source}: leaf {_path_name(path)} has shape {value.shape} and dtype "
+            f"{value.dtype}, but the target has shape {tuple(shape)} and dtype {np.dtype(dtype)}"
+        )
+
+
+def _leaf_paths(tree: PyTree) -> set[str]:
+    return {_path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def restore_checkpoint(
@@ -269,27 +357,45 @@ def restore_checkpoint(
 
     Raises:
       FileNotFoundError: no (such) committed checkpoint.
-      ValueError: the file is corrupt, partial or does not fit ``target``.
+      ValueError: the checkpoint is corrupt, partial or does not fit ``target``.
     """
     directory = Path(directory)
-    if step is None:
-        step = latest_step(directory)
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in directory {directory}")
-    data_path, sidecar_path = checkpoint_paths(directory, step)
-    if not sidecar_path.is_file():
+    steps = committed_steps(directory)
+    if step is None and not steps:
+        legacy = legacy_checkpoints(directory)
+        found = f"; it holds {len(legacy)} files of the format before orbax" if legacy else ""
+        raise FileNotFoundError(f"no checkpoint in directory {directory}{found}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
         raise FileNotFoundError(
-            f"no checkpoint for step {step} in {directory} (committed: "
-            f"{committed_steps(directory)})"
+            f"no checkpoint for step {step} in {directory} (committed: {steps})"
         )
-    data, sidecar = _read_verified(data_path, sidecar_path)
-    try:
-        raw = serialization.msgpack_restore(data)
-        encoded_target = jax.tree.map(_encode_leaf, target)
-        restored = serialization.from_state_dict(encoded_target, raw)
-    except Exception as err:
-        raise ValueError(f"checkpoint file {data_path} does not fit the target: {err}") from err
+    with _manager(directory, write=False) as manager:
+        saved, document = _read_verified(manager, step)
+    source = directory / str(step)
+    expected = serialization.to_state_dict(target)  # the saved form of target's structure
+    missing = _leaf_paths(expected) - _leaf_paths(saved)
+    extra = _leaf_paths(saved) - _leaf_paths(expected)
+    if missing or extra:
+        raise ValueError(
+            f"checkpoint {source} does not fit the target: leaves only in the target "
+            f"{sorted(missing)}, only in the checkpoint {sorted(extra)}"
+        )
+    restored = serialization.from_state_dict(target, saved)
     state = jax.tree_util.tree_map_with_path(
-        lambda path, t, v: _decode_leaf(path, t, v, data_path), target, restored
+        lambda path, t, v: _decode_leaf(path, t, v, source), target, restored
     )
-    return state, sidecar["metadata"]
+    return state, document["metadata"]
+
+
+def clear_checkpoints(directory: str | os.PathLike) -> None:
+    """Delete every checkpoint in ``directory``: committed steps, temporary directories of
+    killed saves and files of the format before orbax (call on one process)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and _STEP_ENTRY.match(entry.name):
+            shutil.rmtree(entry)
+        elif entry.is_file() and _LEGACY.match(entry.name):
+            entry.unlink()

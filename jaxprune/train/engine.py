@@ -41,6 +41,7 @@ from jaxprune.data.batches import BatchPosition, iterate_batches, prefetch
 from jaxprune.data.registry import Splits
 from jaxprune.masks import GroupLayout
 from jaxprune.train.analysis import analyze_state, probe_batch
+from jaxprune.train.checkpoint import clear_checkpoints
 from jaxprune.train.events import (
     EventFns,
     compact,
@@ -392,11 +393,8 @@ def _clear_checkpoints(run_dir: Path | None) -> None:
     """Remove an earlier run's checkpoints from ``run_dir`` (a fresh run: ``resume=False``),
     so that they can never be taken for this run's."""
     directory = None if run_dir is None else run_dir / "checkpoints"
-    if directory is None or not directory.is_dir() or jax.process_index() != 0:
-        return
-    for path in directory.iterdir():
-        if path.is_file() and path.name.startswith(("checkpoint_", ".tmp-checkpoint_")):
-            path.unlink()
+    if directory is not None and jax.process_index() == 0:
+        clear_checkpoints(directory)
 
 
 def _weight_sparsity(params: PyTree) -> float:
@@ -565,7 +563,7 @@ def train(
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 run = run._replace(window=accumulate_metrics(run.window, pending_metrics))
                 pending_metrics = []
-                if setup.writes:
+                if run_dir is not None:  # orbax saves are collective: every process calls
                     with timer.phase("checkpoint"):
                         directory = run_dir / "checkpoints"
                         save_run(

@@ -27,6 +27,7 @@ from jax.tree_util import Partial
 from jaxprune.data.batches import epoch_batches
 from jaxprune.masks import GroupLayout, apply_group_mask, param_mask, ratio_to_k
 from jaxprune.optim import map_param_subtrees, set_mask
+from jaxprune.spectra.gauss_newton import SplitLoss
 from jaxprune.train.parallel import replicate
 from jaxprune.train.pruning import PruneContext, Pruner
 from jaxprune.train.steps import TrainState
@@ -63,14 +64,21 @@ class EventFns(NamedTuple):
         of the gated model.
       apply: ``apply(collections, gates, params, x) -> outputs`` of the gated model in
         evaluation mode.
+      forward: ``forward(collections, gates, key, params, batch) -> outputs`` of the gated
+        model in training mode, the outputs ``loss`` takes its task loss of.
+      output_loss: ``output_loss(outputs, batch) -> scalar``, the task loss of ``forward``'s
+        outputs (without a model's auxiliary loss, e.g. Switch load balancing).
     """
 
     loss: Callable[..., jax.Array]
     apply: Callable[..., jax.Array]
+    forward: Callable[..., jax.Array]
+    output_loss: Callable[..., jax.Array]
 
 
-def event_fns(model: Bound, loss_fn: Callable) -> EventFns:
-    """:class:`EventFns` of ``model`` with its :func:`~jaxprune.train.steps.make_loss_fn`."""
+def event_fns(model: Bound, task: Task, loss_fn: Callable) -> EventFns:
+    """:class:`EventFns` of ``model`` and ``task`` with their
+    :func:`~jaxprune.train.steps.make_loss_fn`."""
 
     def loss(collections: PyTree, gates: Any, key: jax.Array, params: PyTree, batch: dict):
         return loss_fn(params, collections, gates, batch, key, True)[0]
@@ -78,7 +86,14 @@ def event_fns(model: Bound, loss_fn: Callable) -> EventFns:
     def apply(collections: PyTree, gates: Any, params: PyTree, x: jax.Array) -> jax.Array:
         return model.apply({"params": params, **collections}, x, train=False, gates=gates)[0]
 
-    return EventFns(loss, apply)
+    def forward(collections: PyTree, gates: Any, key: jax.Array, params: PyTree, batch: dict):
+        variables = {"params": params, **collections}
+        return model.apply(variables, batch["x"], train=True, rng=key, gates=gates)[0]
+
+    def output_loss(outputs: jax.Array, batch: dict) -> jax.Array:
+        return task.loss(outputs, batch)[0]
+
+    return EventFns(loss, apply, forward, output_loss)
 
 
 def event_batches(
@@ -142,6 +157,9 @@ def prune_context(
         loss_fn=Partial(fns.loss, collections, gates, key),
         apply_fn=Partial(fns.apply, collections, gates),
         batches=batches,
+        split_loss=SplitLoss(
+            Partial(fns.forward, collections, gates, key), Partial(fns.output_loss)
+        ),
     )
 
 
@@ -185,8 +203,9 @@ class EventOutcome(NamedTuple):
       method_state: the pruner's state after the event.
       mask: ``(p,)`` float32 group mask.
       record: the method's arrays for ``event_<step>.npz``.
-      summary: ``{"step", "ratio", "kept", "groups_before", "seconds"}`` (seconds of the
-        selection and installation, device work included).
+      summary: ``{"step", "ratio", "kept", "groups_before", "seconds"}``: ``groups_before``
+        the groups alive before the event (its context's nonzero gates), ``seconds`` those of
+        the selection and installation, device work included.
     """
 
     state: TrainState
@@ -213,7 +232,7 @@ def prune(
         "step": context.step,
         "ratio": context.ratio,
         "kept": context.num_keep,
-        "groups_before": len(mask),
+        "groups_before": int(np.count_nonzero(context.gates)),
         "seconds": time.perf_counter() - start,
     }
     return EventOutcome(state, method_state, mask, record, summary)

@@ -8,7 +8,7 @@ step ``s`` (``MetricsLogger(run_dir, resume_step=s)``) keeps the rows with ``ste
 drops the later ones, which the resumed run logs again, so no step is duplicated.
 
 TensorBoard scalars are written to ``<run_dir>/tensorboard`` when ``tensorboardX`` or TensorFlow
-is importable; otherwise this is skipped with an INFO line on this module's logger and the
+is importable; otherwise this is skipped with a WARNING line on this module's logger and the
 reason is kept in :attr:`MetricsLogger.tensorboard_skipped`.  Non-finite values are written as
 ``NaN``/``Infinity`` (Python's JSON dialect), which :func:`read_metrics` reads back.
 """
@@ -30,7 +30,21 @@ import numpy as np
 
 from jaxprune._validation import check_int
 
-__all__ = ["MetricsLogger", "plot_curves", "read_metrics", "summary_table"]
+__all__ = [
+    "METRIC_LABELS",
+    "MetricsLogger",
+    "curve_figure",
+    "draw_curve",
+    "draw_events",
+    "event_steps",
+    "loss_unit",
+    "metric_label",
+    "plot_curves",
+    "read_metrics",
+    "skipped_note",
+    "summary_table",
+    "y_scale",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -144,7 +158,10 @@ class MetricsLogger:
                 self.run_dir / "tensorboard"
             )
             if self.tensorboard_skipped is not None:
-                _log.info("TensorBoard logging skipped: %s", self.tensorboard_skipped)
+                _log.warning(
+                    "TensorBoard logging skipped: %s (pip install 'jaxprune[tensorboard]')",
+                    self.tensorboard_skipped,
+                )
 
     def _kept_rows(self, resume_step: int) -> list[Row]:
         return [row for row in read_metrics(self.run_dir) if row["step"] <= resume_step]
@@ -245,29 +262,165 @@ def _file_stem(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
 
 
-def plot_curves(run_dir: str | os.PathLike, keys: Sequence[str]) -> list[Path]:
-    """Save one PNG training curve per metric, ``<run_dir>/curve_<key>.png`` (value vs. step).
+#: Metric key -> ``(title, axis label)`` of the plots; ``{loss}`` stands for the unit of the
+#: loss (:func:`loss_unit`).
+METRIC_LABELS: dict[str, tuple[str, str]] = {
+    "train_loss": ("Training loss", "training loss ({loss})"),
+    "test_loss": ("Test loss", "test loss ({loss})"),
+    "train_accuracy": ("Training accuracy", "training accuracy (fraction correct)"),
+    "test_accuracy": ("Test accuracy", "test accuracy (fraction correct)"),
+    "train_perplexity": ("Training perplexity", "training perplexity (exp of the loss in nats)"),
+    "test_perplexity": ("Test perplexity", "test perplexity (exp of the loss in nats)"),
+    "ntk_condition": ("NTK condition number", "NTK λ_max / λ_min (ratio)"),
+    "ntk_lambda_max": ("Largest NTK eigenvalue", "NTK λ_max"),
+    "ntk_lambda_min": ("Smallest NTK eigenvalue", "NTK λ_min"),
+    "hessian_trace": ("Hessian trace", "tr ∇²(loss), Hutchinson estimate"),
+    "weight_sparsity": ("Weight sparsity", "weights exactly zero (fraction)"),
+    "group_sparsity": ("Group sparsity", "groups pruned (fraction)"),
+}
 
-    Uses Matplotlib's Agg canvas directly (no pyplot, no global backend change).  Returns the
-    paths in the order of ``keys``; a metric that was never logged is an error."""
+#: The x-axis label of every training curve.
+STEP_LABEL = "step"
+
+#: The key the engine logs at every pruning event (:mod:`jaxprune.train.engine`).
+EVENT_KEY = "group_sparsity"
+
+
+def loss_unit(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The unit of the logged loss: cross-entropy in nats where an accuracy or perplexity is
+    logged too (classification, masked language modelling), else ½ squared error
+    (regression, :mod:`jaxprune.train.tasks`)."""
+    keys = {key for row in rows for key in row}
+    if any(key.endswith(("accuracy", "perplexity")) for key in keys):
+        return "cross-entropy, nats"
+    return "½ squared error"
+
+
+def metric_label(key: str, loss: str = "cross-entropy, nats") -> tuple[str, str]:
+    """``(title, axis label)`` of metric ``key`` from :data:`METRIC_LABELS` with the loss's
+    unit ``loss``; a key not there is shown with spaces for underscores."""
+    title, label = METRIC_LABELS.get(key, (key.replace("_", " "), key.replace("_", " ")))
+    return title, label.format(loss=loss)
+
+
+def event_steps(rows: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The steps of a run's pruning events: its rows with :data:`EVENT_KEY`."""
+    return [row["step"] for row in rows if EVENT_KEY in row]
+
+
+def draw_curve(
+    axes: Any,
+    rows: Sequence[Mapping[str, Any]],
+    key: str,
+    *,
+    label: str,
+    color: Any = None,
+    label_markers: bool = True,
+) -> tuple[list[float], int]:
+    """Draw metric ``key`` of ``rows`` against the step on Matplotlib ``axes``.
+
+    At a step with ``<key>_before_event`` too (the engine's analysis before a pruning event;
+    ``key`` at that step is after it) the line runs through the value before, then the one
+    after, and marks them ``×`` and ``○``, labelled "before event" / "after event" when
+    ``label_markers`` (else hidden from the legend).
+
+    Returns:
+      ``(values, skipped)``: the finite values drawn and the number of non-finite ones that
+      could not be.
+    """
+    before_key = f"{key}_before_event"
+    points, before, after = [], [], []
+    for row in rows:
+        if before_key in row:
+            before.append((row["step"], row[before_key]))
+            points.append(before[-1])
+            if key in row:
+                after.append((row["step"], row[key]))
+        if key in row:
+            points.append((row["step"], row[key]))
+    finite = [(step, value) for step, value in points if math.isfinite(value)]
+    if finite:
+        steps, values = zip(*finite)
+        (line,) = axes.plot(
+            steps, values, color=color, marker="." if len(finite) < 50 else None, label=label
+        )
+        color = line.get_color()
+    prefix = "" if label_markers else "_"
+    for marks, marker, name in ((before, "x", "before event"), (after, "o", "after event")):
+        marks = [(step, value) for step, value in marks if math.isfinite(value)]
+        if marks:
+            axes.plot(
+                *zip(*marks),
+                ls="none",
+                marker=marker,
+                ms=7,
+                mfc="none",
+                color=color,
+                label=prefix + name,
+            )
+    return [value for _, value in finite], len(points) - len(finite)
+
+
+def draw_events(axes: Any, steps: Sequence[int], *, color: Any = "0.4", label: bool = True) -> None:
+    """Vertical dotted lines at the pruning ``steps``, the first labelled "pruning event" when
+    ``label``."""
+    for i, step in enumerate(steps):
+        name = "pruning event" if label and i == 0 else "_pruning event"
+        axes.axvline(step, color=color, ls=":", lw=1.2, label=name)
+
+
+def y_scale(values: Sequence[float]) -> str:
+    """``"log"`` for positive values spread over more than a factor of 20, else ``"linear"``."""
+    values = [v for v in values if math.isfinite(v)]
+    if values and min(values) > 0 and max(values) > 20 * min(values):
+        return "log"
+    return "linear"
+
+
+def skipped_note(skipped: int) -> str:
+    """The title's second line naming ``skipped`` non-finite values (``""`` when none)."""
+    if not skipped:
+        return ""
+    return f"\n({skipped} non-finite value{'s' if skipped > 1 else ''} not drawn)"
+
+
+def curve_figure(rows: Sequence[Mapping[str, Any]], key: str) -> Any:
+    """The training curve of metric ``key`` in logged ``rows`` (a Matplotlib ``Figure`` on the
+    Agg canvas): every logged value against the step (:func:`draw_curve`, with the values
+    before and after each pruning event where they were logged), dotted lines at the pruning
+    events, a human title and axis labels with units (:func:`metric_label`), a legend.  A metric
+    that was never logged is an error."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    if not any(key in row or f"{key}_before_event" in row for row in rows):
+        raise ValueError(f"key: metric {key!r} was never logged in the {len(rows)} rows")
+    title, label = metric_label(key, loss_unit(rows))
+    figure = Figure(figsize=(5.5, 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    values, skipped = draw_curve(axes, rows, key, label=title)
+    draw_events(axes, event_steps(rows))
+    axes.set(xlabel=STEP_LABEL, ylabel=label, title=title + skipped_note(skipped))
+    axes.set_yscale(y_scale(values))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    return figure
+
+
+def plot_curves(run_dir: str | os.PathLike, keys: Sequence[str]) -> list[Path]:
+    """Save one PNG training curve per metric, ``<run_dir>/curve_<key>.png``
+    (:func:`curve_figure` of the run's ``metrics.jsonl``).
+
+    Uses Matplotlib's Agg canvas directly (no pyplot, no global backend change).  Returns the
+    paths in the order of ``keys``; a metric that was never logged is an error."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     paths = []
     for key in keys:
-        points = [(row["step"], row[key]) for row in rows if key in row]
-        if not points:
+        if not any(key in row for row in rows):
             raise ValueError(f"keys: metric {key!r} was never logged in {run_dir / JSONL_NAME}")
-        figure = Figure(figsize=(5, 3.5), layout="constrained")
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        steps, values = zip(*points)
-        axes.plot(steps, values, marker="." if len(points) < 50 else None)
-        axes.set(xlabel="step", ylabel=key, title=key)
-        axes.grid(alpha=0.3)
         path = run_dir / f"curve_{_file_stem(key)}.png"
-        figure.savefig(path, dpi=100)
+        curve_figure(rows, key).savefig(path, dpi=100)
         paths.append(path)
     return paths

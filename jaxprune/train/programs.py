@@ -119,7 +119,7 @@ def model_programs(
             train_step=compile_step(make_train_step(model, task, optimizer), mesh),
             eval_step=compile_step(make_eval_step(model, task), mesh, donate_state=False),
             analysis=analysis_fn(model, loss_fn, num_probes=num_probes, projections=projections),
-            events=event_fns(model, loss_fn),
+            events=event_fns(model, task, loss_fn),
         )
 
     return _PROGRAMS.get(key, optimizer, build)

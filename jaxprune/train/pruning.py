@@ -47,6 +47,7 @@ from jaxprune.masks import GroupLayout, PruningSchedule, apply_group_mask, topk_
 from jaxprune.methods import pl_gating
 from jaxprune.methods.greedy.channels import flat_gates, greedy_gate_selection
 from jaxprune.methods.importance.scores import natural_importance
+from jaxprune.spectra.gauss_newton import SplitLoss
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -85,6 +86,9 @@ class PruneContext(NamedTuple):
       apply_fn: ``apply_fn(params, x) -> outputs`` of the gated model in eval mode (a
         ``Partial`` likewise).
       batches: ``batches(n)`` draws ``n`` prepared training batches (deterministic per event).
+      split_loss: ``loss_fn`` split at the model outputs, a
+        :class:`~jaxprune.spectra.SplitLoss` of ``Partial`` functions (``forward`` in training
+        mode, ``output_loss`` the task loss of its outputs): for Gauss-Newton curvature.
     """
 
     step: int
@@ -99,6 +103,7 @@ class PruneContext(NamedTuple):
     loss_fn: Callable[[PyTree, dict], jax.Array]
     apply_fn: Callable[[PyTree, jax.Array], jax.Array]
     batches: Callable[[int], list[dict]]
+    split_loss: SplitLoss | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +341,7 @@ def pl_gating_pruner(
             v=v,
             current_mask=context.gates,
             inputs_of=_inputs,
+            split_loss=context.split_loss,
         )
         objective = event.objective
         record = {
@@ -344,7 +350,7 @@ def pl_gating_pruner(
             "entropy": event.features.entropy,
             "dead": event.features.dead,
             "normalized_features": event.normalized_features,
-            "trace_of_loss_hessian": objective.hessian == "loss",
+            "hessian": objective.hessian,
             "loss_scale": objective.loss_scale,
             "trace_scale": objective.trace_scale,
             **{f"history_{name}": values for name, values in event.history._asdict().items()},

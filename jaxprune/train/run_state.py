@@ -9,12 +9,13 @@ same structure: a run stopped at any point and restarted with the same arguments
 same metrics as an uninterrupted one.  A compacted run's template is rebuilt first by replaying
 the checkpoint's ``compactions`` on the initial state.
 
-Checkpoints live in ``<run_dir>/checkpoints``; the sidecar metadata holds ``position``,
-``events``, ``compactions``, ``has_rewind``, ``window``, the phase ``seconds``, the metrics row
-still being assembled (``pending``: logged rows are written when a later step starts, so the
-checkpoint step's row is not yet in ``metrics.jsonl``) and the run's ``identity``
-(:mod:`jaxprune.train.identity`).  :func:`intact_checkpoint` finds the newest checkpoint whose
-files verify, skipping corrupt ones.
+Checkpoints live in ``<run_dir>/checkpoints`` (an orbax ``CheckpointManager`` directory); their
+metadata holds ``position``, ``events``, ``compactions``, ``has_rewind``, ``window``, the phase
+``seconds``, the metrics row still being assembled (``pending``: logged rows are written when a
+later step starts, so the checkpoint step's row is not yet in ``metrics.jsonl``) and the run's
+``identity`` (:mod:`jaxprune.train.identity`).  :func:`intact_checkpoint` finds the newest checkpoint whose
+hash verifies, skipping corrupt ones, and refuses a directory of checkpoints in the format before
+orbax.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import NamedTuple
 from jaxprune.data.batches import BatchPosition
 from jaxprune.train.checkpoint import (
     committed_steps,
+    legacy_checkpoints,
     restore_checkpoint,
     save_checkpoint,
     verify_checkpoint,
@@ -115,7 +117,7 @@ def save_run(
     identity: dict,
     pending: dict,
 ) -> None:
-    """Checkpoint ``run`` as step ``step`` in ``directory`` (call on process 0 only), with the
+    """Checkpoint ``run`` as step ``step`` in ``directory`` (call on every process), with the
     run's ``identity`` and the ``pending`` metrics row (``{"step": ..., ...}`` or ``{}``)."""
     meta = {
         "position": list(run.position),
@@ -124,7 +126,7 @@ def save_run(
         "has_rewind": run.rewind is not None,
         "window": {k: [float(t), float(w)] for k, (t, w) in to_host(run.window).items()},
         "seconds": {**timer.seconds, "wall": timer.wall()},
-        "pending": json.dumps(pending),  # a string: the row may hold NaN, the sidecar may not
+        "pending": json.dumps(pending),  # a string: the row may hold NaN, the metadata may not
         "identity": identity,
     }
     save_checkpoint(directory, step, to_host(_tree(run)), metadata=meta, keep=keep)
@@ -135,7 +137,7 @@ class IntactCheckpoint(NamedTuple):
 
     Attributes:
       step: its step.
-      metadata: its sidecar metadata (see the module docstring).
+      metadata: its metadata (see the module docstring).
       skipped: one line per newer checkpoint that failed verification.
     """
 
@@ -150,9 +152,20 @@ class IntactCheckpoint(NamedTuple):
 
 
 def intact_checkpoint(directory: Path | None) -> IntactCheckpoint | None:
-    """The newest checkpoint in ``directory`` whose files verify (``None``: none at all)."""
+    """The newest checkpoint in ``directory`` whose hash verifies (``None``: none at all).
+
+    Raises:
+      ValueError: naming ``directory``, when no checkpoint verifies or it holds only checkpoints
+        in the format before orbax; both say to start fresh.
+    """
     if directory is None:
         return None
+    fresh = "start fresh (resume=False, or --fresh on the command line)"
+    if not committed_steps(directory) and legacy_checkpoints(directory):
+        raise ValueError(
+            f"checkpoints: {directory} holds checkpoints in the format before orbax "
+            f"(checkpoint_<step>.msgpack), which this version does not read; {fresh}"
+        )
     skipped = []
     for step in reversed(committed_steps(directory)):
         try:
@@ -161,8 +174,7 @@ def intact_checkpoint(directory: Path | None) -> IntactCheckpoint | None:
             skipped.append(f"step {step}: {err}")
     if skipped:
         raise ValueError(
-            f"checkpoints: no intact checkpoint in {directory} ({'; '.join(skipped)}); "
-            "start fresh (resume=False, or --fresh on the command line)"
+            f"checkpoints: no intact checkpoint in {directory} ({'; '.join(skipped)}); {fresh}"
         )
     return None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import optax
 import pytest
 
@@ -78,3 +79,74 @@ def test_without_settings_every_run_is_trained(setup, tmp_path, counted_train):
     _compare(setup, tmp_path, None, counted_train)
     assert len(counted_train) == 8
     assert not (tmp_path / "runs" / "dense_seed0" / "finished.json").exists()
+
+
+def _run_rows(scale, event_step=None):
+    """Rows of a classification run as the engine logs them: loss and accuracy every 2 steps,
+    analysis every 10 steps, and at ``event_step`` the group sparsity and the analysis before
+    and after the event."""
+    rows = []
+    for step in range(0, 21, 2):
+        row = {"step": step}
+        if step:
+            row.update(train_loss=scale / step, train_accuracy=1.0 - 0.5 / step)
+        if step == event_step:
+            row.update(
+                group_sparsity=0.5, ntk_condition_before_event=90.0, hessian_trace_before_event=9.0
+            )
+        if step % 10 == 0 or step == event_step:
+            row.update(ntk_condition=10.0 * scale + step, hessian_trace=scale + step)
+        rows.append(row)
+    return rows
+
+
+def test_plot_comparison_labels_every_panel_and_marks_the_pruning_events(tmp_path):
+    curves = {"dense": [_run_rows(1.0)], "snip": [_run_rows(2.0, event_step=6)]}
+    results = {"dense": {"test_accuracy": [0.95, 0.97]}, "snip": {"test_accuracy": [0.90, 0.92]}}
+    path = tmp_path / "demo.png"
+    figure = compare.plot_comparison(curves, results, "test_accuracy", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    panels = {axes.get_title(): axes for axes in figure.axes}
+    assert set(panels) == {
+        "Training loss (first seed)",
+        "NTK condition number (first seed)",
+        "Hessian trace (first seed)",
+        "Test accuracy",
+    }
+    for axes in figure.axes:
+        assert axes.get_xlabel() and axes.get_ylabel() and axes.get_legend() is not None
+    legends = {
+        title: [t.get_text() for t in axes.get_legend().get_texts()]
+        for title, axes in panels.items()
+    }
+    assert legends["Training loss (first seed)"] == ["dense", "snip", "pruning event"]
+    marks = ["dense", "snip", "before event", "after event", "pruning event"]
+    assert legends["NTK condition number (first seed)"] == marks
+    assert legends["Hessian trace (first seed)"] == marks
+    assert legends["Test accuracy"] == ["mean ± sd over 2 seeds"]
+    loss = panels["Training loss (first seed)"]
+    assert "nats" in loss.get_ylabel()
+    lines = {line.get_label(): line for line in loss.get_lines()}
+    np.testing.assert_array_equal(lines["snip"].get_xdata(), range(2, 21, 2))  # every logged step
+    events = [line for line in loss.get_lines() if line.get_label() == "_pruning event"]
+    assert [list(line.get_xdata()) for line in events] == [[6, 6]]
+    condition = {
+        line.get_label(): line for line in panels["NTK condition number (first seed)"].get_lines()
+    }
+    np.testing.assert_array_equal(condition["snip"].get_xdata(), [0, 6, 6, 10, 20])
+    np.testing.assert_array_equal(condition["snip"].get_ydata(), [20, 90, 26, 30, 40])
+    np.testing.assert_array_equal(condition["_before event"].get_ydata(), [90])
+    np.testing.assert_array_equal(condition["_after event"].get_ydata(), [26])
+    accuracy = panels["Test accuracy"]
+    low, high = accuracy.get_ylim()
+    assert 0.85 < low < 0.9 - 0.01 and 0.97 + 0.01 < high <= 1.0  # fitted to mean ± sd
+
+
+def test_plot_comparison_without_analysis_draws_loss_and_metric_only(tmp_path):
+    rows = [{k: v for k, v in r.items() if k in ("step", "train_loss")} for r in _run_rows(1.0)]
+    figure = compare.plot_comparison(
+        {"dense": [rows]}, {"dense": {"test_loss": [0.5]}}, "test_loss", tmp_path / "p.png"
+    )
+    titles = [axes.get_title() for axes in figure.axes]
+    assert titles == ["Training loss (first seed)", "Test loss"]
+    assert "squared error" in figure.axes[0].get_ylabel()

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxprune.methods.pl_gating import init_gating
 from jaxprune.models import MLP, mlp
+from jaxprune.spectra import SplitLoss
 
 MODEL = MLP(hidden=(4, 3), num_outputs=2, activation=jnp.tanh)  # 7 neuron groups, 2 layers
 
@@ -16,8 +17,7 @@ def apply_fn(params, x):
 
 
 def loss_fn(params, batch):
-    x, y = batch
-    return 0.5 * jnp.mean(jnp.sum((apply_fn(params, x) - y) ** 2, axis=-1))
+    return _squared_loss(apply_fn(params, batch[0]), batch)
 
 
 def problem(dtype=jnp.float32, n=6):
@@ -36,3 +36,11 @@ def random_v(dtype=jnp.float32, hidden=5):
     w2 = jax.random.normal(jax.random.PRNGKey(4), (hidden,), dtype)
     b1 = 0.3 * jax.random.normal(jax.random.PRNGKey(5), (hidden,), dtype)
     return v._replace(w2=w2, b1=b1)
+
+
+def _squared_loss(outputs, batch):
+    return 0.5 * jnp.mean(jnp.sum((outputs - batch[1]) ** 2, axis=-1))
+
+
+SPLIT_LOSS = SplitLoss(lambda params, batch: apply_fn(params, batch[0]), _squared_loss)
+"""``loss_fn`` split at the model outputs (for ``hessian="gauss_newton"``)."""

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from conftest import explicit_hessian
-from pl_problem import MODEL, apply_fn, loss_fn, problem, random_v
+from pl_problem import MODEL, SPLIT_LOSS, apply_fn, loss_fn, problem, random_v
 
 from jaxprune.masks.mask import apply_group_mask
 from jaxprune.methods.pl_gating import (
@@ -38,7 +38,11 @@ SIGMAS = 5.0
 
 @pytest.mark.parametrize(
     ("scaling", "hessian", "trace_wrt"),
-    [("mean_one", "outputs", "gated"), ("softmax", "loss", "weights")],
+    [
+        ("mean_one", "outputs", "gated"),
+        ("softmax", "loss", "weights"),
+        ("mean_one", "gauss_newton", "gated"),
+    ],
 )
 def test_gating_loss_gradient_matches_central_differences(scaling, hessian, trace_wrt):
     with jax.enable_x64(True):
@@ -63,6 +67,7 @@ def test_gating_loss_gradient_matches_central_differences(scaling, hessian, trac
                 scaling=scaling,
                 hessian=hessian,
                 trace_wrt=trace_wrt,
+                split_loss=SPLIT_LOSS,
             )
 
         grad = jax.jit(jax.grad(objective))(v)
@@ -85,7 +90,14 @@ def test_gating_loss_gradient_matches_central_differences(scaling, hessian, trac
 
 
 @pytest.mark.parametrize(
-    ("hessian", "trace_wrt"), [("outputs", "gated"), ("outputs", "weights"), ("loss", "gated")]
+    ("hessian", "trace_wrt"),
+    [
+        ("outputs", "gated"),
+        ("outputs", "weights"),
+        ("loss", "gated"),
+        ("gauss_newton", "gated"),
+        ("gauss_newton", "weights"),
+    ],
 )
 def test_gating_loss_trace_term_estimates_the_exact_trace(hessian, trace_wrt):
     params, ids, _, x, y = problem()
@@ -99,8 +111,20 @@ def test_gating_loss_trace_term_estimates_the_exact_trace(hessian, trace_wrt):
         matrix = explicit_hessian(
             lambda w: jnp.sum(apply_fn(apply_group_mask(w, ids, gates), x)), params
         )
-    else:
+    elif hessian == "loss":
         matrix = explicit_hessian(lambda u: loss_fn(u, (x, y)), gated)
+    else:  # the Hessian of the loss of the network linearized at the evaluation point
+        point = gated if trace_wrt == "gated" else params
+        mask = (
+            (lambda u: u) if trace_wrt == "gated" else (lambda w: apply_group_mask(w, ids, gates))
+        )
+        outputs, tangent_outputs = jax.linearize(lambda u: apply_fn(mask(u), x), point)
+
+        def linearized_loss(u):
+            shift = jax.tree_util.tree_map(jnp.subtract, u, point)
+            return SPLIT_LOSS.output_loss(outputs + tangent_outputs(shift), (x, y))
+
+        matrix = explicit_hessian(linearized_loss, point)
     num_probes = 1000
     value = jax.jit(
         lambda v: gating_loss(
@@ -116,6 +140,7 @@ def test_gating_loss_trace_term_estimates_the_exact_trace(hessian, trace_wrt):
             num_probes=num_probes,
             hessian=hessian,
             trace_wrt=trace_wrt,
+            split_loss=SPLIT_LOSS,
         )
     )(v)
     estimate = float(value - loss_fn(gated, (x, y)))
@@ -140,6 +165,10 @@ def test_gating_loss_rejects_bad_arguments():
         gating_loss(*args, normalized, (x, y), key, alpha=1.0, num_probes=1, hessian="fisher")
     with pytest.raises(ValueError, match="trace_wrt"):
         gating_loss(*args, normalized, (x, y), key, alpha=1.0, num_probes=1, trace_wrt="both")
+    with pytest.raises(ValueError, match="split_loss: required when hessian='gauss_newton'"):
+        gating_loss(*args, normalized, (x, y), key, num_probes=1, hessian="gauss_newton")
+    with pytest.raises(TypeError, match="split_loss: expected a SplitLoss or None"):
+        gating_loss(*args, normalized, (x, y), key, hessian="gauss_newton", split_loss=loss_fn)
 
 
 # ---------------------------------------------------------------------------------------------

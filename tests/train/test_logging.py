@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune.train.logging import MetricsLogger, plot_curves, read_metrics, summary_table
+from jaxprune.train.logging import (
+    MetricsLogger,
+    curve_figure,
+    plot_curves,
+    read_metrics,
+    summary_table,
+)
 
 
 def _csv_rows(run_dir) -> tuple[list[str], list[dict]]:
@@ -139,3 +145,77 @@ def test_plot_curves_writes_pngs(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="'nope'"):
         plot_curves(tmp_path, ["nope"])
+
+
+def _pruned_run(run_dir):
+    """A run pruned at step 4 with analysis at steps 0, 4 (before and after the event) and 8."""
+    with MetricsLogger(run_dir, tensorboard=False) as logger:
+        logger.log(0, {"ntk_condition": 50.0, "hessian_trace": 3.0})
+        logger.log(2, {"train_loss": 2.0, "train_accuracy": 0.3})
+        logger.log(
+            4,
+            {
+                "ntk_condition_before_event": 80.0,
+                "hessian_trace_before_event": 2.0,
+                "group_sparsity": 0.5,
+                "ntk_condition": 400.0,
+                "hessian_trace": 5.0,
+                "train_loss": 1.5,
+                "train_accuracy": 0.5,
+            },
+        )
+        logger.log(6, {"train_loss": 1.2, "train_accuracy": 0.6})
+        logger.log(8, {"ntk_condition": 300.0, "hessian_trace": 4.0, "train_loss": 1.0})
+    return read_metrics(run_dir)
+
+
+def _lines(axes):
+    return {line.get_label(): line for line in axes.get_lines()}
+
+
+def test_curve_figure_labels_axes_and_marks_events_and_before_after_values(tmp_path):
+    rows = _pruned_run(tmp_path)
+    (axes,) = curve_figure(rows, "ntk_condition").axes
+    assert axes.get_title() == "NTK condition number"
+    assert axes.get_xlabel() == "step" and "λ_max / λ_min" in axes.get_ylabel()
+    lines = _lines(axes)
+    legend = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert (
+        set(legend)
+        == set(lines)
+        == {"NTK condition number", "before event", "after event", "pruning event"}
+    )
+    # The curve runs through the value before the event and jumps to the one after it.
+    np.testing.assert_array_equal(lines["NTK condition number"].get_xdata(), [0, 4, 4, 8])
+    np.testing.assert_array_equal(lines["NTK condition number"].get_ydata(), [50, 80, 400, 300])
+    np.testing.assert_array_equal(lines["before event"].get_ydata(), [80])
+    np.testing.assert_array_equal(lines["after event"].get_ydata(), [400])
+    np.testing.assert_array_equal(lines["pruning event"].get_xdata(), [4, 4])
+
+    (axes,) = curve_figure(rows, "train_loss").axes
+    assert axes.get_title() == "Training loss" and "nats" in axes.get_ylabel()
+    lines = _lines(axes)
+    np.testing.assert_array_equal(lines["Training loss"].get_xdata(), [2, 4, 6, 8])
+    np.testing.assert_array_equal(lines["pruning event"].get_xdata(), [4, 4])
+    assert axes.get_legend() is not None
+
+
+def test_curve_figure_names_values_it_cannot_draw(tmp_path):
+    with MetricsLogger(tmp_path, tensorboard=False) as logger:
+        for step, value in enumerate([1.0, float("inf"), 0.5]):
+            logger.log(step, {"ntk_condition": value})
+    (axes,) = curve_figure(read_metrics(tmp_path), "ntk_condition").axes
+    assert "1 non-finite value not drawn" in axes.get_title()
+    with pytest.raises(ValueError, match="key: metric 'nope' was never logged in the 3 rows"):
+        curve_figure(read_metrics(tmp_path), "nope")
+
+
+def test_plot_curves_files_are_the_curve_figures(tmp_path):
+    _pruned_run(tmp_path)
+    paths = plot_curves(tmp_path, ["train_loss", "ntk_condition", "hessian_trace"])
+    assert [p.name for p in paths] == [
+        "curve_train_loss.png",
+        "curve_ntk_condition.png",
+        "curve_hessian_trace.png",
+    ]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)

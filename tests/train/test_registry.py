@@ -165,3 +165,37 @@ def test_natural_pruning_trains_through_the_cli(tmp_path, capsys):
     args += ["natural", "--prune-at", "2", "--log-every", "2", "--quiet", "--out", str(out)]
     assert main(args) == 0
     assert "groups pruned 50.0%" in capsys.readouterr().out
+
+
+def test_event_split_loss_composes_to_the_event_loss_and_drives_gauss_newton_pl(tmp_path):
+    """``PruneContext.split_loss`` is the event's training-mode loss split at the outputs (a
+    BatchNorm CNN: batch statistics in both), and PL gating trains on its Gauss-Newton trace."""
+    splits = load_dataset("digits_image")
+    model = build_model("cnn", num_outputs=10, input_shape=(8, 8, 1), preset="small")
+    config = TrainConfig(num_steps=3, batch_size=16, log_every=1, progress=False)
+    seen = []
+
+    def select(context, state):
+        for batch in context.batches(2):
+            outputs = context.split_loss.forward(context.params, batch)
+            seen.append(
+                (
+                    context.split_loss.output_loss(outputs, batch),
+                    context.loss_fn(context.params, batch),
+                )
+            )
+        return np.arange(len(context.gates)) < context.num_keep, state, {}
+
+    train(model, splits, optax.sgd(0.1), config, pruner=Pruner("check", ONE_SHOT, select))
+    assert len(seen) == 2
+    for split, whole in seen:
+        np.testing.assert_allclose(split, whole, rtol=1e-6)
+
+    pruner = make_pruner(
+        "pl", ONE_SHOT, gating_steps=2, feature_batch_size=8, hessian="gauss_newton", hidden=4
+    )
+    result = train(model, splits, optax.sgd(0.1), config, pruner=pruner, run_dir=tmp_path)
+    event = np.load(tmp_path / "event_2.npz")
+    assert str(event["hessian"]) == "gauss_newton"
+    assert np.all(np.isfinite(event["history_trace"])) and np.all(event["history_trace"] > 0)
+    assert result.summary["group_sparsity"] == pytest.approx(0.5)

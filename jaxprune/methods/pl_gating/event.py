@@ -46,6 +46,7 @@ from jaxprune.methods.pl_gating.objective import (
     resolve_hessian,
     train_gating,
 )
+from jaxprune.spectra.gauss_newton import SplitLoss
 from jaxprune.typing import ApplyFn, BatchLossFn, PyTree
 
 __all__ = ["GatingEvent", "PLGatingConfig", "prune", "select"]
@@ -136,8 +137,10 @@ class PLGatingConfig:
       feature_dtype: eigen-decomposition dtype of the features (``None``: the kernel's).
       hessian: ``"auto"`` (default: the loss Hessian on piecewise-linear networks, where eq.
         36's ``H_f`` is identically zero, the output Hessian otherwise; see
-        :func:`resolve_hessian`), ``"outputs"`` (eq. 36, with a warning where it vanishes) or
-        ``"loss"``.
+        :func:`resolve_hessian`), ``"outputs"`` (eq. 36, with a warning where it vanishes),
+        ``"loss"``, or ``"gauss_newton"`` (the loss's Gauss-Newton trace ``Tr(Jᵀ H_ℓ J)``, equal
+        to the loss Hessian's on piecewise-linear networks, cheaper to differentiate; needs
+        :func:`prune`'s ``split_loss``).
       trace_wrt: ``"gated"`` (eq. 36's ``H_f(g ∗ w)``) or ``"weights"``.
       distribution: Hutchinson probes, ``"rademacher"`` or ``"gaussian"`` (Algorithm 1).
       feature_normalization: standardize the features across all groups (``"global"``) or
@@ -240,6 +243,7 @@ def prune(
     current_mask: Any = None,
     optimizer: optax.GradientTransformation | None = None,
     inputs_of: Callable[[Any], jax.Array] = _first,
+    split_loss: SplitLoss | None = None,
 ) -> GatingEvent:
     """One pruning event ``(t_j, r_j)`` of Algorithm 2: features, gating training, TopK.
 
@@ -275,6 +279,9 @@ def prune(
       optimizer: optax optimizer of ``v``; default ``optax.adam(config.learning_rate)``.
       inputs_of: ``inputs_of(batch) -> x`` (default ``batch[0]``), see
         :attr:`GatingObjective.inputs_of`.
+      split_loss: :class:`~jaxprune.spectra.SplitLoss` of ``loss_fn`` (``forward(params,
+        batch)`` and ``output_loss(outputs, batch)``); required for
+        ``config.hessian="gauss_newton"``.
 
     Returns:
       :class:`GatingEvent`.
@@ -356,6 +363,7 @@ def prune(
         num_steps=config.gating_steps,
         optimizer=optax.adam(config.learning_rate) if optimizer is None else optimizer,
         normalize=config.normalize,
+        split_loss=split_loss,
     )
     gates = gate(training.v, normalized, scaling=objective.scaling)
     scores = np.where(np.asarray(feats.dead), -np.inf, np.asarray(gates, np.float64))

@@ -47,6 +47,7 @@ from jaxprune.methods.pl_gating.gating import (
     check_features_matrix,
     gate,
 )
+from jaxprune.spectra.gauss_newton import SplitLoss, gauss_newton_trace
 from jaxprune.spectra.hessian import (
     DISTRIBUTIONS,
     TraceEstimate,
@@ -71,9 +72,9 @@ __all__ = [
     "train_gating",
 ]
 
-Hessian = Literal["outputs", "loss"]
+Hessian = Literal["outputs", "loss", "gauss_newton"]
 TraceWrt = Literal["gated", "weights"]
-HESSIANS: tuple[str, ...] = ("outputs", "loss")
+HESSIANS: tuple[str, ...] = ("outputs", "loss", "gauss_newton")
 TRACE_WRT: tuple[str, ...] = ("gated", "weights")
 
 # fold_in data of the dense-scale probes, apart from the steps' fold_in(key, t).
@@ -104,7 +105,11 @@ class GatingObjective:
         (eq. 8), see :func:`jaxprune.methods.pl_gating.gate`.
       hessian: ``"loss"`` (default: the training loss's Hessian, which has signal on every
         model, reading PL-2) or ``"outputs"`` (eq. 36's ``H_f``, the Hessian of the summed
-        outputs, reading PL-1; identically zero on piecewise-linear networks).
+        outputs, reading PL-1; identically zero on piecewise-linear networks) or
+        ``"gauss_newton"`` (the trace of the loss's Gauss-Newton matrix ``Jᵀ H_ℓ J``, from a
+        :class:`~jaxprune.spectra.SplitLoss`: on piecewise-linear networks equal to the loss
+        Hessian's trace, with lower variance and one derivative order less to differentiate,
+        :mod:`jaxprune.spectra.gauss_newton`).
       trace_wrt: ``"gated"`` (eq. 36's notation: the Hessian in the parameters at
         ``u = g ∗ w``) or ``"weights"`` (the Hessian of ``w ↦ f(g ∗ w)``, ``diag(g) H
         diag(g)``: for a binary mask, the pruned model's own Hessian).
@@ -183,10 +188,23 @@ def _trace_estimate(
     *,
     loss_fn: BatchLossFn,
     apply_fn: ApplyFn,
+    split_loss: SplitLoss | None,
     objective: GatingObjective,
 ) -> TraceEstimate:
     """Hutchinson estimate of ``Tr ∇²_u h(reparameterize(u))`` at ``u = point``, ``h`` the
-    summed outputs on ``inputs_of(batch)`` or the loss on ``batch``."""
+    summed outputs on ``inputs_of(batch)`` or the loss on ``batch`` (its Gauss-Newton part for
+    ``"gauss_newton"``)."""
+    if objective.hessian == "gauss_newton":
+        return gauss_newton_trace(
+            SplitLoss(
+                lambda u, b: split_loss.forward(reparameterize(u), b), split_loss.output_loss
+            ),
+            point,
+            batch,
+            key,
+            num_probes=num_probes,
+            distribution=objective.distribution,
+        )
     if objective.hessian == "outputs":
         return output_hessian_trace(
             lambda u, x: apply_fn(reparameterize(u), x),
@@ -214,6 +232,7 @@ def _gating_objective(
     *,
     loss_fn: BatchLossFn,
     apply_fn: ApplyFn,
+    split_loss: SplitLoss | None,
     group_ids: PyTree,
     objective: GatingObjective,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
@@ -242,6 +261,7 @@ def _gating_objective(
         objective.num_probes,
         loss_fn=loss_fn,
         apply_fn=apply_fn,
+        split_loss=split_loss,
         objective=objective,
     )
     total = loss / objective.loss_scale + objective.alpha * trace.estimate / objective.trace_scale
@@ -303,12 +323,13 @@ def _objective_value_and_grad(
     objective: GatingObjective,
     loss_fn: jax.tree_util.Partial,
     apply_fn: jax.tree_util.Partial,
+    split_loss: SplitLoss | None,
     *,
     ids: FrozenGroupIds,
 ) -> tuple[tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]], GatingParams]:
     """Value and ``v``-gradient of :func:`_gating_objective`, compiled once per model and
     objective options: ``objective``'s leaves (``alpha``, the scales) and the arrays bound in
-    ``loss_fn``/``apply_fn`` are traced."""
+    ``loss_fn``/``apply_fn``/``split_loss`` are traced."""
     return jax.value_and_grad(_gating_objective, has_aux=True)(
         v,
         params,
@@ -317,9 +338,28 @@ def _objective_value_and_grad(
         key,
         loss_fn=loss_fn,
         apply_fn=apply_fn,
+        split_loss=split_loss,
         group_ids=ids.group_ids,
         objective=objective,
     )
+
+
+def _split_loss_for(objective: GatingObjective, split_loss: Any) -> SplitLoss | None:
+    """``split_loss`` with its functions as ``Partial`` pytrees; required for
+    ``hessian="gauss_newton"``, ignored otherwise."""
+    if split_loss is None:
+        if objective.hessian == "gauss_newton":
+            raise ValueError(
+                "split_loss: required when hessian='gauss_newton' (a SplitLoss(forward, "
+                "output_loss) with loss(params, batch) = output_loss(forward(params, batch), "
+                "batch)), got None"
+            )
+        return None
+    if not isinstance(split_loss, SplitLoss):
+        raise TypeError(
+            f"split_loss: expected a SplitLoss or None, got {type(split_loss).__name__}"
+        )
+    return SplitLoss(*(as_partial(fn) for fn in split_loss))
 
 
 def _check_features_rows(params: PyTree, group_ids: PyTree, normalized_features: Any) -> None:
@@ -342,6 +382,7 @@ def gating_loss(
     key: jax.Array,
     *,
     objective: GatingObjective | None = None,
+    split_loss: SplitLoss | None = None,
     **options: Any,
 ) -> jax.Array:
     """Eq. 36 for the gating parameters: ``L_S(g ∗ w) / L_0 + α Tr(H(g ∗ w)) / T_0``, ``w``
@@ -356,6 +397,10 @@ def gating_loss(
 
     * ``hessian="loss"`` (default): :func:`jaxprune.spectra.hessian_trace` of
       ``loss_fn(·, batch)``, the Gauss-Newton trace on a piecewise-linear network;
+    * ``hessian="gauss_newton"``: :func:`jaxprune.spectra.gauss_newton_trace` of
+      ``split_loss``, that trace directly (equal in expectation on a piecewise-linear network,
+      without the off-diagonal output-Hessian noise, and a second- instead of third-order
+      gradient in ``v``);
     * ``hessian="outputs"``: :func:`jaxprune.spectra.output_hessian_trace` of ``apply_fn`` on
       ``inputs_of(batch)``, the Hessian of the sum of all outputs over examples and output axes
       (classes; tokens × vocabulary for MLM logits; reading PL-1), zero on piecewise-linear
@@ -380,6 +425,8 @@ def gating_loss(
       batch: a training batch, passed to ``loss_fn`` as is.
       key: PRNG key of the probes.
       objective: the :class:`GatingObjective` (default: its defaults).
+      split_loss: :class:`~jaxprune.spectra.SplitLoss` of the loss (``forward(params, batch)``
+        and ``output_loss(outputs, batch)``); required for ``hessian="gauss_newton"``.
       **options: instead of ``objective``, its fields as keywords (``alpha``, ``num_probes``,
         ``scaling``, ``hessian``, ``trace_wrt``, ``distribution``, ``loss_scale``,
         ``trace_scale``, ``inputs_of``).
@@ -389,13 +436,15 @@ def gating_loss(
 
     Raises:
       TypeError / ValueError: ``normalized_features`` without one row per group, invalid
-        objective fields, or both ``objective`` and fields.
+        objective fields, both ``objective`` and fields, or ``hessian="gauss_newton"`` without
+        ``split_loss``.
 
     References:
       Chen et al. (2023), App. E.2, eq. 36 and Algorithm 1; Algorithm 2 line 7; reading PL-5
       (docs/readings.md: soft gates).
     """
     objective = _as_objective(objective, options)
+    split_loss = _split_loss_for(objective, split_loss)
     _check_features_rows(params, group_ids, normalized_features)
     total, _ = _gating_objective(
         v,
@@ -405,6 +454,7 @@ def gating_loss(
         key,
         loss_fn=loss_fn,
         apply_fn=apply_fn,
+        split_loss=split_loss,
         group_ids=group_ids,
         objective=objective,
     )
@@ -482,26 +532,26 @@ def resolve_hessian(
       it nonzero);
     * ``"outputs"``: returned as asked, with a ``UserWarning`` where it vanishes (the trace term
       would then train ``v`` on Hutchinson noise alone);
-    * ``"loss"``: returned without a check.
+    * ``"loss"`` and ``"gauss_newton"``: returned without a check.
 
     Whether the output Hessian vanishes is a property of the model's structure (its
     nonlinearities), so it is decided once per model function and parameter and input shapes
     (for a :class:`jax.tree_util.Partial`, per wrapped function) and remembered.
 
     Args:
-      hessian: ``"auto"``, ``"outputs"`` or ``"loss"``.
+      hessian: ``"auto"``, ``"outputs"``, ``"loss"`` or ``"gauss_newton"``.
       apply_fn, params, x: the model, its weights and a probe batch of inputs.
       key: PRNG key of the sampled coordinates.
 
     Returns:
-      ``"outputs"`` or ``"loss"``.
+      ``"outputs"``, ``"loss"`` or ``"gauss_newton"``.
 
     References:
       Chen et al. (2023), App. E.2, eq. 36; reading PL-2 (docs/readings.md).
     """
     check_choice(hessian, ("auto", *HESSIANS), "hessian")
-    if hessian == "loss":
-        return "loss"
+    if hessian in ("loss", "gauss_newton"):
+        return hessian
     model = _model_key(apply_fn, params, x)
     vanishes = _VANISHING.get(model)
     if vanishes is None:
@@ -535,6 +585,7 @@ def train_gating(
     opt_state: optax.OptState | None = None,
     normalize: bool = True,
     scale_probes: int = 16,
+    split_loss: SplitLoss | None = None,
     **options: Any,
 ) -> GatingTraining:
     """Train ``v`` on :func:`gating_loss` with an optax optimizer, ``w`` fixed.
@@ -570,6 +621,7 @@ def train_gating(
       normalize: normalize both terms by their values at the initial gates (see above).
       scale_probes: probes of the initial trace when normalizing (rounded up to a multiple of
         ``objective.num_probes``).
+      split_loss: as in :func:`gating_loss` (required for ``hessian="gauss_newton"``).
       **options: instead of ``objective``, its fields as keywords, as in :func:`gating_loss`.
 
     Returns:
@@ -584,6 +636,7 @@ def train_gating(
       ``α = 1``).
     """
     objective = _as_objective(objective, options)
+    split_loss = _split_loss_for(objective, split_loss)
     _check_features_rows(params, group_ids, normalized_features)
     if num_steps is not None:
         num_steps = check_positive_int(num_steps, "num_steps")
@@ -601,6 +654,7 @@ def train_gating(
         _objective_value_and_grad,
         loss_fn=loss_fn,
         apply_fn=apply_fn,
+        split_loss=split_loss,
         ids=FrozenGroupIds(group_ids),
     )
     batches = iter(batches)
