@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-probes", type=int, default=4, help="probes per gating step")
     parser.add_argument("--trace-probes", type=int, default=64, help="probes of the estimate")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
     dataset, preset, input_shape = MODELS[args.model]
@@ -82,20 +82,23 @@ def main() -> None:
     compiled = {}
     for hessian in ("loss", "gauss_newton"):
 
-        def objective(v, hessian=hessian):
+        def objective(v, params, normalized, batch, hessian=hessian):
             return gating_loss(
                 v, loss_fn, apply_fn, params, ids, normalized, batch, key,
                 num_probes=args.num_probes, hessian=hessian, split_loss=split,
             )  # fmt: skip
 
         start = time.perf_counter()
-        compiled[hessian] = jax.jit(jax.value_and_grad(objective)).lower(v).compile()
+        operands = (v, params, normalized, batch)  # arguments, not constants folded by XLA
+        compiled[hessian] = jax.jit(jax.value_and_grad(objective)).lower(*operands).compile()
         print(
             f"  compile jit(value_and_grad), hessian={hessian}: {time.perf_counter() - start:.1f} s"
         )
 
     loss_s, gn_s, ratio = paired_medians(
-        lambda: compiled["loss"](v), lambda: compiled["gauss_newton"](v), repeats=args.repeats
+        lambda: compiled["loss"](*operands),
+        lambda: compiled["gauss_newton"](*operands),
+        repeats=args.repeats,
     )
     print(
         f"  one compiled call: loss {loss_s:.3f} s, gauss_newton {gn_s:.3f} s, "
@@ -104,13 +107,15 @@ def main() -> None:
 
     estimates = {
         "loss": jax.jit(
-            lambda k: hessian_trace(
-                lambda p: loss_fn(p, batch), params, k, num_probes=args.trace_probes
+            lambda p, b, k: hessian_trace(
+                lambda q: loss_fn(q, b), p, k, num_probes=args.trace_probes, batch_size=1
             )
-        )(key),
+        )(params, batch, key),
         "gauss_newton": jax.jit(
-            lambda k: gauss_newton_trace(split, params, batch, k, num_probes=args.trace_probes)
-        )(key),
+            lambda p, b, k: gauss_newton_trace(
+                split, p, b, k, num_probes=args.trace_probes, batch_size=1
+            )
+        )(params, batch, key),
     }
     for hessian, estimate in estimates.items():
         samples = np.asarray(estimate.samples)
