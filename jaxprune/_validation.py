@@ -18,9 +18,14 @@ import numpy as np
 
 __all__ = [
     "check_batch",
+    "check_bool",
+    "check_callable",
     "check_choice",
     "check_finite_tree",
     "check_int",
+    "check_iterable",
+    "check_key",
+    "check_optimizer",
     "check_positive_int",
     "check_ratio",
     "check_real",
@@ -92,6 +97,56 @@ def check_choice(value: Any, choices: Iterable[str], name: str) -> str:
         )
     if value not in choices:
         raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
+    return value
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``value`` if it is a ``bool`` (NumPy bools too), else ``TypeError``."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name}: expected a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_callable(value: Any, name: str) -> Any:
+    """``value`` if it is callable, else ``TypeError``."""
+    if not callable(value):
+        raise TypeError(f"{name}: expected a callable, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_iterable(value: Any, name: str, what: str = "an iterable") -> Any:
+    """``value`` if it is iterable (and not a ``str``, a common slip for one item), else
+    ``TypeError``."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: expected {what}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_key(value: Any, name: str = "key") -> Any:
+    """``value`` if it is a PRNG key, else ``TypeError``: a typed key array
+    (``jax.random.key``) or a raw ``uint32`` key array (``jax.random.PRNGKey``).  Only the
+    dtype and rank are read, so traced keys are checked too."""
+    dtype = getattr(value, "dtype", None)
+    shape = getattr(value, "shape", ())
+    if dtype is not None:
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            return value
+        if dtype == np.uint32 and len(shape) >= 1:
+            return value
+        got = f"an array of dtype {dtype} and shape {tuple(shape)}"
+    else:
+        got = f"{value!r} ({type(value).__name__})"
+    raise TypeError(f"{name}: expected a PRNG key (jax.random.key(seed)), got {got}")
+
+
+def check_optimizer(value: Any, name: str = "optimizer") -> Any:
+    """``value`` if it has the ``init`` and ``update`` of an optax ``GradientTransformation``,
+    else ``TypeError``."""
+    if not (callable(getattr(value, "init", None)) and callable(getattr(value, "update", None))):
+        raise TypeError(
+            f"{name}: expected an optax GradientTransformation (e.g. optax.adam(1e-3)), got "
+            f"{value!r} ({type(value).__name__})"
+        )
     return value
 
 

@@ -190,9 +190,10 @@ METHOD_OPTIONS = {
     "hessian": (
         "--hessian",
         str,
-        "pl: Hessian of the trace term: auto (the loss Hessian where the output Hessian is "
-        "identically zero, as on ReLU networks), outputs (eq. 36), loss, or gauss_newton (the "
-        "loss's Gauss-Newton trace: the loss Hessian's on ReLU networks, cheaper to train on)",
+        "pl: Hessian of the trace term: auto (the loss's Gauss-Newton trace where the output "
+        "Hessian is identically zero, as on ReLU networks, eq. 36's output Hessian elsewhere), "
+        "outputs (eq. 36), loss, or gauss_newton (equal to the loss Hessian's trace on ReLU "
+        "networks, lower variance, cheaper to train on)",
     ),
 }
 METHOD_FLAGS = {"per_layer": "--per-layer", **{n: o[0] for n, o in METHOD_OPTIONS.items()}}

@@ -44,6 +44,19 @@ class HeadsModel(nn.Module):
         return nn.Dense(3)(out.mean(axis=1))
 
 
+def table(cases):
+    """``pytest.mark.parametrize`` over bad-input cases ``(id, call, error, match)``."""
+    return pytest.mark.parametrize(
+        "call, error, match", [pytest.param(*case[1:], id=case[0]) for case in cases]
+    )
+
+
+def assert_raises(call, error, match):
+    """``call()`` raises ``error`` with a message matching the regular expression ``match``."""
+    with pytest.raises(error, match=match):
+        call()
+
+
 def tiny_mlp_problem(rng):
     """A 3-6-2 tanh MLP regression problem: 38 parameters (NumPy float64), x (5, 3), y (5, 2),
     drawn from the NumPy generator ``rng`` in that order."""

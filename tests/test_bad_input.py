@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_mlp, tiny_mlp_apply, tiny_mlp_problem
+from conftest import assert_raises, make_mlp, table, tiny_mlp_apply, tiny_mlp_problem
 
 from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
@@ -45,18 +45,6 @@ from jaxprune.spectra.lanczos import (
 )
 from jaxprune.spectra.pl import pl_condition, proposition8_bound
 from jaxprune.spectra.spectrum import SYMMETRY_RTOL, spectrum_features
-
-
-def table(cases):
-    """``pytest.mark.parametrize`` over ``(id, call, error, match)`` cases."""
-    return pytest.mark.parametrize(
-        "call, error, match", [pytest.param(*case[1:], id=case[0]) for case in cases]
-    )
-
-
-def assert_raises(call, error, match):
-    with pytest.raises(error, match=match):
-        call()
 
 
 def replaced(array, index, value):

@@ -225,8 +225,9 @@ def test_train_pl_end_to_end(tmp_path, capsys):
     assert "groups pruned 50.0%" in capsys.readouterr().out
     event = np.load(out / "event_2.npz")
     assert event["mask"].sum() == 4 and "gates" in event
-    # The ReLU MLP's output Hessian is zero: "auto" trained the gates on the loss Hessian.
-    assert str(event["hessian"]) == "loss" and event["trace_scale"] > 0
+    # The ReLU MLP's output Hessian is zero: "auto" trained the gates on the Gauss-Newton trace
+    # (the engine splits the loss at the outputs).
+    assert str(event["hessian"]) == "gauss_newton" and event["trace_scale"] > 0
     assert event["history_trace_stderr"].shape == (1,)
 
 

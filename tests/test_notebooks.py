@@ -32,5 +32,5 @@ def test_notebook_executes(path, tmp_path, monkeypatch):
 
 
 def test_the_notebooks_the_readme_names_are_executed():
-    names = {"greedy_selection", "grda", "hessian_bias", "ntk_spectra", "pl_gating"}
+    names = {"greedy_selection", "grda", "hessian_bias", "ntk_spectra", "pl_gating", "prune_with"}
     assert {f"{name}.ipynb" for name in names} <= {p.name for p in NOTEBOOKS}

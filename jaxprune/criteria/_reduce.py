@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxprune._validation import check_finite_tree
+from jaxprune._validation import check_callable, check_finite_tree, is_traced
 from jaxprune.group_ids import validate_group_ids
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.typing import PyTree
@@ -31,6 +31,33 @@ def checked_num_groups(params: PyTree, group_ids: PyTree) -> int:
     """
     check_finite_tree(params, "params")
     return validate_group_ids(params, group_ids)
+
+
+def loss_and_grad(loss_fn: Callable[..., jax.Array], params: PyTree, *args: Any) -> tuple:
+    """``(loss, ∇loss)`` of ``loss_fn(params, *args)`` in ``params``, one reverse pass.
+
+    Raises:
+      ValueError: the output of ``loss_fn`` is not a scalar (its shape is static, so this is
+        checked while tracing, at no cost).
+    """
+    loss, pullback = jax.vjp(lambda p: loss_fn(p, *args), params)
+    check_scalar_loss(loss)
+    return loss, pullback(jnp.ones_like(loss))[0]
+
+
+def check_scalar_loss(loss: jax.Array, name: str = "loss_fn") -> None:
+    """Raise ``ValueError`` unless ``loss`` has shape ``()`` (static: works under tracing)."""
+    if jnp.shape(loss) != ():
+        raise ValueError(
+            f"{name}: expected a scalar loss (shape ()), got an output of shape {jnp.shape(loss)}"
+        )
+
+
+def check_finite_loss(loss: jax.Array, name: str = "loss_fn", where: str = "params") -> None:
+    """Raise ``ValueError`` if the concrete ``loss`` is NaN or inf (traced losses pass: inside
+    ``jit`` a NaN loss gives NaN scores, which :func:`~jaxprune.masks.topk_mask` refuses)."""
+    if not is_traced(loss) and not np.isfinite(float(loss)):
+        raise ValueError(f"{name}: expected a finite loss at {where}, got {float(loss)}")
 
 
 def group_sum(values: PyTree, group_ids: PyTree, p: int) -> jax.Array:
@@ -75,6 +102,7 @@ def call_compiled(
       loss_fn: the loss the criterion differentiates.
       *args: the remaining arguments of ``core``.
     """
+    check_callable(loss_fn, "loss_fn")
     if isinstance(loss_fn, Partial):
         return _shared_jit(core, static_argnums)(loss_fn, *args)
 

@@ -16,7 +16,13 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
+from jaxprune.criteria._reduce import (
+    call_compiled,
+    check_finite_loss,
+    checked_num_groups,
+    group_sum,
+    loss_and_grad,
+)
 from jaxprune.spectra.hessian import hvp
 from jaxprune.typing import PyTree
 
@@ -49,14 +55,25 @@ def grasp_scores(
     Returns:
       ``(p,)`` scores in the dtype of ``params``.
 
+    Raises:
+      ValueError: ``params`` hold NaN/inf, ``group_ids`` does not match ``params``, the loss
+        is not a scalar, or (checked when concrete) it is NaN or inf at ``params``.
+      TypeError: ``loss_fn`` is not callable.
+
     References:
       Wang, Zhang & Grosse (2020), eqs. 7-8, Algorithm 1; Chen et al. (2023), Appendix E.3; reading
       PL-9 (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
-    return call_compiled(_grasp_scores, (3,), loss_fn, params, group_ids, p)
+    scores, loss = call_compiled(_grasp_scores, (3,), loss_fn, params, group_ids, p)
+    check_finite_loss(loss)
+    return scores
 
 
-def _grasp_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
-    hessian_grad = hvp(loss_fn, params, jax.grad(loss_fn)(params))
-    return group_sum(jax.tree_util.tree_map(jnp.multiply, params, hessian_grad), group_ids, p)
+def _grasp_scores(
+    loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int
+) -> tuple[jax.Array, jax.Array]:
+    loss, grads = loss_and_grad(loss_fn, params)
+    hessian_grad = hvp(loss_fn, params, grads)
+    scores = group_sum(jax.tree_util.tree_map(jnp.multiply, params, hessian_grad), group_ids, p)
+    return scores, loss

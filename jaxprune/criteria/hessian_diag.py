@@ -20,8 +20,14 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jax.tree_util import Partial
 
-from jaxprune._validation import check_positive_int
-from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
+from jaxprune._validation import check_key, check_positive_int
+from jaxprune.criteria._reduce import (
+    call_compiled,
+    check_finite_loss,
+    check_scalar_loss,
+    checked_num_groups,
+    group_sum,
+)
 from jaxprune.spectra.hessian import (
     Distribution,
     TraceEstimate,
@@ -70,8 +76,9 @@ def hessian_diagonal_scores(
 
     Raises:
       ValueError: ``exact`` with ``key``/``num_probes`` given, or not ``exact`` with either
-        missing; ``num_probes < 1``; ``params`` hold NaN/inf; ``group_ids`` does not match.
-      TypeError: ``num_probes`` is not an int.
+        missing; ``num_probes < 1``; ``params`` hold NaN/inf; ``group_ids`` does not match;
+        a loss that is not a scalar or (checked when concrete) NaN or inf at ``params``.
+      TypeError: ``num_probes`` is not an int, ``key`` not a PRNG key, ``loss_fn`` not callable.
 
     References:
       LeCun, Denker & Solla (1990); Li et al. (2020), Def. 2.2, and reading HB-3
@@ -84,7 +91,9 @@ def hessian_diagonal_scores(
                 f"exact=True pass neither, got key={key!r}, num_probes={num_probes!r}"
             )
         p = checked_num_groups(params, group_ids)
-        return call_compiled(_exact_scores, (3,), loss_fn, params, group_ids, p)
+        scores, loss = call_compiled(_exact_scores, (3,), loss_fn, params, group_ids, p)
+        check_finite_loss(loss)
+        return scores
     if key is None or num_probes is None:
         raise ValueError(
             f"the Hutchinson estimate (exact=False) needs both key and num_probes, got "
@@ -123,12 +132,17 @@ def hessian_diagonal_score_estimate(
       :class:`~jaxprune.spectra.hessian.TraceEstimate` with ``(p,)`` ``estimate`` and
       ``stderr`` and ``(num_probes, p)`` samples.
 
+    Raises:
+      ValueError / TypeError: as :func:`hessian_diagonal_scores`, and bad ``distribution`` or
+        ``batch_size`` (as :func:`jaxprune.spectra.hessian.hessian_diagonal`).
+
     References:
       LeCun, Denker & Solla (1990); Bekas, Kokiopoulou & Saad (2007); Li et al. (2020), Def. 2.2.
     """
     p = checked_num_groups(params, group_ids)
     num_probes = check_positive_int(num_probes, "num_probes")
-    estimate, stderr, samples = call_compiled(
+    check_key(key)
+    estimate, stderr, samples, loss = call_compiled(
         _estimated_scores,
         (4, 5, 6, 7),
         loss_fn,
@@ -140,12 +154,23 @@ def hessian_diagonal_score_estimate(
         distribution,
         batch_size,
     )
+    check_finite_loss(loss)
     return TraceEstimate(estimate, stderr, num_probes, samples)
 
 
-def _exact_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
+def _scalar_loss(loss_fn: LossFn, params: PyTree) -> jax.Array:
+    """``loss_fn(params)``, checked to be a scalar."""
+    loss = loss_fn(params)
+    check_scalar_loss(loss)
+    return loss
+
+
+def _exact_scores(
+    loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int
+) -> tuple[jax.Array, jax.Array]:
+    loss = _scalar_loss(loss_fn, params)
     diagonal = _exact_hessian_diagonal(loss_fn, params)
-    return group_sum(_obd_saliency(diagonal, params), group_ids, p)
+    return group_sum(_obd_saliency(diagonal, params), group_ids, p), loss
 
 
 def _estimated_scores(
@@ -157,8 +182,9 @@ def _estimated_scores(
     num_probes: int,
     distribution: Distribution,
     batch_size: int | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``(estimate, stderr, samples)`` of :func:`hessian_diagonal_score_estimate`."""
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``(estimate, stderr, samples, loss)`` of :func:`hessian_diagonal_score_estimate`."""
+    loss = _scalar_loss(loss_fn, params)
     diagonal = hessian_diagonal(
         loss_fn,
         params,
@@ -171,7 +197,7 @@ def _estimated_scores(
         diagonal.samples
     )
     estimate = TraceEstimate.from_samples(samples, num_probes)
-    return estimate.estimate, estimate.stderr, estimate.samples
+    return estimate.estimate, estimate.stderr, estimate.samples, loss
 
 
 def _obd_saliency(diagonal: PyTree, params: PyTree) -> PyTree:

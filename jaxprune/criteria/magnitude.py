@@ -15,6 +15,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from jaxprune._validation import check_choice
 from jaxprune.criteria._reduce import checked_num_groups, group_sum
 from jaxprune.typing import PyTree
 
@@ -43,12 +44,12 @@ def magnitude_scores(
     Raises:
       ValueError: ``norm`` is not one of :data:`NORMS`, ``params`` hold NaN/inf, or
         ``group_ids`` does not match ``params``.
+      TypeError: ``norm`` is not a str.
 
     References:
       Han et al. (2015); Li et al. (2017).
     """
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    check_choice(norm, NORMS, "norm")
     p = checked_num_groups(params, group_ids)
     return _magnitude_scores(params, group_ids, p, norm)
 

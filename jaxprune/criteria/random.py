@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxprune._validation import check_positive_int
+from jaxprune._validation import check_key, check_positive_int
 
 __all__ = ["random_scores"]
 
@@ -29,8 +29,9 @@ def random_scores(key: jax.Array, num_groups: int) -> jax.Array:
       ``(p,)`` scores in JAX's default float dtype (float64 when 64-bit mode is on).
 
     Raises:
-      TypeError: ``num_groups`` is not an int.
+      TypeError: ``num_groups`` is not an int, or ``key`` is not a PRNG key.
       ValueError: ``num_groups < 1``.
     """
+    check_key(key)
     num_groups = check_positive_int(num_groups, "num_groups")
     return jax.random.uniform(key, (num_groups,))

@@ -14,7 +14,13 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from jaxprune.criteria._reduce import call_compiled, checked_num_groups, group_sum
+from jaxprune.criteria._reduce import (
+    call_compiled,
+    check_finite_loss,
+    checked_num_groups,
+    group_sum,
+    loss_and_grad,
+)
 from jaxprune.typing import PyTree
 
 __all__ = ["snip_scores"]
@@ -40,15 +46,24 @@ def snip_scores(
     Returns:
       ``(p,)`` scores in the dtype of ``params``.
 
+    Raises:
+      ValueError: ``params`` hold NaN/inf, ``group_ids`` does not match ``params``, the loss
+        is not a scalar, or (checked when concrete) it is NaN or inf at ``params``.
+      TypeError: ``loss_fn`` is not callable.
+
     References:
       Lee, Ajanthan & Torr (2019), eq. 6; Chen et al. (2023), Appendix E.3; reading PL-9
       (docs/readings.md).
     """
     p = checked_num_groups(params, group_ids)
-    return call_compiled(_snip_scores, (3,), loss_fn, params, group_ids, p)
+    scores, loss = call_compiled(_snip_scores, (3,), loss_fn, params, group_ids, p)
+    check_finite_loss(loss)
+    return scores
 
 
-def _snip_scores(loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int) -> jax.Array:
-    grads = jax.grad(loss_fn)(params)
+def _snip_scores(
+    loss_fn: Partial, params: PyTree, group_ids: PyTree, p: int
+) -> tuple[jax.Array, jax.Array]:
+    loss, grads = loss_and_grad(loss_fn, params)
     sensitivity = jax.tree_util.tree_map(lambda g, w: jnp.abs(g * w), grads, params)
-    return group_sum(sensitivity, group_ids, p)
+    return group_sum(sensitivity, group_ids, p), loss

@@ -23,7 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune.criteria._reduce import check_layout, checked_num_groups
+from jaxprune._validation import check_callable, check_iterable
+from jaxprune.criteria._reduce import (
+    check_finite_loss,
+    check_layout,
+    checked_num_groups,
+    loss_and_grad,
+)
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.typing import PyTree
 
@@ -72,31 +78,40 @@ def gate_gradient_scores(
 
     Raises:
       ValueError: ``batches`` is empty, ``normalize_by`` has a different number of groups,
-        ``params`` hold NaN/inf, or ``group_ids`` does not match ``params``.
-      TypeError: ``normalize_by`` is not a ``GroupLayout``.
+        ``params`` hold NaN/inf, ``group_ids`` does not match ``params``, or the loss is not a
+        scalar or (checked when concrete) NaN or inf.
+      TypeError: ``normalize_by`` is not a ``GroupLayout``, ``loss_fn`` is not callable, or
+        ``batches`` is not an iterable.
 
     References:
       Michel, Levy & Neubig (2019), Section 4.1; Molchanov et al. (2019), Section 3.
     """
+    check_callable(loss_fn, "loss_fn")
     p = checked_num_groups(params, group_ids)
     if normalize_by is not None:
         check_layout(normalize_by, p, "normalize_by")
+    if batches is not None:
+        check_iterable(batches, "batches", "an iterable of batches or None")
     id_leaves = [np.asarray(ids, np.int32) for ids in jax.tree_util.tree_leaves(group_ids)]
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(params))
 
     @jax.jit
-    def abs_gate_gradient(params: PyTree, *batch: Any) -> jax.Array:
+    def abs_gate_gradient(params: PyTree, *batch: Any) -> tuple[jax.Array, jax.Array]:
         def gated_loss(gates: jax.Array) -> jax.Array:
             return loss_fn(_gate(params, id_leaves, gates), *batch)
 
-        return jnp.abs(jax.grad(gated_loss)(jnp.ones(p, dtype)))
+        loss, grads = loss_and_grad(gated_loss, jnp.ones(p, dtype))
+        return jnp.abs(grads), loss
 
     if batches is None:
-        scores = abs_gate_gradient(params)
+        scores, loss = abs_gate_gradient(params)
+        check_finite_loss(loss)
     else:
         total, count = jnp.zeros(p, dtype), 0
         for batch in batches:
-            total, count = total + abs_gate_gradient(params, batch), count + 1
+            scores, loss = abs_gate_gradient(params, batch)
+            check_finite_loss(loss, where=f"params on batch {count}")
+            total, count = total + scores, count + 1
         if count == 0:
             raise ValueError("batches must contain at least one batch, got an empty iterable")
         scores = total / count

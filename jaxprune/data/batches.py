@@ -14,7 +14,7 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from jaxprune._validation import check_int, check_positive_int
+from jaxprune._validation import check_int, check_iterable, check_positive_int
 
 __all__ = ["BatchPosition", "epoch_batches", "iterate_batches", "prefetch"]
 
@@ -80,8 +80,12 @@ def iterate_batches(
     Yields:
       ``(indices, next_position)``.
     """
+    if not isinstance(start, tuple | list) or len(start) != 2:
+        raise TypeError(f"start: expected a BatchPosition or an (epoch, step) pair, got {start!r}")
     epoch, step = BatchPosition(*start)
     check_int(step, "start.step", minimum=0)
+    if num_epochs is not None:
+        check_int(num_epochs, "num_epochs", minimum=0)
     while num_epochs is None or epoch < num_epochs:
         batches = epoch_batches(
             num_examples, batch_size, seed=seed, epoch=epoch, drop_remainder=drop_remainder
@@ -111,6 +115,7 @@ def prefetch(iterator: Iterable[T], size: int = 2) -> Iterator[T]:
       iterator: any iterable (e.g. a generator of host batches).
       size: buffer length, at least 1.
     """
+    check_iterable(iterator, "iterator")
     check_positive_int(size, "size")
     buffer: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_positive_int
+from jaxprune._validation import check_key, check_positive_int, check_real
 
 __all__ = [
     "DATASETS",
@@ -48,11 +48,11 @@ def load_digits(*, flatten: bool = True, image_size: int = 8, channels: int = 1)
     ``S/8 × S/8`` block (nearest neighbour), and ``channels = C`` repeats the gray channel, so
     ``image_size=32, channels=3`` has CIFAR's shape for VGG and ResNet.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
-
     if check_positive_int(image_size, "image_size") % 8:
         raise ValueError(f"image_size: expected a positive multiple of 8, got {image_size}")
     check_positive_int(channels, "channels")
+    from sklearn.datasets import load_digits as sklearn_digits  # slow to import: only if needed
+
     bunch = sklearn_digits()
     x = (bunch.images / 16.0).astype(np.float32)
     factor = image_size // 8
@@ -74,7 +74,20 @@ def teacher_student(
     """Regression targets from a random two-layer tanh teacher ``y = V tanh(W x / √d) / √h``.
 
     Inputs are standard normal; ``noise`` adds Gaussian label noise of that standard deviation.
+
+    Raises:
+      TypeError / ValueError: ``key`` not a PRNG key, sizes that are not positive ints, or a
+        negative or non-finite ``noise``.
     """
+    check_key(key)
+    for name, value in (
+        ("num_examples", num_examples),
+        ("input_dim", input_dim),
+        ("teacher_width", teacher_width),
+        ("num_outputs", num_outputs),
+    ):
+        check_positive_int(value, name)
+    noise = check_real(noise, "noise", minimum=0.0)
     kx, kw, kv, kn = jax.random.split(key, 4)
     x = jax.random.normal(kx, (num_examples, input_dim))
     w = jax.random.normal(kw, (input_dim, teacher_width))
@@ -96,7 +109,19 @@ def gaussian_mixture(
 
     Class means are ``separation`` times a random unit vector, so ``separation`` sets how far
     apart the classes are relative to their spread.
+
+    Raises:
+      TypeError / ValueError: ``key`` not a PRNG key, sizes that are not positive ints, or a
+        negative or non-finite ``separation``.
     """
+    check_key(key)
+    for name, value in (
+        ("num_examples", num_examples),
+        ("input_dim", input_dim),
+        ("num_classes", num_classes),
+    ):
+        check_positive_int(value, name)
+    separation = check_real(separation, "separation", minimum=0.0)
     km, ky, kx = jax.random.split(key, 3)
     means = jax.random.normal(km, (num_classes, input_dim))
     means = separation * means / jnp.linalg.norm(means, axis=1, keepdims=True)

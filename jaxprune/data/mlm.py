@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int, check_real, is_traced
+
 __all__ = ["mask_tokens", "num_to_mask"]
 
 _MASK_PROB = 0.8
@@ -24,9 +26,22 @@ def num_to_mask(num_candidates: jax.Array, rate: float) -> jax.Array:
 
     This is the count of the reference implementation (``create_pretraining_data.py``);
     ``round`` is round-half-to-even.
+
+    Raises:
+      ValueError / TypeError: a concrete ``rate`` outside ``(0, 1]``.
     """
+    if not is_traced(rate):
+        _check_rate(rate)
     count = jnp.maximum(1, jnp.round(rate * num_candidates)).astype(jnp.int32)
     return jnp.where(num_candidates > 0, count, 0)
+
+
+def _check_rate(rate: float) -> float:
+    """``rate`` as a float in ``(0, 1]``."""
+    rate = check_real(rate, "rate")
+    if not 0.0 < rate <= 1.0:
+        raise ValueError(f"rate: expected a number in (0, 1], got {rate:g}")
+    return rate
 
 
 def mask_tokens(
@@ -58,13 +73,25 @@ def mask_tokens(
       ``inputs``: ``(..., L)`` int32 corrupted tokens;
       ``labels``: ``(..., L)`` int32 original token at selected positions, 0 elsewhere;
       ``weights``: ``(..., L)`` float32, 1 at selected positions, 0 elsewhere.
+
+    Raises:
+      ValueError / TypeError: ``rate`` outside ``(0, 1]``, non-integer ``tokens`` or (checked
+        when concrete) ids outside ``[0, vocab_size)``, ``vocab_size`` not a positive int,
+        ``mask_id`` outside ``[0, vocab_size)``, or ``special_ids`` leaving no token to sample.
     """
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"rate must lie in (0, 1], got {rate!r}")
+    _check_rate(rate)
     if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
         raise TypeError(f"tokens must hold integers, got dtype {jnp.asarray(tokens).dtype}")
-    if not 0 <= mask_id < vocab_size:
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
+    if not 0 <= check_int(mask_id, "mask_id") < vocab_size:
         raise ValueError(f"mask_id must lie in [0, vocab_size={vocab_size}), got {mask_id!r}")
+    if not is_traced(tokens) and getattr(tokens, "is_fully_addressable", True) and np.size(tokens):
+        ids = np.asarray(tokens)
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(
+                f"tokens: expected ids in [0, vocab_size={vocab_size}), got ids in "
+                f"[{int(ids.min())}, {int(ids.max())}]"
+            )
     replacements = np.setdiff1d(np.arange(vocab_size), [*special_ids, mask_id])
     if replacements.size == 0:
         raise ValueError(f"special_ids {tuple(special_ids)!r} leave no token to sample")

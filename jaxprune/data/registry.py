@@ -17,12 +17,13 @@ Names (``DATASET_NAMES``):
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from jaxprune._validation import check_int, check_positive_int, check_ratio
+from jaxprune._validation import check_int, check_positive_int, check_ratio, check_real
 from jaxprune.data.builtin import Dataset, gaussian_mixture, load_digits, teacher_student
 from jaxprune.data.linear import scaled_linear_regression
 from jaxprune.data.text import docstring_corpus, leading_documents, read_text_files
@@ -112,7 +113,14 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        check_int(self.seed, "seed", minimum=0)
         check_ratio(self.test_fraction, "test_fraction")
+        check_real(self.scale, "scale", minimum=0.0, strict=True)
+        if self.data_dir is not None and not isinstance(self.data_dir, str | os.PathLike):
+            raise TypeError(
+                f"data_dir: expected a directory path or None, got {self.data_dir!r} "
+                f"({type(self.data_dir).__name__})"
+            )
         for field in ("num_examples", "dim", "seq_len", "vocab_size"):
             check_int(getattr(self, field), field, minimum=2)
         if self.max_chars is not None:
@@ -178,9 +186,15 @@ def load_dataset(config: DataConfig | str) -> Splits:
 
     Raises:
       ValueError: unknown name (the message lists the valid ones) or bad settings.
+      TypeError: ``config`` neither a :class:`DataConfig` nor a str.
     """
     if isinstance(config, str):
         config = DataConfig(name=config)
+    if not isinstance(config, DataConfig):
+        raise TypeError(
+            f"config: expected a DataConfig or a dataset name, got {config!r} "
+            f"({type(config).__name__})"
+        )
     name, key = config.name, jax.random.key(config.seed)
     if name == "digits":
         return _supervised(load_digits(), config)

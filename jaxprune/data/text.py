@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from jaxprune._validation import check_positive_int
+from jaxprune._validation import check_iterable, check_positive_int
 
 __all__ = [
     "SKIPPED_MODULES",
@@ -193,6 +193,7 @@ def read_text_files(paths: Iterable[str | Path]) -> list[str]:
       ValueError: a path that is missing, a directory, or not UTF-8 text (the message names
         it).
     """
+    check_iterable(paths, "paths", "an iterable of file paths (a list, also for one file)")
     documents: list[str] = []
     for path in paths:
         if not isinstance(path, (str, Path)):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxprune._validation import check_int
+from jaxprune._validation import check_int, check_iterable
 
 __all__ = [
     "CLS_ID",
@@ -147,6 +147,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     Returns:
       A ``Tokenizer`` with ``min(vocab_size, 5 + 2·#characters + #words)`` tokens.
     """
+    check_iterable(texts, "texts", "an iterable of documents (a list of str)")
     check_int(vocab_size, "vocab_size", minimum=len(SPECIAL_TOKENS) + 1)
     words: Counter[str] = Counter()
     for text in texts:

@@ -57,6 +57,7 @@ __all__ = [
     "MethodFactory",
     "compare_methods",
     "comparison_table",
+    "draw_curve_panel",
     "load_splits",
     "lth_schedule",
     "mean_std",
@@ -368,25 +369,34 @@ def plot_comparison(
     colors = {method: palette(i) for i, method in enumerate(results)}
     loss = loss_unit(row for rows in first_runs.values() for row in rows)
     for ax, key in zip(axes, keys):
-        values, skipped = [], 0
-        for method, rows in first_runs.items():
-            drawn, missing = draw_curve(
-                ax, rows, key, label=method, color=colors[method], label_markers=False
-            )
-            draw_events(ax, event_steps(rows), color=colors[method], label=False)
-            values += drawn
-            skipped += missing
-        _legend_keys(ax, key, first_runs.values())
-        title, label = metric_label(key, loss)
-        ax.set(
-            xlabel=STEP_LABEL, ylabel=label, title=f"{title} (first seed){skipped_note(skipped)}"
-        )
-        ax.set_yscale(y_scale(values))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        draw_curve_panel(ax, first_runs, key, colors, loss)
     _plot_metric(axes[-1], results, metric, colors, loss)
     figure.savefig(path, dpi=120)
     return figure
+
+
+def draw_curve_panel(
+    ax: Any, runs: Mapping[str, Sequence[dict]], key: str, colors: Mapping[str, Any], loss: str
+) -> None:
+    """Metric ``key`` of one logged run per method (``runs``: method -> rows) against the step
+    on ``ax``, a panel of :func:`plot_comparison`: one curve per method in ``colors[method]``
+    (values before / after each pruning event marked, :func:`~jaxprune.train.logging.draw_curve`),
+    dotted lines at its pruning events, the title and axis labels of the metric (``loss``: the
+    unit of a loss), a log axis where the values span more than a factor of 20, a legend."""
+    values, skipped = [], 0
+    for method, rows in runs.items():
+        drawn, missing = draw_curve(
+            ax, rows, key, label=method, color=colors[method], label_markers=False
+        )
+        draw_events(ax, event_steps(rows), color=colors[method], label=False)
+        values += drawn
+        skipped += missing
+    _legend_keys(ax, key, runs.values())
+    title, label = metric_label(key, loss)
+    ax.set(xlabel=STEP_LABEL, ylabel=label, title=f"{title} (first seed){skipped_note(skipped)}")
+    ax.set_yscale(y_scale(values))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def _legend_keys(ax: Any, key: str, runs: Iterable[Sequence[dict]]) -> None:

@@ -251,21 +251,45 @@ def plot_linear_regression(results: dict[str, Any], path: Path) -> None:
     axes = figure.subplots(1, 3)
     axes[0].semilogy(steps, history["loss_sgd"], label="SGD")
     axes[0].semilogy(steps, history["loss_grda"], label="gRDA")
-    axes[0].set(xlabel="step", ylabel="training loss", title="Training loss")
+    axes[0].set(
+        xlabel="step (full batch)",
+        ylabel=r"training loss $\|Xw - y\|^2 / (2n)$",
+        title="Training loss",
+    )
     axes[0].legend()
-    axes[1].plot(steps, history["sparsity_grda"])
-    axes[1].set(xlabel="step", ylabel="fraction of zeros", title="gRDA sparsity")
+    axes[1].plot(steps, history["sparsity_grda"], color="tab:orange", label="gRDA")
+    axes[1].set(
+        xlabel="step (full batch)",
+        ylabel="weights exactly zero (fraction)",
+        title="Sparsity of gRDA's iterate",
+    )
+    axes[1].legend()
     w_sgd = weights["sgd"]
-    axes[2].scatter(w_sgd, weights["dp"], marker="x", s=30, label="directional pruning")
-    axes[2].scatter(w_sgd, weights["grda"], marker="o", s=10, label="gRDA")
+    axes[2].scatter(
+        w_sgd,
+        weights["dp"],
+        marker="x",
+        s=30,
+        color="tab:green",
+        label=r"directional pruning $w^{\rm DP}$",
+    )
+    axes[2].scatter(
+        w_sgd, weights["grda"], marker="o", s=10, color="tab:orange", label=r"gRDA $w^{\rm gRDA}$"
+    )
     lim = float(np.max(np.abs(w_sgd))) * 1.1
-    axes[2].plot([-lim, lim], [-lim, lim], color="gray", linewidth=0.5)
+    axes[2].plot([-lim, lim], [-lim, lim], color="gray", linewidth=0.5, label=r"$w = w^{\rm SGD}$")
     axes[2].set(
-        xlabel="w_SGD",
-        ylabel="coordinate",
-        title=f"λ = {results['lam']:.3g}, ‖gRDA − DP‖/‖SGD‖ = {results['dp_distance']:.3f}",
+        xlabel=r"$w_j^{\rm SGD}$ (final SGD weight)",
+        ylabel=r"$w_j$ (final weight)",
+        title=(
+            f"Final weights against SGD's (λ = {results['lam']:.3g})\n"
+            r"$\|w^{\rm gRDA} - w^{\rm DP}\| \,/\, \|w^{\rm SGD}\|$"
+            f" = {results['dp_distance']:.3f}"
+        ),
     )
     axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
     figure.savefig(path, dpi=120)
 
 

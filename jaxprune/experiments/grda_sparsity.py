@@ -67,6 +67,7 @@ from jaxprune.experiments.settings import (
 )
 from jaxprune.optim.grda import grda
 from jaxprune.train import Bound, TrainConfig, build_model
+from jaxprune.train.logging import STEP_LABEL, y_scale
 
 __all__ = [
     "EXPERIMENT",
@@ -227,35 +228,67 @@ def sparsity_table(results: dict[str, dict[str, list[float]]], num_steps: int) -
     return "\n".join(lines)
 
 
+def _method_labels(config: GRDASparsitySettings) -> dict[str, str]:
+    """Method name -> its legend label: ``"SGD"``, ``"gRDA (c = 0.005, μ = 0.6)"``."""
+    labels = {"SGD": "SGD"}
+    for c in config.cs:
+        for mu in config.mus:
+            labels[method_name(c, mu)] = f"gRDA (c = {c:g}, μ = {mu:g})"
+    return labels
+
+
 def _plot(
-    curves: dict[str, list[list[dict]]], results: dict[str, dict[str, list[float]]], path: Path
+    curves: dict[str, list[list[dict]]],
+    results: dict[str, dict[str, list[float]]],
+    labels: dict[str, str],
+    title: str,
+    path: Path,
 ) -> None:
     """Weight sparsity and training loss over training (first seed) and final test accuracy
-    against final sparsity (mean over seeds, error bars: std)."""
+    against final sparsity (mean ± sample standard deviation over seeds), one colour per
+    method (legend entries ``labels[method]``); ``title`` heads the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(14, 4), layout="constrained")
+    figure = Figure(figsize=(15, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
     for method, runs in curves.items():
-        for ax, key in zip(axes[:2], ("weight_sparsity", "train_loss")):
-            points = [(r["step"], r[key]) for r in runs[0] if key in r]
-            steps, values = zip(*points)
-            ax.plot(steps, values, label=method, marker="." if key == "weight_sparsity" else None)
-        figures = results[method]
-        axes[2].errorbar(
-            np.mean(figures["weight_sparsity"]),
-            100 * np.mean(figures["test_accuracy"]),
-            xerr=np.std(figures["weight_sparsity"]),
-            yerr=100 * np.std(figures["test_accuracy"]),
-            marker="o",
-            label=method,
+        for ax, key, scale in ((axes[0], "weight_sparsity", 100.0), (axes[1], "train_loss", 1.0)):
+            steps, values = zip(*[(r["step"], scale * r[key]) for r in runs[0] if key in r])
+            ax.plot(steps, values, marker="." if len(steps) < 50 else None, label=labels[method])
+        sparsity, accuracy = (
+            100 * np.asarray(results[method][k]) for k in ("weight_sparsity", "test_accuracy")
         )
-    axes[0].set(xlabel="step", ylabel="weight sparsity", title="sparsity over training")
-    axes[1].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
-    axes[2].set(xlabel="final weight sparsity", ylabel="test accuracy (%)", title="accuracy")
-    axes[0].legend(fontsize=7)
+        axes[2].errorbar(
+            sparsity.mean(),
+            accuracy.mean(),
+            xerr=sparsity.std(ddof=1) if len(sparsity) > 1 else 0.0,
+            yerr=accuracy.std(ddof=1) if len(accuracy) > 1 else 0.0,
+            marker="o",
+            capsize=4,
+            label=labels[method],
+        )
+    seeds = len(next(iter(curves.values())))
+    sparsity_label = "weights exactly zero (%)"
+    axes[0].set(xlabel=STEP_LABEL, ylabel=sparsity_label, title="Weight sparsity (first seed)")
+    axes[1].set(
+        xlabel=STEP_LABEL,
+        ylabel="training loss (cross-entropy, nats)",
+        title="Training loss (first seed)",
+        yscale=y_scale([v for line in axes[1].get_lines() for v in line.get_ydata()]),
+    )
+    axes[2].set(
+        xlabel=f"final {sparsity_label}",
+        ylabel="test accuracy (% correct)",
+        title="Test accuracy against final sparsity\n"
+        + (f"(mean ± sd over {seeds} seeds)" if seeds > 1 else "(1 seed)"),
+    )
+    axes[2].margins(0.15)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title)
     figure.savefig(path, dpi=120)
 
 
@@ -296,8 +329,14 @@ def run_grda_sparsity(config: GRDASparsitySettings, out_dir: Path, progress: boo
             results.update(method_results)
             curves.update(method_curves)
         all_results[setup] = results
-        _plot(curves, results, out_dir / f"sparsity_{setup}.png")
         s = SETUPS[setup]
+        _plot(
+            curves,
+            results,
+            _method_labels(config),
+            f"{s.model} ({s.preset}) on {s.dataset}: gRDA against SGD",
+            out_dir / f"sparsity_{setup}.png",
+        )
         sections.append(
             f"### {setup}\n\n{sparsity_table(results, config.num_steps)}\n\n"
             f"{s.model} ({s.preset}) on {s.dataset}, {config.num_steps} steps of batch "

@@ -62,6 +62,7 @@ from jaxprune.methods.directional import (
 from jaxprune.optim import grda
 from jaxprune.spectra.lanczos import hessian_eigenvalues
 from jaxprune.train import Bound, TrainConfig, train
+from jaxprune.train.logging import y_scale
 from jaxprune.train.tasks import Task, make_task
 from jaxprune.typing import PyTree
 
@@ -193,23 +194,55 @@ def valley_table(summary: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _plot(ts: np.ndarray, paths: dict[str, dict[str, np.ndarray]], path: Path) -> None:
-    """Training loss and test error along each curve (solid) and line (dashed)."""
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Means of ``values`` ``(n,)`` over the ``window`` steps ending at each step from
+    ``window - 1`` on, ``(n - window + 1,)``."""
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
+def _plot(ts: np.ndarray, paths: dict[str, dict[str, np.ndarray]], title: str, path: Path) -> None:
+    """Training loss and test error along each fitted Bézier curve (solid) and straight line
+    (dashed) from ``w^SGD`` (``t = 0``) to ``w^gRDA`` (``t = 1``), one colour per ``μ``; the
+    curve fit's minibatch loss per step with its moving average; ``title`` heads the figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4), layout="constrained")
+    figure = Figure(figsize=(16, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
+    axes = figure.subplots(1, 3)
+    marker = "." if len(ts) < 50 else None
     for i, (mu, p) in enumerate(paths.items()):
-        color = f"C{i}"
-        axes[0].plot(ts, p["train_loss_curve"], color=color, label=f"Bézier, μ={mu}")
-        axes[0].plot(ts, p["train_loss_line"], color=color, ls="--", label=f"line, μ={mu}")
-        axes[1].plot(ts, 100 * p["test_error_curve"], color=color)
-        axes[1].plot(ts, 100 * p["test_error_line"], color=color, ls="--")
-    axes[0].set(xlabel="t (0: SGD, 1: gRDA)", ylabel="training loss", yscale="log")
-    axes[1].set(xlabel="t (0: SGD, 1: gRDA)", ylabel="test error (%)")
-    axes[0].legend(fontsize=8)
+        color, name = f"C{i}", f"gRDA μ = {mu}"
+        for ax, key, scale in ((axes[0], "train_loss", 1.0), (axes[1], "test_error", 100.0)):
+            ax.plot(ts, scale * p[f"{key}_curve"], color=color, marker=marker, label=name)
+            ax.plot(ts, scale * p[f"{key}_line"], color=color, marker=marker, ls="--")
+        losses = p["bezier_fit_losses"]
+        window = min(len(losses), max(10, len(losses) // 20))
+        steps = np.arange(1, len(losses) + 1)
+        axes[2].plot(steps, losses, color=color, lw=0.8, alpha=0.35)
+        axes[2].plot(steps[window - 1 :], _moving_average(losses, window), color=color, label=name)
+    for ax in axes[:2]:
+        ax.plot([], [], "k-", label="Bézier curve (trained)")
+        ax.plot([], [], "k--", label="straight line")
+        ax.set_xlabel("t along the path (0: SGD minimum, 1: gRDA minimum)")
+    axes[0].set(
+        ylabel="training loss (cross-entropy, nats)",
+        title="Training loss along the path (whole training set)",
+        yscale=y_scale([v for line in axes[0].get_lines() for v in line.get_ydata()]),
+    )
+    axes[1].set(ylabel="test error (% wrong)", title="Test error along the path")
+    axes[2].plot([], [], "k-", lw=0.8, alpha=0.35, label="per step (minibatch, random t)")
+    axes[2].plot([], [], "k-", label=f"moving average ({window} steps)")
+    axes[2].set(
+        xlabel="step of the control point's SGD",
+        ylabel="training loss (cross-entropy, nats)",
+        title="Fit of the Bézier control point",
+        yscale=y_scale([v for line in axes[2].get_lines() for v in line.get_ydata()]),
+    )
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title)
     figure.savefig(path, dpi=120)
 
 
@@ -321,7 +354,12 @@ def run_grda_valley(config: GRDAValleySettings, out_dir: Path, progress: bool = 
         {"summary": summary, "ts": ts.tolist(), "paths": paths},
         table,
     )
-    _plot(ts, paths, out_dir / "valley.png")
+    _plot(
+        ts,
+        paths,
+        f"{s.model} ({s.preset}) on {s.dataset}: SGD and gRDA minima (c = {config.c:g})",
+        out_dir / "valley.png",
+    )
     return {"table": table, "ts": ts, "summary": summary, "paths": paths}
 
 

@@ -462,31 +462,65 @@ def _table(settings: GreedyCNNSettings, rows: list[dict], claims: dict, seconds:
     return "\n".join(lines) + "\n"
 
 
+#: Zoo model name -> its name in the plot (others are shown as they are).
+_MODEL_NAMES = {"mobilenet_v2": "MobileNetV2", "resnet34": "ResNet-34"}
+
+
 def _plot(settings: GreedyCNNSettings, rows: list[dict], path: Path) -> None:
-    import matplotlib
+    """Save ``table1.png``: per model (columns), the fine-tuned pruned test accuracy against
+    the pre-training iterations before pruning, one colour per sub-dataset size (mean ± sd over
+    seeds shaded; dashed: the dense accuracy after the whole pre-training; star: the first
+    matching prune point), and below it the pruned network's FLOPs relative to dense."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        1, len(settings.models), figsize=(5 * len(settings.models), 3.6), squeeze=False
-    )
-    for ax, name in zip(axes[0], settings.models):
+    figure = Figure(figsize=(max(7.0, 5.5 * len(settings.models)), 8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, len(settings.models), squeeze=False, sharex="col")
+    prune_at = np.asarray(settings.prune_at)
+    for column, name in enumerate(settings.models):
+        accuracy, flops = axes[:, column]
         for i, row in enumerate(r for r in rows if r["model"] == name):
             color = f"C{i}"
             mean = np.array(row["pruned_mean"])
-            ax.plot(settings.prune_at, mean, "o-", color=color, label=f"m = {row['size']}")
+            accuracy.plot(prune_at, mean, "o-", color=color, label=f"m = {row['size']}")
             if row["pruned_sd"] is not None:
                 sd = np.array(row["pruned_sd"])
-                ax.fill_between(settings.prune_at, mean - sd, mean + sd, color=color, alpha=0.2)
-            ax.axhline(row["dense_mean"], color=color, ls="--", lw=0.8)
-        ax.set_title(f"{name} (dashed: dense after pre-training)")
-        ax.set_xlabel("pre-training iterations before pruning")
-        ax.set_ylabel("pruned test accuracy (fine-tuned)")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+                accuracy.fill_between(prune_at, mean - sd, mean + sd, color=color, alpha=0.2)
+            accuracy.axhline(row["dense_mean"], color=color, ls="--", lw=0.8)
+            if row["first_match"] is not None:
+                at = settings.prune_at.index(row["first_match"])
+                accuracy.plot(prune_at[at], mean[at], "*", color=color, ms=14, mec="k")
+            flops.plot(prune_at, row["flops_mean"], "o-", color=color, label=f"m = {row['size']}")
+        accuracy.plot([], [], "k--", lw=0.8, label="dense, after all pre-training")
+        accuracy.plot(
+            [],
+            [],
+            "k*",
+            ms=10,
+            ls="none",
+            label=f"first within {settings.match_tolerance:g} of dense",
+        )
+        accuracy.set(
+            ylabel="pruned test accuracy after fine-tuning\n(fraction correct)",
+            title=f"{_MODEL_NAMES.get(name, name)}: accuracy of the pruned network",
+        )
+        flops.set(
+            xlabel="pre-training iterations before pruning",
+            ylabel="FLOPs of the pruned network\n(fraction of dense)",
+            title=f"{_MODEL_NAMES.get(name, name)}: cost of the pruned network",
+        )
+        flops.set_xticks(prune_at, [str(t) for t in settings.prune_at])
+        for ax in (accuracy, flops):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+    seeds = len(settings.seeds)
+    spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "1 seed"
+    figure.suptitle(
+        f"Greedy channel selection after pre-training on {settings.dataset}\n"
+        f"{settings.finetune_steps} fine-tuning iterations, {spread} (Wolfe et al. 2023, Table 1)"
+    )
+    figure.savefig(path, dpi=120)
 
 
 def run_greedy_cnn(settings: GreedyCNNSettings, out_dir: Path, progress: bool = True) -> dict:

@@ -895,43 +895,68 @@ def _tables(widths: dict, appendix: dict, settings, info: dict) -> str:
     return "\n".join(lines)
 
 
-def _plots(widths: dict, appendix: dict, settings, out_dir: Path) -> list[str]:
+def _plot_figure1(widths: dict, settings, path: Path) -> None:
+    """Figure 1: per width (columns), the mean pruned accuracy over (prune point, size ``m``)
+    on the sub-dataset (top) and the whole training split (bottom), one colour scale per row,
+    with the red line and the fitted ``t*(m)``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     sizes, iterations = settings.subset_sizes, settings.iterations
-    figure = Figure(figsize=(5 * len(widths), 8), layout="constrained")
+    figure = Figure(figsize=(5.5 * len(widths), 8.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = np.asarray(figure.subplots(2, len(widths), squeeze=False))
-    for line, (suffix, what) in enumerate((("", "sub-dataset"), ("_full", "training split"))):
+    rotation = 45 if len(iterations) > 8 else 0
+    for line, (suffix, what) in enumerate((("", "sub-dataset"), ("_full", "whole training split"))):
         # One colour scale per row, so that the widths compare.
         heatmaps = [np.asarray(row[f"pruned_accuracy{suffix}"]["mean"]) for row in widths.values()]
         low, high = min(h.min() for h in heatmaps), max(h.max() for h in heatmaps)
         for column, (width, row) in enumerate(widths.items()):
             ax = axes[line, column]
-            accuracy = heatmaps[column]
             image = ax.imshow(
-                accuracy, origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high
+                heatmaps[column], origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high
             )
-            figure.colorbar(image, ax=ax, label=f"pruned accuracy ({what})")
+            figure.colorbar(image, ax=ax, label="pruned net's accuracy (fraction correct)")
             red = row[f"red_line{suffix}"]["iterations"]
             shown = [(iterations.index(t), s) for s, t in enumerate(red) if t is not None]
             if shown:
-                ax.plot(*zip(*shown), "r-o", linewidth=2, label="red line")
+                ax.plot(
+                    *zip(*shown),
+                    "r-o",
+                    linewidth=2,
+                    label="red line: first at the largest m's best",
+                )
             dashed = np.asarray(row[f"dashed_line{suffix}"]["iterations"]) / settings.prune_every
-            ax.plot(dashed, range(len(sizes)), "w--", linewidth=2, label="theory t*(m)")
+            ax.plot(
+                dashed, range(len(sizes)), "w--", linewidth=2, label="t*(m) of Sec. 4.2 (fitted)"
+            )
             ax.set_xlim(-0.5, len(iterations) - 0.5)
-            ax.set_xticks(range(len(iterations)), [str(t) for t in iterations], rotation=45)
+            ax.set_xticks(range(len(iterations)), [str(t) for t in iterations], rotation=rotation)
             ax.set_yticks(range(len(sizes)), [str(m) for m in sizes])
             ax.set(
-                xlabel="pre-training iterations",
-                ylabel="sub-dataset size m",
-                title=f"N = {width}: {what}",
+                xlabel="pre-training iterations (full-batch GD steps)",
+                ylabel="sub-dataset size m (examples)",
+                title=f"N = {width} neurons: accuracy on the {what}",
             )
             ax.legend(fontsize=7, loc="lower right")
-    figure.savefig(out_dir / "figure1.png", dpi=110)
+    seeds = len(settings.seeds)
+    figure.suptitle(
+        f"Greedy forward selection (k = {settings.num_selected}) after pre-training on "
+        f"{settings.dataset} (binary labels), mean over {seeds} seed{'s' if seeds > 1 else ''} "
+        "(Wolfe et al. 2023, Fig. 1)"
+    )
+    figure.savefig(path, dpi=110)
 
-    figure = Figure(figsize=(12, 4.5), layout="constrained")
+
+def _plot_appendix(appendix: dict, settings, path: Path) -> None:
+    """Appendix C: ``σ_min(Ψ)`` at initialization against ``N`` with the fitted ``c·√N``
+    (Figure 2), and ``1/κ`` of Gaussian ``N × m`` matrices against ``m`` with the Bai–Yin limit
+    (Figure 3); mean ± sd over the draws."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter, NullLocator
+
+    figure = Figure(figsize=(13, 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     left, right = figure.subplots(1, 2)
     neurons = np.asarray(settings.psi_neurons, np.float64)
@@ -947,19 +972,20 @@ def _plots(widths: dict, appendix: dict, settings, out_dir: Path) -> list[str]:
             label=f"{entry['activation']}, d = {entry['d']}, m = {entry['m']}",
         )
         left.plot(neurons, entry["sqrt_constant"] * np.sqrt(neurons), ":", color=color)
+    left.plot([], [], "k:", label="fitted c·√N")
     left.set(
         xscale="log",
         yscale="log",
-        xlabel="N",
-        ylabel="σ_min(Ψ)",
-        title="(Fig. 2) σ_min(Ψ) vs N; dotted: fitted c·√N",
+        xlabel="hidden neurons N",
+        ylabel="σ_min(Ψ) (smallest singular value)",
+        title=f"(Fig. 2) σ_min(Ψ) at initialization, {settings.psi_draws} draws",
     )
     left.set_xticks(neurons, [f"{n:g}" for n in neurons])
-    left.minorticks_off()
-    left.legend(fontsize=7)
+    left.xaxis.set_minor_locator(NullLocator())
+    right.set_xticks(settings.subset_sizes, [str(m) for m in settings.subset_sizes])
     for index, (width, entry) in enumerate(appendix["figure3"].items()):
         right.errorbar(
-            sizes,
+            settings.subset_sizes,
             entry["mean"],
             yerr=entry["sd"],
             fmt="o-",
@@ -967,15 +993,28 @@ def _plots(widths: dict, appendix: dict, settings, out_dir: Path) -> list[str]:
             capsize=2,
             label=f"N = {width}",
         )
-        right.plot(sizes, entry["bai_yin"], ":", color=f"C{index}")
+        right.plot(settings.subset_sizes, entry["bai_yin"], ":", color=f"C{index}")
+    right.plot([], [], "k:", label="Bai–Yin limit")
     right.set(
         yscale="log",
-        xlabel="m",
-        ylabel="1/κ",
-        title="(Fig. 3) 1/κ of a Gaussian N × m matrix; dotted: Bai–Yin",
+        xlabel="columns m (sub-dataset size)",
+        ylabel="1/κ = σ_min / σ_max",
+        title=f"(Fig. 3) 1/κ of a Gaussian N × m matrix, {settings.condition_draws} draws",
     )
-    right.legend(fontsize=7)
-    figure.savefig(out_dir / "appendix_c.png", dpi=110)
+    for ax in (left, right):  # plain numbers at 1, 2 and 5 of every decade on the log axes
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    figure.suptitle("Conditioning at initialization, mean ± sd (Wolfe et al. 2023, App. C)")
+    figure.savefig(path, dpi=110)
+
+
+def _plots(widths: dict, appendix: dict, settings, out_dir: Path) -> list[str]:
+    """Write ``figure1.png`` and ``appendix_c.png`` to ``out_dir``; their file names."""
+    _plot_figure1(widths, settings, out_dir / "figure1.png")
+    _plot_appendix(appendix, settings, out_dir / "appendix_c.png")
     return ["figure1.png", "appendix_c.png"]
 
 

@@ -508,105 +508,202 @@ def _tables(summary: dict, settings, info: dict) -> str:
     return "\n".join(lines)
 
 
-def _lambda_axis(ax, lams) -> None:
-    """Label a logarithmic λ axis at the grid's values only."""
-    ax.set_xticks(lams, [f"{lam:g}" for lam in lams])
+#: Layer key -> its name in the plots.
+_LAYER_NAMES = {"hidden": "W (input layer)", "output": "V (output layer)"}
+
+#: The x-axis label of every plot against λ.
+_LAMBDA_LABEL = "λ of the initialization (λW, V/λ)"
+
+
+def _grid_axis(ax, values) -> None:
+    """Label a logarithmic x axis at the grid's ``values`` only."""
+    ax.set_xticks(values, [f"{value:g}" for value in values])
     ax.minorticks_off()
 
 
-def _plots(summary: dict, settings, out_dir: Path) -> list[str]:
+def _positive(xs, ys) -> tuple[list, list, int]:
+    """The points of ``(xs, ys)`` with ``y > 0`` (drawable on a log axis) and how many are not."""
+    kept = [(x, y) for x, y in zip(xs, ys) if y > 0]
+    return [x for x, _ in kept], [y for _, y in kept], len(xs) - len(kept)
+
+
+def _plot_importance(rows: list[dict], title: str, path: Path) -> None:
+    """Figure 2: per layer, MI, HI (at initialization and the end) and the init-pruning NI of
+    the training loss against λ; the init-pruning NI of the test loss and error."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = summary["rows"]
     lams = [row["lam"] for row in rows]
-    names = []
-
-    figure = Figure(figsize=(15, 4), layout="constrained")
+    figure = Figure(figsize=(16, 4.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
-    for index, (layer, title) in enumerate(
-        zip(LAYERS, ("(a) input layer W", "(b) output layer V"))
-    ):
-        ax = axes[index]
-        ax.loglog(lams, [r["mi_init"][index] for r in rows], "o--", label="MI init")
-        ax.loglog(lams, [r["mi_final"][index] for r in rows], "o-", label="MI final")
-        ax.loglog(lams, [r["hi_init"][index] for r in rows], "s--", label="HI init")
-        ax.loglog(lams, [r["hi_final"][index] for r in rows], "s-", label="HI final")
-        ni = [max(r[f"ni_{layer}_train_loss_relative"][0], 1e-12) for r in rows]
-        ax.loglog(lams, ni, "^-", label="NI train / L0")
-        ax.set(xlabel="λ", title=title)
-        _lambda_axis(ax, lams)
+    for index, (ax, layer) in enumerate(zip(axes, LAYERS)):
+        for key, style, label in (
+            ("mi_init", "o--", "MI Σθ² at init"),
+            ("mi_final", "o-", "MI Σθ² final"),
+            ("hi_init", "s--", "HI Σ½H_jjθ² at init (nats)"),
+            ("hi_final", "s-", "HI Σ½H_jjθ² final (nats)"),
+        ):
+            ax.loglog(*_positive(lams, [r[key][index] for r in rows])[:2], style, label=label)
+        ni = [r[f"ni_{layer}_train_loss_relative"][0] for r in rows]
+        xs, ys, dropped = _positive(lams, ni)
+        ax.loglog(xs, ys, "^-", label="NI of the training loss / L(θ_init)")
+        note = f"\n({dropped} NI ≤ 0 not drawn)" if dropped else ""
+        ax.set(
+            xlabel=_LAMBDA_LABEL,
+            ylabel="importance of the layer (log scale)",
+            title=f"({'ab'[index]}) {_LAYER_NAMES[layer]}{note}",
+        )
+        _grid_axis(ax, lams)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     ax = axes[2]
     for layer, marker in zip(LAYERS, ("o", "s")):
-        ax.semilogx(
-            lams,
-            [r[f"ni_{layer}_test_loss"][0] for r in rows],
-            marker + "-",
-            label=f"{layer}: test loss",
-        )
-        ax.semilogx(
-            lams,
-            [r[f"ni_{layer}_test_error"][0] for r in rows],
-            marker + "--",
-            label=f"{layer}: test error",
-        )
-    ax.set(xlabel="λ", title="(c) init-pruning NI w.r.t. test")
-    _lambda_axis(ax, lams)
+        name = _LAYER_NAMES[layer].split()[0]
+        for metric, style, label in (
+            ("test_loss", "-", "test loss (nats)"),
+            ("test_error", "--", "test error (fraction)"),
+        ):
+            mean, std = zip(*[r[f"ni_{layer}_{metric}"] for r in rows])
+            ax.errorbar(
+                lams, mean, yerr=std, fmt=marker + style, capsize=3, label=f"{name}: {label}"
+            )
+    ax.set(
+        xscale="log",
+        xlabel=_LAMBDA_LABEL,
+        ylabel="increase when the layer is reset to θ_init",
+        title="(c) Init-pruning NI on the test set (mean ± sd over seeds)",
+    )
+    _grid_axis(ax, lams)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    figure.savefig(out_dir / "fig2_importance.png", dpi=110)
-    names.append("fig2_importance.png")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
 
-    smallest = min(settings.keep_fractions)
-    figure = Figure(figsize=(15, 4), layout="constrained")
+
+def _accuracy(row: dict, method: str, scope: str, fraction: float) -> tuple[float, float]:
+    """Mean and std over seeds of the test accuracy of ``method``/``scope`` at ``fraction``."""
+    return tuple(row["pruning"][f"{method}/{scope}/{fraction:g}"]["test_accuracy"])
+
+
+def _plot_pruning(rows: list[dict], fractions: list[float], title: str, path: Path) -> None:
+    """Figure 3: test accuracy after global MP and HP and retraining against the kept fraction,
+    one curve per λ; the share of each layer kept at the smallest fraction against λ."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lams = [row["lam"] for row in rows]
+    figure = Figure(figsize=(16, 4.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
-    fractions = list(settings.keep_fractions)
-    for ax, method in zip(axes[:2], METHODS):
-        for row in rows:
-            accuracy = [
-                row["pruning"][f"{method}/global/{f:g}"]["test_accuracy"][0] for f in fractions
-            ]
-            ax.semilogx(fractions, accuracy, "o-", label=f"λ = {row['lam']:g}")
+    names = {"MP": "magnitude pruning (MP)", "HP": "Hessian pruning (HP)"}
+    markers = "os^Dv<>p*h"
+    for index, (ax, method) in enumerate(zip(axes, METHODS)):
+        for i, row in enumerate(rows):
+            mean, std = zip(*[_accuracy(row, method, "global", f) for f in fractions])
+            ax.errorbar(
+                fractions,
+                mean,
+                yerr=std,
+                fmt="-" + markers[i % len(markers)],
+                mfc="none",
+                ms=8 - 5 * i / max(len(rows), 1),
+                capsize=3,
+                label=f"λ = {row['lam']:g}",
+            )
         ax.set(
-            xlabel="nonzero fraction s/p",
-            ylabel="test accuracy",
-            title=f"({'ab'[METHODS.index(method)]}) {method}, global",
+            xscale="log",
+            xlabel="kept (nonzero) fraction of the weights s/p",
+            ylabel="test accuracy after retraining (fraction correct)",
+            title=f"({'ab'[index]}) {names[method]}, global top-k",
         )
+        _grid_axis(ax, sorted(fractions))
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    smallest = min(fractions)
     ax = axes[2]
     for method, style in zip(METHODS, (":", "-")):
         for index, (layer, color) in enumerate(zip(LAYERS, ("tab:red", "tab:blue"))):
             kept = [row["pruning"][f"{method}/global/{smallest:g}"]["kept"][index] for row in rows]
-            ax.semilogx(lams, kept, style, color=color, marker="o", label=f"{method} {layer}")
+            name = _LAYER_NAMES[layer].split()[0]
+            ax.semilogx(lams, kept, style, color=color, marker="o", label=f"{method}, {name}")
     ax.set(
-        xlabel="λ",
-        ylabel="fraction of the layer kept",
-        title=f"(c) layers at {smallest:g} nonzeros",
+        xlabel=_LAMBDA_LABEL,
+        ylabel="fraction of the layer's weights kept",
+        title=f"(c) Layers left at {smallest:.0%} nonzeros (global top-k)",
     )
-    _lambda_axis(ax, lams)
+    _grid_axis(ax, lams)
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    figure.savefig(out_dir / "fig3_pruning.png", dpi=110)
-    names.append("fig3_pruning.png")
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
 
-    figure = Figure(figsize=(5 * len(fractions), 4), layout="constrained")
+
+def _plot_layerwise(rows: list[dict], fractions: list[float], title: str, path: Path) -> None:
+    """Figure 4: test accuracy after pruning and retraining against λ, one panel per kept
+    fraction: MP and HP (colours), global and layer-wise top-k (solid, dashed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lams = [row["lam"] for row in rows]
+    figure = Figure(figsize=(5.2 * len(fractions), 4.4), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = np.atleast_1d(figure.subplots(1, len(fractions)))
+    axes = figure.subplots(1, len(fractions), squeeze=False)[0]
+    scopes = {"global": ("-", "global top-k"), "layer": ("--", "layer-wise top-k")}
     for ax, fraction in zip(axes, fractions):
-        for method in METHODS:
-            for scope, style in zip(SCOPES, ("-", "--")):
-                accuracy = [
-                    row["pruning"][f"{method}/{scope}/{fraction:g}"]["test_accuracy"][0]
-                    for row in rows
-                ]
-                ax.semilogx(lams, accuracy, style, marker="o", label=f"{method} {scope}")
-        ax.set(xlabel="λ", ylabel="test accuracy", title=f"keep {fraction:g}: global vs layer-wise")
-        _lambda_axis(ax, lams)
+        for method, color in zip(METHODS, ("tab:orange", "tab:green")):
+            for scope in SCOPES:
+                style, name = scopes[scope]
+                mean, std = zip(*[_accuracy(row, method, scope, fraction) for row in rows])
+                ax.errorbar(
+                    lams,
+                    mean,
+                    yerr=std,
+                    fmt="o" + style,
+                    color=color,
+                    capsize=3,
+                    label=f"{method}, {name}",
+                )
+        ax.set(
+            xscale="log",
+            xlabel=_LAMBDA_LABEL,
+            ylabel="test accuracy after retraining (fraction correct)",
+            title=f"{fraction:.0%} of the weights kept",
+        )
+        _grid_axis(ax, lams)
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    figure.savefig(out_dir / "fig4_layerwise.png", dpi=110)
-    names.append("fig4_layerwise.png")
-    return names
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
+
+
+def _plots(summary: dict, settings, out_dir: Path) -> list[str]:
+    """Write Figures 2-4 of :func:`run_importance_lambda`'s ``summary`` to ``out_dir``; their
+    file names."""
+    rows, fractions = summary["rows"], list(settings.keep_fractions)
+    seeds = len(settings.seeds)
+    net = (
+        f"Two-layer ReLU net (m = {settings.width}) on {settings.dataset}, {seeds} "
+        f"seed{'s' if seeds > 1 else ''}"
+    )
+    _plot_importance(
+        rows,
+        f"{net}: layer importance against λ (Li et al. 2020, Fig. 2)",
+        out_dir / "fig2_importance.png",
+    )
+    _plot_pruning(
+        rows,
+        fractions,
+        f"{net}: pruning and lottery retraining (Li et al. 2020, Fig. 3; mean ± sd)",
+        out_dir / "fig3_pruning.png",
+    )
+    _plot_layerwise(
+        rows,
+        fractions,
+        f"{net}: global against layer-wise pruning (Li et al. 2020, Fig. 4; mean ± sd)",
+        out_dir / "fig4_layerwise.png",
+    )
+    return ["fig2_importance.png", "fig3_pruning.png", "fig4_layerwise.png"]
 
 
 def run_importance_lambda(

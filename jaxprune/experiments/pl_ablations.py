@@ -12,7 +12,7 @@ the same initialization and data order:
 * ``α`` of eq. 36: each of ``alphas`` (0: gating trained on the loss alone);
 * TopK: within every layer (``"per_layer"``: the same fraction of each layer kept; the base,
   reading PL-12) vs over all groups (``"global"``, the paper's, one group per layer protected);
-* the trace's Hessian: ``"auto"`` (the base: the loss Hessian on piecewise-linear models) vs
+* the trace's Hessian: ``"auto"`` (the base: the Gauss-Newton trace on piecewise-linear models) vs
   eq. 36's output Hessian (``"outputs"``, identically zero on a ReLU MLP; reading PL-2);
 * the terms' normalization (reading PL-10): normalized (the base) vs eq. 36 as printed;
 * feature standardization (reading PL-11): across all groups (the base) vs within each layer.

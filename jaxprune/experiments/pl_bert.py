@@ -66,6 +66,7 @@ from jaxprune.masks import PruningSchedule, apply_group_mask, lth_schedule, one_
 from jaxprune.methods import pl_gating
 from jaxprune.spectra import empirical_ntk, sketch_outputs, spectrum_features
 from jaxprune.train import Bound, Pruner, TrainConfig, train
+from jaxprune.train.logging import y_scale
 
 __all__ = [
     "EXPERIMENT",
@@ -292,26 +293,43 @@ def _plot_heads(
     step: int,
     path: Path,
 ) -> None:
+    """Save ``heads.png``: the heatmap of the per-head NTK condition numbers ``conditions``
+    ``(L, H)`` at ``step``, the heads PL's ``mask`` (``(L·H,)``, 0: pruned) removes crossed out
+    (Figure 1d); bars of the whole-model condition number ``before`` and ``after`` the PL mask
+    (Figure 3 at the event), their values written on them."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(11, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
     heat, bars = figure.subplots(1, 2, width_ratios=(2, 1))
     image = heat.imshow(np.log10(conditions), cmap="viridis", aspect="auto")
-    figure.colorbar(image, ax=heat, label="log10 λmax/λmin of the head's NTK")
+    figure.colorbar(image, ax=heat, label="log₁₀(λ_max / λ_min) of the head's NTK")
     if mask is not None:
-        for layer, head in zip(*np.nonzero(mask.reshape(conditions.shape) == 0)):
-            heat.text(head, layer, "×", ha="center", va="center", color="white", fontsize=14)
-    heat.set(xlabel="head", ylabel="layer", title=f"dense model at step {step} (× pruned by PL)")
+        layers, heads = np.nonzero(mask.reshape(conditions.shape) == 0)
+        heat.plot(heads, layers, "wx", ls="none", ms=10, mew=2)
+    crossed = "" if mask is None else "; × pruned by PL"
+    heat.set(
+        xlabel="head (index in its layer)",
+        ylabel="layer",
+        title=f"Per-head NTK condition number\n(dense model at step {step}{crossed})",
+    )
     heat.set_xticks(range(conditions.shape[1]))
     heat.set_yticks(range(conditions.shape[0]))
-    labels, values = ["before event"], [before]
+    labels, values = ["before event\n(dense)"], [before]
     if after is not None:
-        labels.append("after PL mask")
+        labels.append("after event\n(PL mask)")
         values.append(after)
-    bars.bar(labels, values, color=["tab:gray", "tab:red"][: len(values)])
-    bars.set(ylabel="NTK λmax/λmin (sketched)", yscale="log", title=f"whole model, step {step}")
+    drawn = bars.bar(labels, values, color=["tab:gray", "tab:red"][: len(values)])
+    bars.bar_label(drawn, fmt="%.3g")
+    bars.set_yscale(y_scale(values))
+    bars.set(
+        ylabel="NTK λ_max / λ_min (ratio, outputs sketched)",
+        title=f"Whole-model NTK condition number\n(step {step})",
+    )
+    bars.margins(y=0.12)
+    bars.grid(alpha=0.3, axis="y")
+    figure.suptitle("BERT heads at the PL pruning event (Chen et al. 2023, Figs. 1d and 3)")
     figure.savefig(path, dpi=120)
 
 

@@ -90,7 +90,7 @@ LABELS = {
     "taylor": "Exp-Score",
     "snip": "SNIP",
     "grasp": "GraSP",
-    "pl": "PL (ours)",
+    "pl": "PL (Chen et al.)",
 }
 #: Settings fields that override the Switch preset when not ``None``.
 MODEL_FIELDS = (
@@ -254,22 +254,44 @@ def perplexity_table(rows: dict[str, dict[str, list[float]]], report_steps: tupl
     return "\n".join(lines)
 
 
-def _plot_experts(heatmaps: dict[str, np.ndarray], kind: str, path: Path) -> None:
-    """One panel per method: fraction of seeds keeping each (Switch layer, expert)."""
+def _plot_experts(
+    heatmaps: dict[str, np.ndarray],
+    layers: tuple[int, ...],
+    seeds: int,
+    title: str,
+    path: Path,
+) -> None:
+    """One panel per method: the share of the ``seeds`` runs keeping each expert
+    (``heatmaps[method]``: ``(len(layers), num_experts)``), rows named by the transformer layer
+    ``layers[k]`` of the ``k``-th Switch layer; ``title`` heads the figure."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(2.6 * len(heatmaps) + 1, 3), layout="constrained")
+    figure = Figure(figsize=(2.8 * len(heatmaps) + 1.5, 3.2), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = np.atleast_1d(figure.subplots(1, len(heatmaps), squeeze=False)[0])
+    axes = figure.subplots(1, len(heatmaps), squeeze=False)[0]
+    cmap = colormaps["Greens"].resampled(seeds + 1)  # one colour per count of seeds
+    half = 0.5 / seeds
     image = None
     for ax, (method, values) in zip(axes, heatmaps.items()):
-        image = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="Greens", aspect="auto")
-        ax.set(title=LABELS[method], xlabel="expert", ylabel="Switch layer")
+        image = ax.imshow(values, vmin=-half, vmax=1 + half, cmap=cmap, aspect="auto")
+        ax.set(
+            title=LABELS[method],
+            xlabel="expert (index in its layer)",
+            ylabel="Switch layer (layer index)",
+        )
         ax.set_xticks(range(values.shape[1]))
-        ax.set_yticks(range(values.shape[0]))
-    figure.colorbar(image, ax=list(axes), label="share of seeds keeping the expert")
-    figure.suptitle(f"Experts kept ({kind} pruning)")
+        ax.set_yticks(range(values.shape[0]), [str(layer) for layer in layers])
+    ticks = np.linspace(0.0, 1.0, seeds + 1)
+    colorbar = figure.colorbar(image, ax=list(axes), ticks=ticks)
+    if seeds == 1:
+        colorbar.set_ticklabels(["pruned", "kept"])
+        colorbar.set_label("expert after training (1 seed)")
+    else:
+        colorbar.set_ticklabels([f"{k}/{seeds}" for k in range(seeds + 1)])
+        colorbar.set_label(f"seeds keeping the expert (of {seeds})")
+    figure.suptitle(title)
     figure.savefig(path, dpi=120)
 
 
@@ -324,7 +346,14 @@ def run_pl_switch(config: PLSwitchSettings, out_dir: Path, progress: bool = True
                 if m != "dense"
             }
             if experts[kind]:
-                _plot_experts(experts[kind], kind, out_dir / f"experts_{kind}.png")
+                groups = "experts" if kind == "experts" else "experts and heads"
+                _plot_experts(
+                    experts[kind],
+                    model.config.moe_layers,
+                    len(config.seeds),
+                    f"Switch experts kept after pruning {config.ratio:.0%} of the {groups}",
+                    out_dir / f"experts_{kind}.png",
+                )
         rows = {LABELS[m] + ("" if m == "dense" else f" ({kind})"): found[m] for m in found}
         sections.append(f"**{kind}**\n\n" + perplexity_table(rows, config.report_steps))
     table = "\n\n".join(sections) + (

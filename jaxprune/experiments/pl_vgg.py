@@ -47,12 +47,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optax
 
 from jaxprune._validation import check_choice
 from jaxprune.experiments import Experiment
-from jaxprune.experiments.compare import load_splits, pruner_factories, run_method_comparison
+from jaxprune.experiments.compare import (
+    draw_curve_panel,
+    load_splits,
+    pruner_factories,
+    run_method_comparison,
+)
 from jaxprune.experiments.settings import (
     TOPK_NOTE,
     MethodComparisonSettings,
@@ -61,6 +65,7 @@ from jaxprune.experiments.settings import (
 )
 from jaxprune.masks import PruningSchedule, lth_schedule, one_shot, per_epoch_from
 from jaxprune.methods.pl_gating import HESSIANS
+from jaxprune.train.logging import loss_unit
 
 __all__ = ["EXPERIMENT", "METHODS", "PLVGGSettings", "linear_schedule", "run_pl_vgg"]
 
@@ -176,30 +181,21 @@ def _optimizer(config: PLVGGSettings) -> optax.GradientTransformation:
 
 
 def _plot_condition(curves: dict[str, list[list[dict]]], path: Path) -> None:
-    """NTK condition number and Hessian trace over training (first seed), dense vs PL; hollow
-    markers: the values just before each pruning event."""
+    """NTK condition number and Hessian trace over training, dense against PL (first seed,
+    :func:`~jaxprune.experiments.compare.draw_curve_panel`): the values before (×) and after (○)
+    each pruning event, dotted lines at the events."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
-    panels = [("ntk_condition", "NTK λmax/λmin"), ("hessian_trace", "Hessian trace")]
-    for ax, (key, label) in zip(axes, panels):
-        for (method, runs), color in zip(curves.items(), ("tab:blue", "tab:red")):
-            rows = runs[0]
-            points = [(r["step"], r[key]) for r in rows if np.isfinite(r.get(key, np.nan))]
-            if points:
-                ax.plot(*zip(*points), marker=".", color=color, label=method)
-            before = [
-                (r["step"], r[f"{key}_before_event"])
-                for r in rows
-                if np.isfinite(r.get(f"{key}_before_event", np.nan))
-            ]
-            if before:
-                ax.plot(*zip(*before), "o", mfc="none", color=color, label=f"{method} before event")
-        ax.set(xlabel="step", ylabel=label, yscale="symlog" if key == "hessian_trace" else "log")
-    axes[0].legend(fontsize=8)
+    runs = {method: curves[method][0] for method in ("dense", "pl")}
+    colors = {"dense": "tab:blue", "pl": "tab:red"}
+    for ax, key in zip(figure.subplots(1, 2), ("ntk_condition", "hessian_trace")):
+        draw_curve_panel(ax, runs, key, colors, loss_unit(runs["dense"]))
+    figure.suptitle(
+        "Dense against PL gating: conditioning over training (Chen et al. 2023, Fig. 5)"
+    )
     figure.savefig(path, dpi=120)
 
 

@@ -329,6 +329,25 @@ def topk_mask(
     if not per_layer and min_per_layer == 0:
         kept[order[:k]] = True
         return kept.astype(np.float32)
+    layers, counts = _layered_counts(layout, p, k, min_per_layer)
+    # Rank of every group within its layer (0 = best of the layer).
+    by_layer = order[np.argsort(layers[order], kind="stable")]
+    rank = np.empty(p, np.int64)
+    rank[by_layer] = np.arange(p) - np.repeat(np.cumsum(counts) - counts, counts)
+    if per_layer:
+        kept = rank < _layer_quotas(counts, k, min_per_layer)[layers]
+    else:
+        kept = rank < min_per_layer
+        rest = order[~kept[order]]
+        kept[rest[: k - int(kept.sum())]] = True
+    return kept.astype(np.float32)
+
+
+def _layered_counts(
+    layout: GroupLayout | None, p: int, k: int, min_per_layer: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``layer_of_group`` and the groups per layer of a per-layer or protected TopK of ``k``
+    out of ``p``, checked against ``min_per_layer``."""
     if layout is None:
         raise ValueError("layout: required when per_layer=True or min_per_layer > 0, got None")
     layers, counts = _layer_counts(layout, p)
@@ -343,28 +362,32 @@ def topk_mask(
             f"k: {k} is less than min_per_layer ({min_per_layer}) × number of layers "
             f"({layout.num_layers}) = {min_per_layer * layout.num_layers}"
         )
-    # Rank of every group within its layer (0 = best of the layer).
-    by_layer = order[np.argsort(layers[order], kind="stable")]
-    rank = np.empty(p, np.int64)
-    rank[by_layer] = np.arange(p) - np.repeat(np.cumsum(counts) - counts, counts)
-    if per_layer:
-        budget = k - min_per_layer * layout.num_layers
-        quota = min_per_layer + _apportion(budget, counts - min_per_layer)
-        kept = rank < quota[layers]
-    else:
-        kept = rank < min_per_layer
-        rest = order[~kept[order]]
-        kept[rest[: k - int(kept.sum())]] = True
-    return kept.astype(np.float32)
+    return layers, counts
 
 
-def topk_mask_jax(scores: jax.Array, k: int) -> jax.Array:
-    """Jit-able global TopK mask: exactly ``k`` ones at the highest scores.
+def _layer_quotas(counts: np.ndarray, k: int, min_per_layer: int) -> np.ndarray:
+    """``(L,)`` groups kept per layer by a per-layer TopK of ``k``: ``min_per_layer`` each,
+    the rest apportioned in proportion to ``counts - min_per_layer``."""
+    budget = k - min_per_layer * len(counts)
+    return min_per_layer + _apportion(budget, counts - min_per_layer)
 
-    Same ranking as :func:`topk_mask` (global): highest score first, equal scores by lower group
-    index (``jax.lax.top_k`` is stable; ``-0.0`` is treated as equal to ``0.0``).  ``k`` is
-    static.  Concrete NaN scores raise ``ValueError``; traced scores cannot raise, so if any
-    traced score is NaN the whole mask is NaN, which poisons the masked parameters visibly
+
+def topk_mask_jax(
+    scores: jax.Array,
+    k: int,
+    *,
+    layout: GroupLayout | None = None,
+    per_layer: bool = False,
+    min_per_layer: int = 0,
+) -> jax.Array:
+    """Jit-able :func:`topk_mask`: exactly ``k`` ones at the highest scores.
+
+    The same rules and ranking as :func:`topk_mask` (global, ``min_per_layer`` protected per
+    layer, or ``per_layer`` quotas; highest score first, equal scores by lower group index,
+    ``-0.0`` equal to ``0.0``), so it returns the same mask for the same scores.  ``k``,
+    ``layout`` and the options are static (the per-layer quotas depend on them only); the scores
+    may be traced.  Concrete NaN scores raise ``ValueError``; traced scores cannot raise, so if
+    any traced score is NaN the whole mask is NaN, which poisons the masked parameters visibly
     instead of dropping groups silently.
 
     Inside ``jit`` XLA flushes subnormal floats to zero (on CPU at least), so a subnormal
@@ -373,12 +396,14 @@ def topk_mask_jax(scores: jax.Array, k: int) -> jax.Array:
     Args:
       scores: ``(p,)`` real scores, possibly traced.
       k: static int, ``0 <= k <= p``.
+      layout, per_layer, min_per_layer: as in :func:`topk_mask`.
 
     Returns:
       ``(p,)`` mask in ``{0, 1}``, of the scores' dtype when floating (else the default float).
 
     References:
-      Chen et al. (2023), Section 3.2.1 (TopK mask).
+      Chen et al. (2023), Section 3.2.1 (TopK mask), Appendix E.3 (at least one head/expert per
+      layer).
     """
     scores = jnp.asarray(scores)
     if not (
@@ -387,14 +412,34 @@ def topk_mask_jax(scores: jax.Array, k: int) -> jax.Array:
         raise TypeError(f"scores: expected a real array, got dtype {scores.dtype}")
     if scores.ndim != 1 or scores.shape[0] == 0:
         raise ValueError(f"scores: expected shape (p,) with p >= 1, got {scores.shape}")
-    k = _check_k(k, scores.shape[0])
+    p = scores.shape[0]
+    k = _check_k(k, p)
+    min_per_layer = check_int(min_per_layer, "min_per_layer", minimum=0)
     has_nan = jnp.isnan(scores).any()
     if not isinstance(has_nan, jax.core.Tracer) and bool(has_nan):
         nan = np.flatnonzero(np.isnan(np.asarray(scores)))
         raise ValueError(f"scores: NaN at groups {nan[:10].tolist()}; expected real scores")
     dtype = scores.dtype if jnp.issubdtype(scores.dtype, jnp.floating) else jnp.result_type(float)
-    _, index = jax.lax.top_k(jnp.where(scores == 0, jnp.zeros_like(scores), scores), k)
-    mask = jnp.zeros(scores.shape, dtype).at[index].set(1)
+    ranked = jnp.where(scores == 0, jnp.zeros_like(scores), scores)
+    if not per_layer and min_per_layer == 0:
+        _, index = jax.lax.top_k(ranked, k)
+        kept = jnp.zeros(p, bool).at[index].set(True)
+    else:
+        layers, counts = _layered_counts(layout, p, k, min_per_layer)
+        order = jnp.argsort(-ranked, stable=True)
+        by_layer = order[jnp.argsort(jnp.asarray(layers)[order], stable=True)]
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        within = jnp.asarray(np.arange(p) - starts, jnp.int32)
+        rank = jnp.zeros(p, jnp.int32).at[by_layer].set(within)
+        if per_layer:
+            kept = rank < jnp.asarray(_layer_quotas(counts, k, min_per_layer))[layers]
+        else:
+            protected = rank < min_per_layer
+            rest = ~protected[order]
+            extra = k - min_per_layer * len(counts)
+            take = rest & (jnp.cumsum(rest) <= extra)
+            kept = protected | jnp.zeros(p, bool).at[order].set(take)
+    mask = kept.astype(dtype)
     return jnp.where(has_nan, jnp.full_like(mask, jnp.nan), mask)
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune._validation import check_positive_int, check_real
+from jaxprune._validation import check_finite_tree, check_positive_int, check_real, is_traced
 from jaxprune.spectra.lanczos import hessian_eigenvalues
 from jaxprune.typing import PyTree
 
@@ -102,12 +102,18 @@ def directional_pruning_solution(
     Returns:
       A pytree like ``w_sgd``; pruned entries are exactly 0.
 
+    Raises:
+      ValueError: ``scores`` of another structure or shapes, a negative or non-finite ``lam``,
+        or NaN/inf in ``w_sgd`` or ``scores`` (values are checked when concrete).
+
     References:
       Chao et al. (2020), eq. (3), Remark 1.2 and Proposition A.1 (eq. A.2); reading DP-4
       (docs/readings.md: valid for scores of either sign).
     """
     _same_structure(w_sgd, scores, "w_sgd", "scores")
     _check_scalar(lam, "lam", positive=False)
+    check_finite_tree(w_sgd, "w_sgd")
+    check_finite_tree(scores, "scores")
 
     def one(w: jax.Array, s: jax.Array) -> jax.Array:
         w = jnp.asarray(w)
@@ -268,7 +274,8 @@ def bezier_point(w0: PyTree, theta: PyTree, w1: PyTree, t: jax.typing.ArrayLike)
 
     Args:
       w0, theta, w1: pytrees of one structure and shapes (the endpoints and the control point).
-      t: scalar in ``[0, 1]`` (``t = 0`` gives ``w0``, ``t = 1`` gives ``w1``).
+      t: scalar in ``[0, 1]`` (``t = 0`` gives ``w0``, ``t = 1`` gives ``w1``; checked when
+        concrete).
 
     Returns:
       A pytree like ``w0``.
@@ -278,6 +285,8 @@ def bezier_point(w0: PyTree, theta: PyTree, w1: PyTree, t: jax.typing.ArrayLike)
     """
     _same_structure(w0, theta, "w0", "theta")
     _same_structure(w0, w1, "w0", "w1")
+    if not is_traced(t):
+        check_real(t, "t", minimum=0.0, maximum=1.0)
 
     def one(a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
         tt = jnp.asarray(t, jnp.result_type(a))
@@ -332,7 +341,8 @@ def fit_bezier_midpoint(
 
     Raises:
       TypeError / ValueError: bad ``num_steps`` or ``learning_rate``, endpoints of different
-        structures, or too few batches.
+        structures, too few batches, a loss that is not a scalar, or a NaN or inf loss at the
+        first step (the curve starts as the straight line).
 
     References:
       Garipov et al. (2018), Section 3.2 (training the curve by sampling ``t ~ U(0, 1)`` per
@@ -346,7 +356,13 @@ def fit_bezier_midpoint(
     @jax.jit
     def step(theta: PyTree, t: jax.Array, *batch: Any) -> tuple[PyTree, jax.Array]:
         def objective(th: PyTree) -> jax.Array:
-            return loss_fn(bezier_point(w0, th, w1, t), *batch)
+            loss = loss_fn(bezier_point(w0, th, w1, t), *batch)
+            if jnp.shape(loss) != ():
+                raise ValueError(
+                    "loss_fn: expected a scalar loss (shape ()), got an output of shape "
+                    f"{jnp.shape(loss)}"
+                )
+            return loss
 
         loss, grad = jax.value_and_grad(objective)(theta)
         new = jax.tree_util.tree_map(
@@ -366,12 +382,29 @@ def fit_bezier_midpoint(
     for i, batch in zip(range(num_steps), stream):
         t = jax.random.uniform(jax.random.fold_in(key, i))
         theta, loss = step(theta, t, *batch)
+        if i == 0 and not np.isfinite(float(loss)):
+            raise ValueError(
+                f"loss_fn: expected a finite loss on the straight line, got {float(loss)}"
+            )
         losses.append(loss)
     if len(losses) < num_steps:
         raise ValueError(
             f"batches ran out after {len(losses)} batches; expected num_steps = {num_steps}"
         )
     return BezierFit(theta, jnp.stack(losses))
+
+
+def _check_points(ts: jax.typing.ArrayLike) -> jax.Array:
+    """``ts`` as a 1-D array of points in ``[0, 1]`` (values checked when concrete)."""
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1:
+        raise ValueError(f"ts must be a 1-D array of points in [0, 1], got shape {ts.shape}")
+    if not is_traced(ts):
+        values = np.asarray(ts, np.float64)
+        if values.size and not (np.all(values >= 0.0) and np.all(values <= 1.0)):
+            bad = values[~((values >= 0.0) & (values <= 1.0))]
+            raise ValueError(f"ts: expected points in [0, 1], got {bad[:5].tolist()}")
+    return ts
 
 
 def curve_losses(
@@ -398,9 +431,7 @@ def curve_losses(
     """
     _same_structure(w0, theta, "w0", "theta")
     _same_structure(w0, w1, "w0", "w1")
-    ts = jnp.asarray(ts)
-    if ts.ndim != 1:
-        raise ValueError(f"ts must be a 1-D array of points in [0, 1], got shape {ts.shape}")
+    ts = _check_points(ts)
     return jax.lax.map(lambda t: loss_fn(bezier_point(w0, theta, w1, t)), ts)
 
 
@@ -424,9 +455,7 @@ def line_losses(
       4.2.
     """
     _same_structure(w0, w1, "w0", "w1")
-    ts = jnp.asarray(ts)
-    if ts.ndim != 1:
-        raise ValueError(f"ts must be a 1-D array of points in [0, 1], got shape {ts.shape}")
+    ts = _check_points(ts)
 
     def at(t: jax.Array) -> jax.Array:
         point = jax.tree_util.tree_map(

@@ -35,13 +35,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_positive_int
+from jaxprune._validation import check_positive_int, is_traced
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.typing import PyTree
 
 __all__ = [
     "ModelSpec",
+    "binary_keep",
     "check_float_dtype",
+    "check_tokens",
     "config_module",
     "deprecated_alias",
     "flat_size",
@@ -160,6 +162,46 @@ def check_float_dtype(value: Any, name: str = "dtype") -> None:
         )
 
 
+def binary_keep(keep: Any, name: str = "keep") -> np.ndarray:
+    """``keep`` as a boolean array: booleans, or numbers that are all 0 or 1 (a group mask).
+
+    Raises:
+      ValueError: another value (0.5, NaN, 2): ``np.asarray(keep, bool)`` would keep it.
+    """
+    values = np.asarray(keep)
+    if values.dtype != np.bool_:
+        binary = np.issubdtype(values.dtype, np.number) and np.all((values == 0) | (values == 1))
+        if not binary:
+            shown = values.ravel() if values.dtype == object else np.unique(values)
+            raise ValueError(
+                f"{name}: expected a boolean keep mask (or entries 0 and 1), got {values.dtype} "
+                f"values {shown[:5].tolist()}"
+            )
+    return values.astype(bool)
+
+
+def check_tokens(tokens: Any, vocab_size: int, max_length: int, name: str = "tokens") -> None:
+    """Raise unless ``tokens`` are ``(n, T)`` integer ids with ``T <= max_length`` and (when
+    concrete and on this host) every id in ``[0, vocab_size)``: an embedding lookup clips or
+    fills ids outside the table without an error."""
+    shape = tuple(getattr(tokens, "shape", np.shape(tokens)))
+    if len(shape) != 2 or shape[1] > max_length:
+        raise ValueError(
+            f"{name}: expected shape (n, T) with T <= max_length {max_length}, got {shape}"
+        )
+    dtype = jnp.result_type(tokens)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"{name}: expected integer token ids, got dtype {dtype}")
+    readable = not is_traced(tokens) and getattr(tokens, "is_fully_addressable", True)
+    if readable and np.size(tokens):
+        ids = np.asarray(tokens)
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"{name}: expected ids in [0, vocab_size={vocab_size}), got ids in [{low}, {high}]"
+            )
+
+
 def split_gates(gates: Any, widths: Sequence[int], dtype: Any, name: str) -> list[jax.Array]:
     """Per-layer gate pieces from a flat ``(sum(widths),)`` vector or a sequence of pieces.
 
@@ -261,7 +303,7 @@ def model_names() -> tuple[str, ...]:
 
 def model_spec(name: str) -> ModelSpec:
     """The registered spec ``name``; ``ValueError`` listing the names when unknown."""
-    if name not in _MODELS:
+    if not isinstance(name, str) or name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(_MODELS)}")
     return _MODELS[name]
 

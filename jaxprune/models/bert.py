@@ -44,7 +44,9 @@ from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.attention import SelfAttention, head_keep_targets
 from jaxprune.models.base import (
     ModelSpec,
+    binary_keep,
     check_float_dtype,
+    check_tokens,
     deprecated_alias,
     sequence_length,
     sequence_sizes,
@@ -284,9 +286,8 @@ class Bert(nn.Module):
           ``(n, T, V)`` logits in the computation dtype.
         """
         c = self.config
+        check_tokens(tokens, c.vocab_size, c.max_length)
         length = tokens.shape[1]
-        if length > c.max_length:
-            raise ValueError(f"tokens: sequence length {length} exceeds max_length {c.max_length}")
         embed = lambda size, name: nn.Embed(  # noqa: E731
             size, c.hidden_size, dtype=c.dtype, embedding_init=_EMBED_INIT, name=name
         )
@@ -405,9 +406,7 @@ def compact(
       Michel et al. 2019, Section 4 (pruning heads).
     """
     check_choice(kind, KINDS, "kind")
-    keep = np.asarray(keep)
-    if keep.dtype != np.bool_:
-        raise ValueError(f"keep: expected a boolean mask, got dtype {keep.dtype}")
+    keep = binary_keep(keep)
     per_layer = _split_heads(config, keep, "keep")
     empty = [layer for layer, k in enumerate(per_layer) if not k.any()]
     if empty:

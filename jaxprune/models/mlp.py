@@ -22,6 +22,7 @@ from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.base import (
     ModelSpec,
+    binary_keep,
     config_module,
     deprecated_alias,
     flat_size,
@@ -116,9 +117,17 @@ def make_config(
     """The :class:`MLP` of ``preset`` with ``num_outputs`` outputs (inputs are flattened, so
     ``input_shape`` is not needed); ``preset`` is a name of :data:`PRESETS` or comma-separated
     hidden widths such as ``"128,64"``."""
+    if not isinstance(preset, str):
+        raise TypeError(
+            f"preset: expected a preset name or widths such as '128,64', got {preset!r}"
+        )
     if preset[:1].isdigit():
-        hidden = tuple(int(w) for w in preset.split(","))
-        return MLP(hidden=hidden, num_outputs=num_outputs, **overrides)
+        widths = preset.split(",")
+        if not all(w.strip().isdigit() and int(w) >= 1 for w in widths):
+            raise ValueError(
+                f"preset: expected comma-separated positive widths such as '128,64', got {preset!r}"
+            )
+        return MLP(hidden=tuple(int(w) for w in widths), num_outputs=num_outputs, **overrides)
     return from_preset(preset, num_outputs=num_outputs, **overrides)
 
 
@@ -157,7 +166,7 @@ def compact(variables: PyTree, config: MLP, keep: Any, kind: str = "neurons") ->
     weights).
     """
     check_choice(kind, KINDS, "kind")
-    keep = np.asarray(keep, bool)
+    keep = binary_keep(keep)
     total = sum(config.hidden)
     if keep.shape != (total,):
         raise ValueError(f"keep: expected shape ({total},), one entry per neuron, got {keep.shape}")

@@ -66,7 +66,13 @@ from jaxprune.masks.compact import Link
 from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models.base import ModelSpec, check_float_dtype, image_shape, split_gates
+from jaxprune.models.base import (
+    ModelSpec,
+    binary_keep,
+    check_float_dtype,
+    image_shape,
+    split_gates,
+)
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -555,7 +561,7 @@ def compact(
       filters and the next layer's kernels).
     """
     check_choice(kind, KINDS, "kind")
-    keep = np.asarray(keep)
+    keep = binary_keep(keep)
     if keep.shape != (config.num_channels,):
         raise ValueError(
             f"keep: expected shape ({config.num_channels},), one entry per hidden channel of the "

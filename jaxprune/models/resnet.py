@@ -48,6 +48,7 @@ from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.base import (
     ModelSpec,
+    binary_keep,
     check_float_dtype,
     deprecated_alias,
     image_shape,
@@ -332,7 +333,7 @@ def compact(
       Li et al. 2017, Section 3.1 and 4.2.
     """
     check_choice(kind, KINDS, "kind")
-    keep = np.asarray(keep)
+    keep = binary_keep(keep)
     if keep.shape != (config.num_filters,):
         raise ValueError(
             f"keep: expected shape ({config.num_filters},), one entry per inner filter, "

@@ -47,7 +47,14 @@ from jaxprune.masks.compact import keep_along
 from jaxprune.masks.groups import build_group_ids, experts, heads
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.attention import SelfAttention, head_keep_targets
-from jaxprune.models.base import ModelSpec, sequence_length, sequence_sizes, warn_renamed
+from jaxprune.models.base import (
+    ModelSpec,
+    binary_keep,
+    check_tokens,
+    sequence_length,
+    sequence_sizes,
+    warn_renamed,
+)
 from jaxprune.models.moe import SwitchFFN, check_moe_fields, compact_experts
 from jaxprune.typing import PyTree
 
@@ -316,11 +323,7 @@ class Switch(nn.Module):
           sum with :func:`jaxprune.models.moe.total_aux_loss`.
         """
         c = self.config
-        if tokens.ndim != 2 or tokens.shape[1] > c.max_length:
-            raise ValueError(
-                f"tokens: expected shape (n, T) with T <= max_length {c.max_length}, got "
-                f"{tokens.shape}"
-            )
+        check_tokens(tokens, c.vocab_size, c.max_length)
         for name, gates, count in (
             ("head_gates", head_gates, c.num_layers),
             ("expert_gates", expert_gates, len(c.moe_layers)),
@@ -456,7 +459,7 @@ def compact(
         return compact_per_layer(variables, config, head_keep=head_keep, expert_keep=expert_keep)
     if keep is None:
         raise TypeError("keep: expected a boolean (p,) keep mask, got None")
-    parts = split_gates(config, np.asarray(keep, bool), kind)
+    parts = split_gates(config, binary_keep(keep), kind)
     return compact_per_layer(
         variables, config, head_keep=parts["head_gates"], expert_keep=parts["expert_gates"]
     )
@@ -495,6 +498,7 @@ def compact_per_layer(
                 f"head_keep: expected {config.num_layers} per-layer masks, got {len(head_keep)}"
             )
         for i, keep in enumerate(head_keep):
+            keep = binary_keep(keep, f"head_keep[{i}]")
             variables = keep_along(
                 variables, head_keep_targets(f"params/layer_{i}/attention"), keep
             )
@@ -506,6 +510,7 @@ def compact_per_layer(
                 f"{len(expert_keep)}"
             )
         for k, (i, keep) in enumerate(zip(config.moe_layers, expert_keep)):
+            keep = binary_keep(keep, f"expert_keep[{k}]")
             variables = compact_experts(variables, f"params/layer_{i}/moe", keep)
             layer_experts[k] = int(np.sum(np.asarray(keep, bool)))
     return variables, dataclasses.replace(

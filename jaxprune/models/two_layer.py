@@ -40,7 +40,13 @@ from jaxprune.masks.compact import Link
 from jaxprune.masks.compact import compact as compact_links
 from jaxprune.masks.groups import build_group_ids, neurons
 from jaxprune.masks.layout import GroupLayout
-from jaxprune.models.base import ModelSpec, deprecated_alias, flat_size, split_gates
+from jaxprune.models.base import (
+    ModelSpec,
+    binary_keep,
+    deprecated_alias,
+    flat_size,
+    split_gates,
+)
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -335,7 +341,7 @@ def compact(
     """
     check_choice(kind, KINDS, "kind")
     _check_variables(variables)
-    keep = np.asarray(keep)
+    keep = binary_keep(keep)
     if keep.shape != (config.width,):
         raise ValueError(
             f"keep: expected shape ({config.width},), one entry per neuron, got {keep.shape}"

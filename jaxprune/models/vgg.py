@@ -40,6 +40,7 @@ from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.base import (
     ModelSpec,
+    binary_keep,
     check_float_dtype,
     deprecated_alias,
     image_shape,
@@ -325,7 +326,7 @@ def compact(
       Li et al. 2017, Section 3.1 (removing filters and the next layer's kernels).
     """
     check_choice(kind, KINDS, "kind")
-    keep = np.asarray(keep)
+    keep = binary_keep(keep)
     if keep.shape != (config.num_filters,):
         raise ValueError(
             f"keep: expected shape ({config.num_filters},), one entry per filter, got {keep.shape}"

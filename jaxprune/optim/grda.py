@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxprune._validation import check_int, check_real
+from jaxprune._validation import check_int, check_real, is_traced
+from jaxprune.optim.masked import check_structure
 from jaxprune.typing import PyTree
 
 __all__ = ["GrdaState", "grda", "grda_threshold", "soft_threshold"]
@@ -70,15 +71,34 @@ def soft_threshold(v: PyTree, threshold: jax.typing.ArrayLike) -> PyTree:
     Returns:
       A pytree like ``v`` (same shapes and dtypes); entries with ``|v| <= g`` are exactly 0.
 
+    Raises:
+      TypeError / ValueError: a ``threshold`` that is not real, or negative or not finite
+        (values are checked when concrete: a negative ``g`` would grow every entry).
+
     References:
       Chao et al. (2020), Section 2, the operator ``S_g`` below eq. (gRDA).
     """
+    _check_threshold(threshold)
+    return _soft_threshold(v, threshold)
 
+
+def _soft_threshold(v: PyTree, threshold: jax.typing.ArrayLike) -> PyTree:
     def one(x: jax.Array) -> jax.Array:
         g = jnp.asarray(threshold, x.dtype)
         return jnp.sign(x) * jnp.maximum(jnp.abs(x) - g, 0)
 
     return jax.tree_util.tree_map(one, v)
+
+
+def _check_threshold(threshold: Any) -> None:
+    """Raise unless the concrete ``threshold`` is real, finite and ``>= 0`` (entrywise)."""
+    if is_traced(threshold):
+        return
+    values = np.asarray(threshold)
+    if values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.number):
+        raise TypeError(f"threshold: expected a real number or array, got {threshold!r}")
+    if np.iscomplexobj(values) or not np.all(np.isfinite(values) & (values >= 0)):
+        raise ValueError(f"threshold: expected finite values >= 0, got {threshold!r}")
 
 
 def grda_threshold(c: float, mu: float, learning_rate: float, n: int) -> float:
@@ -254,6 +274,8 @@ def grda(
                 "grda: update needs params (call update(grads, state, params)): its updates are "
                 "the soft-thresholded dual average minus the current parameters"
             )
+        for name, tree in (("updates", updates), ("params", params)):
+            check_structure(tree, state.accumulator, name)
         selected = _leaf_selection(mask, params) if c > 0 else None
         dtype = state.threshold.dtype
         gamma = jnp.asarray(schedule(state.count), dtype)
@@ -273,7 +295,7 @@ def grda(
         else:
             acc_leaves, treedef = jax.tree_util.tree_flatten(accumulator)
             out_leaves = [
-                (soft_threshold(v, threshold) - p) if keep else u
+                (_soft_threshold(v, threshold) - p) if keep else u
                 for keep, v, p, u in zip(
                     selected,
                     acc_leaves,

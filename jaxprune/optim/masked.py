@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxprune._validation import check_optimizer
 from jaxprune.typing import PyTree
 
 __all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
@@ -78,6 +79,16 @@ def _binary_mask(mask: PyTree, reference: PyTree, name: str) -> PyTree:
                 raise ValueError(f"{where}: mask entries must be 0 or 1, got {bad}")
         out.append(jnp.broadcast_to(jnp.asarray(leaf) != 0, shape).astype(jnp.result_type(ref)))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def check_structure(tree: PyTree, reference: PyTree, name: str) -> None:
+    """Raise ``ValueError`` unless ``tree`` has the pytree structure of the parameters
+    ``reference`` (static: works under tracing)."""
+    expected, got = jax.tree_util.tree_structure(reference), jax.tree_util.tree_structure(tree)
+    if got != expected:
+        raise ValueError(
+            f"{name}: expected the pytree structure of the parameters, {expected}; got {got}"
+        )
 
 
 def _keep(mask: PyTree, tree: PyTree) -> PyTree:
@@ -137,13 +148,17 @@ def masked(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`MaskedState`; ``update``
-      requires ``params`` (ValueError without them).
+      requires ``params`` (ValueError without them) and ``updates`` and ``params`` with the
+      mask's pytree structure (ValueError naming the argument otherwise).
+
+    Raises:
+      TypeError: ``inner`` is not an optax ``GradientTransformation``.
 
     References:
       Chen et al. (2023), Section 3.2 and Algorithm 2 (training ``m * w``).  Lee et al. (2023),
       JaxPruner (the mask as optimizer state of an optax wrapper).
     """
-    inner = optax.with_extra_args_support(inner)
+    inner = optax.with_extra_args_support(check_optimizer(inner, "inner"))
 
     def init_fn(params: PyTree) -> MaskedState:
         if initial_mask is None:
@@ -161,6 +176,8 @@ def masked(
                 "masked: update needs params (call update(updates, state, params)) to land "
                 "pruned weights on zero"
             )
+        for name, tree in (("updates", updates), ("params", params)):
+            check_structure(tree, state.mask, name)
         inner_updates, inner_state = inner.update(
             _keep(state.mask, updates), state.inner_state, _keep(state.mask, params), **extra_args
         )

@@ -88,8 +88,9 @@ _STEP_ENTRY = re.compile(r"^\d+($|\.orbax-checkpoint-tmp)")
 
 
 def checkpoint_paths(directory: str | os.PathLike, step: int) -> tuple[Path, Path]:
-    """The ``(state, metadata)`` item directories of checkpoint ``step`` in ``directory``."""
-    step_dir = Path(directory) / str(step)
+    """The ``(state, metadata)`` item directories of checkpoint ``step`` (an int >= 0) in
+    ``directory``."""
+    step_dir = Path(directory) / str(check_int(step, "step", minimum=0))
     return step_dir / _STATE, step_dir / _METADATA
 
 
@@ -357,9 +358,13 @@ def restore_checkpoint(
 
     Raises:
       FileNotFoundError: no (such) committed checkpoint.
-      ValueError: the checkpoint is corrupt, partial or does not fit ``target``.
+      ValueError: the checkpoint is corrupt, partial or does not fit ``target``, or ``step``
+        is negative.
+      TypeError: ``step`` is not an int.
     """
     directory = Path(directory)
+    if step is not None:
+        step = check_int(step, "step", minimum=0)
     steps = committed_steps(directory)
     if step is None and not steps:
         legacy = legacy_checkpoints(directory)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,7 +37,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxprune._validation import check_int, check_positive_int
+from jaxprune._validation import (
+    check_bool,
+    check_finite_tree,
+    check_int,
+    check_optimizer,
+    check_positive_int,
+)
 from jaxprune.data.batches import BatchPosition, iterate_batches, prefetch
 from jaxprune.data.registry import Splits
 from jaxprune.masks import GroupLayout
@@ -140,6 +147,10 @@ class TrainConfig:
             check_positive_int(self.analysis_projections, "analysis_projections")
         if self.prefetch is not None:
             check_int(self.prefetch, "prefetch", minimum=0)
+        if self.num_devices is not None:
+            check_positive_int(self.num_devices, "num_devices")
+        for name in ("compact", "tensorboard", "progress"):
+            check_bool(getattr(self, name), name)
 
 
 class RunResult(NamedTuple):
@@ -196,6 +207,7 @@ def evaluate(
       mesh: the data mesh.
       task: the task name (adds perplexity for MLM).
     """
+    check_positive_int(batch_size, "batch_size")
     totals: dict[str, tuple] = {}
     rows = local_slice(batch_size)
     for i, batch in enumerate(_padded_batches(data, batch_size)):
@@ -276,6 +288,9 @@ def _setup(
     n_train = len(splits.train["x"])
     if config.batch_size > n_train:
         raise ValueError(f"batch_size={config.batch_size} exceeds the {n_train} training examples")
+    for name, split in (("train", splits.train), ("test", splits.test)):
+        check_finite_tree(split, f"splits.{name}")
+    shapes = _check_model_fits(model, splits)
     num_groups0 = None
     if pruner is not None:
         last = pruner.schedule.event_steps[-1]
@@ -284,13 +299,76 @@ def _setup(
                 f"pruning schedule event at step {last} is beyond the run's "
                 f"num_steps={config.num_steps}"
             )
+        if config.compact and not model.compactable:
+            raise ValueError(
+                f"config.compact: model {model.name!r} does not support compaction; train "
+                "with compact=False (its pruned groups stay masked at 0)"
+            )
         optimizer = pruning_optimizer(optimizer)
-        example = splits.train["x"][:1]
-        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
         num_groups0 = len(model.group_ids(shapes["params"])[1].layer_of_group)
     task = make_task(splits.task, num_outputs=splits.num_outputs, info=splits.info)
     key = jax.random.key(config.seed)
     return _Setup(config, splits, task, mesh, key, optimizer, pruner, num_groups0, run_dir)
+
+
+def _check_model_fits(model: Bound, splits: Splits) -> PyTree:
+    """The variable shapes of ``model`` on ``splits``' inputs, checked to give one output per
+    class (classification), token id (MLM) or target entry (regression); a traced
+    evaluation, nothing computed.
+
+    Raises:
+      ValueError: the model cannot take the inputs, or its outputs do not fit the targets (a
+        classifier with fewer outputs than classes gives NaN losses; regression outputs of
+        another shape would broadcast against the targets).
+    """
+    example = splits.train["x"][:1]
+    try:
+        shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+        outputs = jax.eval_shape(lambda v: model.apply(v, example, train=False)[0], shapes)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"model: {model.name!r} cannot take the inputs of splits.train['x'] (examples of "
+            f"shape {tuple(example.shape[1:])}, dtype {example.dtype}): {error}"
+        ) from error
+    if splits.task == "regression":
+        got, expected = tuple(outputs.shape[1:]), tuple(np.shape(splits.train["y"])[1:])
+        want = f"the targets' shape {expected} (splits.train['y'])"
+    else:
+        got, expected = outputs.shape[-1], splits.num_outputs
+        kind = "token ids" if splits.task == "mlm" else "classes"
+        want = f"{expected} {kind} (splits.num_outputs)"
+    if got != expected:
+        raise ValueError(
+            f"model: {model.name!r} gives outputs of shape {tuple(outputs.shape[1:])} per "
+            f"example, expected {want}; build it with num_outputs=splits.num_outputs"
+        )
+    return shapes
+
+
+def _check_arguments(
+    model: Any,
+    splits: Any,
+    optimizer: Any,
+    config: Any,
+    pruner: Any,
+    run_dir: Any,
+    resume: Any,
+    run_info: Any,
+) -> None:
+    """Raise ``TypeError`` naming the first argument of :func:`train` of the wrong type."""
+    expected = (
+        ("model", model, Bound, "a Bound (jaxprune.train.build_model)"),
+        ("splits", splits, Splits, "Splits (jaxprune.data.load_dataset)"),
+        ("config", config, TrainConfig, "a TrainConfig"),
+        ("pruner", pruner, Pruner | None, "a Pruner (jaxprune.train.make_pruner) or None"),
+        ("run_dir", run_dir, str | os.PathLike | None, "a directory path or None"),
+        ("run_info", run_info, dict | None, "a dict or None"),
+    )
+    for name, value, kind, what in expected:
+        if not isinstance(value, kind):
+            raise TypeError(f"{name}: expected {what}, got {type(value).__name__}")
+    check_optimizer(optimizer)
+    check_bool(resume, "resume")
 
 
 def _bind(setup: _Setup, model: Bound, params: PyTree) -> _Binding:
@@ -434,7 +512,15 @@ def train(
 
     Returns:
       :class:`RunResult`.
+
+    Raises:
+      TypeError: an argument of the wrong type (the message names it).
+      ValueError: settings the data or devices cannot meet (batch sizes), NaN or inf in the
+        data, a model that does not fit the data (inputs, or outputs other than one per class,
+        token id or target), a schedule beyond ``num_steps``, or a checkpoint of another run
+        (:class:`~jaxprune.train.identity.RunMismatchError`).
     """
+    _check_arguments(model, splits, optimizer, config, pruner, run_dir, resume, run_info)
     run_dir = None if run_dir is None else Path(run_dir)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)

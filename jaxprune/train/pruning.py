@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from jaxprune._validation import check_choice, check_positive_int
+from jaxprune._validation import check_bool, check_choice, check_int, check_positive_int
 from jaxprune.criteria import (
     fpgm_scores,
     gate_gradient_scores,
@@ -43,7 +43,13 @@ from jaxprune.criteria import (
     random_scores,
     snip_scores,
 )
-from jaxprune.masks import GroupLayout, PruningSchedule, apply_group_mask, topk_mask
+from jaxprune.masks import (
+    GroupLayout,
+    PruningSchedule,
+    apply_group_mask,
+    topk_mask,
+    topk_mask_jax,
+)
 from jaxprune.methods import pl_gating
 from jaxprune.methods.greedy.channels import flat_gates, greedy_gate_selection
 from jaxprune.methods.importance.scores import natural_importance
@@ -122,6 +128,11 @@ class Pruner:
         key (so it follows the run's seed); when given, it replaces ``init_state``.
       settings: the method's options (:func:`make_pruner` records them), part of the run's
         identity that a resumed run must match (:mod:`jaxprune.train.identity`).
+      traced_select: ``traced_select(context, state) -> (mask, state)``, the same selection
+        as ``select`` in jit-able form (the context's arrays may be traced, its ``num_keep``
+        is a Python int; no record), for methods that can prune inside a compiled training
+        step (:func:`jaxprune.optim.prune_with`); ``None`` for methods that select on the
+        host (PL gating, greedy selection).
     """
 
     name: str
@@ -130,6 +141,7 @@ class Pruner:
     init_state: Any = None
     init: Callable[[jax.Array], Any] | None = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
+    traced_select: Callable[[PruneContext, Any], tuple[jax.Array, Any]] | None = None
 
     def initial_state(self, key: jax.Array) -> Any:
         """The method state before the first event of a run whose method key is ``key``."""
@@ -263,6 +275,8 @@ def criterion_pruner(
     _check_schedule(schedule)
     check_positive_int(num_batches, "num_batches")
     check_positive_int(num_probes, "num_probes")
+    check_bool(per_layer, "per_layer")
+    check_int(min_per_layer, "min_per_layer", minimum=0)
     score = _CRITERIA[criterion].score
 
     def select(context: PruneContext, state: Any) -> tuple[np.ndarray, Any, dict]:
@@ -277,8 +291,21 @@ def criterion_pruner(
         )
         return mask, state, {"scores": scores}
 
+    def traced_select(context: PruneContext, state: Any) -> tuple[jax.Array, Any]:
+        scores = score(context, num_batches, num_probes)
+        scores = jnp.where(jnp.asarray(context.gates) > 0, scores, -jnp.inf)
+        mask = topk_mask_jax(
+            scores,
+            context.num_keep,
+            layout=context.layout,
+            per_layer=per_layer,
+            min_per_layer=min_per_layer,
+        )
+        return mask, state
+
     rewinds = criterion == "magnitude" and schedule.rewind_step is not None
-    return Pruner("lth" if rewinds else criterion, schedule, select)
+    name = "lth" if rewinds else criterion
+    return Pruner(name, schedule, select, traced_select=traced_select)
 
 
 def _inputs(batch: dict) -> jax.Array:
@@ -300,8 +327,9 @@ def pl_gating_pruner(
     ``config.objective`` (loss at the soft gates plus ``α·Tr(H_f)``, reading PL-5), then TopK
     of the gates with ``config.min_per_layer`` groups kept per layer (within each layer unless
     ``config.per_layer`` is false).  The Hessian of the trace term is ``config.hessian``
-    (``"auto"``: the loss Hessian on piecewise-linear models, where eq. 36's output Hessian is
-    identically zero; :func:`jaxprune.methods.pl_gating.resolve_hessian`).  ``v`` is the method
+    (``"auto"``: the Gauss-Newton trace of the event's split loss on piecewise-linear models,
+    where eq. 36's output Hessian is identically zero;
+    :func:`jaxprune.methods.pl_gating.resolve_hessian`).  ``v`` is the method
     state: it starts from ``init_gating`` of the run's method key (it follows the run's seed;
     ``seed`` fixes it to ``key(seed)`` for every run instead) and each event continues from the
     previous one (it is checkpointed with the run).  Groups pruned earlier stay pruned; after compaction
@@ -315,7 +343,11 @@ def pl_gating_pruner(
       (docs/readings.md).
     """
     config = pl_gating.PLGatingConfig() if config is None else config
+    if not isinstance(config, pl_gating.PLGatingConfig):
+        raise TypeError(f"config: expected a PLGatingConfig or None, got {type(config).__name__}")
     _check_schedule(schedule)
+    if seed is not None:
+        check_int(seed, "seed", minimum=0)
 
     def select(context: PruneContext, v: pl_gating.GatingParams) -> tuple[np.ndarray, Any, dict]:
         batches = context.batches(config.gating_steps)

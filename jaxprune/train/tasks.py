@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxprune._validation import check_int, check_positive_int
 from jaxprune.data.mlm import mask_tokens
 
 __all__ = [
@@ -127,9 +128,16 @@ def mlm(*, vocab_size: int, mask_id: int, special_ids: Sequence[int]) -> Task:
     Equal arguments return the same :class:`Task` object, so runs on one dataset share their
     compiled steps (:mod:`jaxprune.train.programs`).
 
+    Raises:
+      TypeError / ValueError: ``vocab_size`` not a positive int, ``mask_id`` outside
+        ``[0, vocab_size)``.
+
     References: Devlin et al. (2019), Section 3.1.
     """
-    return _mlm_task(int(vocab_size), int(mask_id), tuple(int(i) for i in special_ids))
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
+    if not 0 <= check_int(mask_id, "mask_id") < vocab_size:
+        raise ValueError(f"mask_id: expected an id in [0, vocab_size={vocab_size}), got {mask_id}")
+    return _mlm_task(vocab_size, int(mask_id), tuple(int(i) for i in special_ids))
 
 
 @functools.cache
@@ -142,6 +150,7 @@ def _mlm_task(vocab_size: int, mask_id: int, special_ids: tuple[int, ...]) -> Ta
 
 def make_task(name: str, *, num_outputs: int, info: dict[str, Any]) -> Task:
     """The task of a dataset (``Splits.task``, ``Splits.num_outputs``, ``Splits.info``)."""
+    check_positive_int(num_outputs, "num_outputs")
     if name == "classification":
         return classification
     if name == "regression":

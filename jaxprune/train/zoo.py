@@ -16,15 +16,17 @@ Built-in names (``MODEL_NAMES``) and their prunable group kinds:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from jaxprune._validation import check_positive_int
 from jaxprune.masks import GroupLayout
 from jaxprune.models import ModelSpec, model_names, model_spec
+from jaxprune.models.base import binary_keep
 from jaxprune.models.moe import total_aux_loss
 from jaxprune.typing import PyTree
 
@@ -150,9 +152,7 @@ class Bound:
         does with those groups' gates at 0."""
         if self.spec.compact is None:
             raise ValueError(f"model {self.name!r} does not support compaction")
-        variables, config = self.spec.compact(
-            variables, self.config, np.asarray(keep, bool), self.kind
-        )
+        variables, config = self.spec.compact(variables, self.config, binary_keep(keep), self.kind)
         return dataclasses.replace(self, config=config), variables
 
 
@@ -183,13 +183,35 @@ def build_model(
 
     Raises:
       ValueError: an unknown name (the message lists the registered ones), a kind the model
-        does not have, or an unknown preset.
+        does not have, an unknown preset, a ``num_outputs`` below 1, or an ``input_shape`` the
+        model cannot take (e.g. a flat vector for an image model; checked by the spec's
+        ``flops``, which reads the example shape).
+      TypeError: ``num_outputs`` not an int, ``input_shape`` not a tuple of ints, ``preset``
+        not a str, ``overrides`` not a mapping.
     """
     spec = model_spec(name)
+    num_outputs = check_positive_int(num_outputs, "num_outputs")
+    input_shape = _example_shape(input_shape)
+    if preset is not None and not isinstance(preset, str):
+        raise TypeError(f"preset: expected a str or None, got {preset!r} ({type(preset).__name__})")
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides: expected a mapping of config fields, got {overrides!r}")
     config = spec.make_config(
         spec.default_preset if preset is None else preset,
         num_outputs=num_outputs,
-        input_shape=tuple(input_shape),
+        input_shape=input_shape,
         **dict(overrides or {}),
     )
-    return Bound(spec=spec, config=config, kind=spec.default_kind if kind is None else kind)
+    bound = Bound(spec=spec, config=config, kind=spec.default_kind if kind is None else kind)
+    spec.flops(config, input_shape)  # raises for an example shape the model cannot take
+    return bound
+
+
+def _example_shape(input_shape: Any) -> tuple[int, ...]:
+    """``input_shape`` as a non-empty tuple of positive ints, else ``TypeError``/``ValueError``."""
+    if isinstance(input_shape, str) or not isinstance(input_shape, Sequence) or not input_shape:
+        raise TypeError(
+            f"input_shape: expected the shape of one example, a non-empty tuple of ints such as "
+            f"(64,) or (32, 32, 3), got {input_shape!r}"
+        )
+    return tuple(check_positive_int(v, f"input_shape[{i}]") for i, v in enumerate(input_shape))

@@ -27,7 +27,7 @@ def test_smoke_writes_table_results_and_plots(smoke):
     assert (out / "table.md").read_text().strip() == result["table"]
     for label in ("Switch-Transformer", "Switch-LTH (experts)", "SNIP (experts)"):
         assert f"| {label} |" in result["table"]
-    assert "| PL (ours) (experts) |" in result["table"]
+    assert "| PL (Chen et al.) (experts) |" in result["table"]
     assert "train PPL @20" in result["table"] and "Δ PPL" in result["table"]
     saved = json.loads((out / "results.json").read_text())
     assert set(saved["results"]["experts"]) == set(SMOKE.methods)

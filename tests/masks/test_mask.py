@@ -367,6 +367,32 @@ def test_topk_hand_cases():
     np.testing.assert_array_equal(topk_mask(np.array([-np.inf, np.inf, 0.0]), 1), [0, 1, 0])
 
 
+@JAX_FAST
+@given(
+    layouts().flatmap(lambda lay: st.tuples(st.just(lay), scores_for(lay.num_groups), st.data()))
+)
+def test_topk_jax_layer_rules_equal_topk_mask(case):
+    layout, scores, data = case
+    counts = np.bincount(layout.layer_of_group)
+    m = data.draw(st.integers(0, int(counts.min())))
+    k = data.draw(st.integers(m * layout.num_layers, layout.num_groups))
+    options = {"layout": layout, "per_layer": data.draw(st.booleans()), "min_per_layer": m}
+    same = topk_mask_jax(jnp.asarray(scores, jnp.float32), k, **options)
+    np.testing.assert_array_equal(same, topk_mask(scores.astype(np.float32), k, **options))
+
+
+def test_topk_jax_per_layer_and_protected_inside_jit_equal_topk_mask():
+    """The jit-able rules with ties, -inf (pruned groups) and layers interleaved."""
+    layout = GroupLayout(("a", "b", "c"), np.array([2, 0, 1, 0, 2, 1, 0, 2, 1, 0]))
+    scores = np.array([1.0, 3.0, -np.inf, 3.0, 0.0, 2.0, -np.inf, 1.0, 2.0, 1.0], np.float32)
+    for k in (3, 5, 7):
+        for options in ({"min_per_layer": 1}, {"per_layer": True}, {"per_layer": True,
+                        "min_per_layer": 1}):  # fmt: skip
+            jitted = jax.jit(lambda s: topk_mask_jax(s, k, layout=layout, **options))
+            want = topk_mask(scores, k, layout=layout, **options)
+            np.testing.assert_array_equal(jitted(jnp.asarray(scores)), want)
+
+
 def test_topk_jax_zero_signs_and_nan():
     scores = jnp.array([-0.0, 0.0, -0.0, 1.0])
     np.testing.assert_array_equal(topk_mask_jax(scores, 2), [1, 0, 0, 1])

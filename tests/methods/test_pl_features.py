@@ -185,4 +185,4 @@ def test_a_dead_neuron_is_flagged_and_pruned_first():
         config,
     )  # fmt: skip
     assert event.mask[1] == 0 and event.mask.sum() == 5
-    assert event.objective.hessian == "loss"  # ReLU: "auto" takes the loss Hessian
+    assert event.objective.hessian == "loss"  # ReLU, no split_loss: "auto" takes the loss Hessian

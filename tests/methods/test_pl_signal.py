@@ -30,7 +30,7 @@ from jaxprune.methods.pl_gating import (
     train_gating,
 )
 from jaxprune.models import MLP
-from jaxprune.spectra import sample_output_hessian_diagonal
+from jaxprune.spectra import SplitLoss, sample_output_hessian_diagonal
 from jaxprune.train import make_pruner
 
 
@@ -96,6 +96,9 @@ def test_output_hessian_diagonal_and_trace_vanish_on_piecewise_linear_networks(n
     with pytest.warns(UserWarning, match="identically zero"):
         assert resolve_hessian("outputs", apply, params, x, jax.random.PRNGKey(4)) == "outputs"
     assert resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4)) == "loss"
+    split = SplitLoss(apply, lambda outputs, batch: jnp.sum(outputs))
+    auto = resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4), split_loss=split)
+    assert auto == "gauss_newton"  # the same trace here, estimated without H_f's noise
 
 
 @pytest.mark.parametrize("name", SMOOTH)
@@ -112,6 +115,9 @@ def test_output_hessian_trace_is_nonzero_on_smooth_networks_and_no_warning(name)
         warnings.simplefilter("error")
         assert resolve_hessian("outputs", apply, params, x, jax.random.PRNGKey(4)) == "outputs"
         assert resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4)) == "outputs"
+        split = SplitLoss(apply, lambda outputs, batch: jnp.sum(outputs))
+        auto = resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4), split_loss=split)
+        assert auto == "outputs"
     with pytest.raises(ValueError, match="hessian"):
         resolve_hessian("fisher", apply, params, x, jax.random.PRNGKey(4))
 

@@ -32,10 +32,13 @@ from jaxprune.train import build_model
 BUILT_IN = ("mlp", "two_layer", "cnn", "vgg", "resnet", "bert", "switch")
 
 
+NUM_OUTPUTS = 7  # classes, or the vocabulary of the token models
+
+
 def _example(spec: ModelSpec, n: int = 2) -> jax.Array:
     shape = (n, *spec.example_input_shape)
     if spec.mlm:
-        return jax.random.randint(jax.random.key(3), shape, 5, 40)
+        return jax.random.randint(jax.random.key(3), shape, 0, NUM_OUTPUTS)
     return jax.random.normal(jax.random.key(3), shape)
 
 
@@ -74,7 +77,7 @@ def test_protocol_functions_have_one_call_shape(name):
 def test_every_spec_groups_counts_flops_and_compacts_like_its_gates(name):
     spec = model_spec(name)
     config = spec.make_config(
-        spec.default_preset, num_outputs=7, input_shape=spec.example_input_shape
+        spec.default_preset, num_outputs=NUM_OUTPUTS, input_shape=spec.example_input_shape
     )
     module = spec.module(config)
     x = _example(spec)

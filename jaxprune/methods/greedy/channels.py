@@ -50,7 +50,13 @@ import optax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
+from jaxprune._validation import (
+    check_choice,
+    check_int,
+    check_iterable,
+    check_positive_int,
+    check_real,
+)
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.methods.greedy.selection import check_mesh
 from jaxprune.methods.importance.scores import default_chunk_size
@@ -549,6 +555,7 @@ def greedy_gate_selection(
     if not callable(gated_eval):
         raise TypeError(f"gated_eval: expected a callable, got {type(gated_eval).__name__}")
     criterion = check_choice(criterion, CRITERIA, "criterion")
+    check_iterable(batches, "batches", "an iterable of prepared minibatches")
     if (eps is None) == (keep_per_layer is None):
         raise ValueError(
             "eps: pass exactly one of eps (a tolerance) and keep_per_layer (budgets), got "

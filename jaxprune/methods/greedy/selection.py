@@ -44,7 +44,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxprune._validation import check_choice, check_positive_int, check_real
+from jaxprune._validation import check_choice, check_finite_tree, check_positive_int, check_real
 from jaxprune.models import two_layer
 from jaxprune.typing import PyTree
 
@@ -231,8 +231,18 @@ def selection_loss(loss: str | LossFn, u: Any, y: Any) -> jax.Array:
 
     Returns:
       Scalar loss, summed over the examples for the built-in losses.
+
+    Raises:
+      ValueError: an unknown loss name, or ``y`` whose shape does not fit ``u`` for a built-in
+        loss (``u.shape``, or ``u.shape[:1]`` labels for ``"softmax_cross_entropy"``).
     """
-    return _resolve_loss(loss)(jnp.asarray(u), jnp.asarray(y))
+    loss_fn = _resolve_loss(loss)
+    u, y = jnp.asarray(u), jnp.asarray(y)
+    if not callable(loss):
+        expected = u.shape[:1] if loss == "softmax_cross_entropy" else u.shape
+        if y.shape != expected:
+            raise ValueError(f"y: expected shape {expected} for outputs u {u.shape}, got {y.shape}")
+    return loss_fn(u, y)
 
 
 def _step_losses(loss_fn: LossFn, phi: jax.Array, z: jax.Array, y: jax.Array, k) -> jax.Array:
@@ -474,6 +484,7 @@ def hull_diameter(phi: Any, *, block_size: int = 1024) -> jax.Array:
     phi = jnp.asarray(phi)
     if phi.ndim not in (2, 3) or 0 in phi.shape:
         raise ValueError(f"phi: expected shape (N, m) or (N, m, K), got {phi.shape}")
+    check_finite_tree(phi, "phi")
     return _hull_diameter(phi.reshape(phi.shape[0], -1), min(block_size, phi.shape[0]))
 
 

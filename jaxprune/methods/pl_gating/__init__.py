@@ -47,8 +47,9 @@ Readings where the paper is wrong or silent (docs/readings.md), all configurable
     piecewise-linear networks (ReLU, max-pooling, eval-mode BatchNorm) it is identically zero:
     the output is linear in each single weight on each linear piece, so every diagonal entry of
     ``∇²_w f`` vanishes.  ``hessian="auto"`` (the default of :class:`PLGatingConfig`) therefore
-    uses the loss Hessian there (on such a network exactly the Gauss-Newton trace) and eq. 36's
-    output Hessian on smooth models; :func:`resolve_hessian` decides from the exact diagonal at
+    uses the Gauss-Newton trace ``Tr(Jᵀ H_ℓ J)`` there (exactly the loss Hessian's trace on such
+    a network; the loss Hessian itself when no ``split_loss`` is given) and eq. 36's output
+    Hessian on smooth models; :func:`resolve_hessian` decides from the exact diagonal at
     sampled coordinates and warns when ``"outputs"`` is asked for where it vanishes.
     ``trace_wrt="gated"`` (default, eq. 36's notation) differentiates in the
     parameters at the point ``u = g ∗ w``; ``trace_wrt="weights"`` differentiates

@@ -13,7 +13,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from typing import Any, NamedTuple
 
 import jax
@@ -24,6 +24,8 @@ from jaxprune._validation import (
     check_batch,
     check_choice,
     check_int,
+    check_iterable,
+    check_optimizer,
     check_positive_int,
     check_real,
 )
@@ -37,7 +39,12 @@ from jaxprune.methods.pl_gating.features import (
     features,
     normalize_features,
 )
-from jaxprune.methods.pl_gating.gating import GatingParams, gate, init_gating
+from jaxprune.methods.pl_gating.gating import (
+    GatingParams,
+    check_gating_params,
+    gate,
+    init_gating,
+)
 from jaxprune.methods.pl_gating.objective import (
     HESSIANS,
     GatingHistory,
@@ -46,6 +53,7 @@ from jaxprune.methods.pl_gating.objective import (
     resolve_hessian,
     train_gating,
 )
+from jaxprune.models.base import check_float_dtype
 from jaxprune.spectra.gauss_newton import SplitLoss
 from jaxprune.typing import ApplyFn, BatchLossFn, PyTree
 
@@ -135,9 +143,10 @@ class PLGatingConfig:
         :func:`features`; reading PL-6).
       output_projections: random output projections of the feature kernels (``None``: exact).
       feature_dtype: eigen-decomposition dtype of the features (``None``: the kernel's).
-      hessian: ``"auto"`` (default: the loss Hessian on piecewise-linear networks, where eq.
-        36's ``H_f`` is identically zero, the output Hessian otherwise; see
-        :func:`resolve_hessian`), ``"outputs"`` (eq. 36, with a warning where it vanishes),
+      hessian: ``"auto"`` (default: on piecewise-linear networks, where eq. 36's ``H_f`` is
+        identically zero, the Gauss-Newton trace when :func:`prune` has a ``split_loss`` — the
+        engine always passes one — and the loss Hessian otherwise; the output Hessian on
+        smooth models; see :func:`resolve_hessian`), ``"outputs"`` (eq. 36, with a warning where it vanishes),
         ``"loss"``, or ``"gauss_newton"`` (the loss's Gauss-Newton trace ``Tr(Jᵀ H_ℓ J)``, equal
         to the loss Hessian's on piecewise-linear networks, cheaper to differentiate; needs
         :func:`prune`'s ``split_loss``).
@@ -179,6 +188,8 @@ class PLGatingConfig:
         check_int(self.feature_batch_size, "feature_batch_size", minimum=2)
         if self.output_projections is not None:
             check_positive_int(self.output_projections, "output_projections")
+        if self.feature_dtype is not None:
+            check_float_dtype(self.feature_dtype, "feature_dtype")
         check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
         check_choice(self.lambda_min, LAMBDA_MINS, "lambda_min")
         check_int(self.min_per_layer, "min_per_layer", minimum=0)
@@ -192,7 +203,7 @@ class PLGatingConfig:
     @property
     def objective(self) -> GatingObjective:
         """The gating objective's options (with the default ``inputs_of``; ``hessian="auto"``
-        appears as ``"loss"``, what it resolves to on piecewise-linear networks: :func:`prune`
+        appears as ``"loss"``, the target that needs nothing beyond ``loss_fn``: :func:`prune`
         resolves it per model with :func:`resolve_hessian`)."""
         return GatingObjective(
             alpha=self.alpha,
@@ -288,8 +299,9 @@ def prune(
 
     Raises:
       ValueError / TypeError: ``ratio`` outside ``[0, 1)`` (or keeping no group), a layout of the
-        wrong size, too few feature rows or batches, ``k`` below ``min_per_layer`` × layers or
-        above the groups ``current_mask`` keeps.
+        wrong size, too few feature rows or batches (a sized ``batches`` before any work),
+        ``k`` below ``min_per_layer`` × layers or above the groups ``current_mask`` keeps,
+        ``v`` not :class:`GatingParams`, ``optimizer`` not an optax transformation.
 
     References:
       Chen et al. (2023), App. E.2, Algorithm 2 (lines 4-10) and eq. 36; Sec. 3.2.3 (``k = (1 -
@@ -298,6 +310,10 @@ def prune(
     config = PLGatingConfig() if config is None else config
     if not isinstance(config, PLGatingConfig):
         raise TypeError(f"config: expected a PLGatingConfig, got {type(config).__name__}")
+    if v is not None:
+        check_gating_params(v)
+    if optimizer is not None:
+        check_optimizer(optimizer)
     objective = dataclasses.replace(config.objective, inputs_of=inputs_of)
     p = validate_group_ids(params, group_ids)
     k = ratio_to_k(p, ratio)
@@ -332,6 +348,9 @@ def prune(
         )
     if config.feature_normalization == "layer" and layout is None:
         raise ValueError("layout: required when config.feature_normalization='layer', got None")
+    check_iterable(batches, "batches", "an iterable of training batches")
+    if isinstance(batches, Sized) and len(batches) < config.gating_steps:
+        raise ValueError(f"batches: yielded {len(batches)} batches, expected {config.gating_steps}")
     sketch_key, init_key, probe_key = jax.random.split(key, 3)
     feats = features(
         apply_fn,
@@ -345,7 +364,12 @@ def prune(
     )
     normalized = normalize_features(feats, layout, within=config.feature_normalization)
     hessian = resolve_hessian(
-        config.hessian, apply_fn, params, feature_inputs[:n], jax.random.fold_in(probe_key, 1)
+        config.hessian,
+        apply_fn,
+        params,
+        feature_inputs[:n],
+        jax.random.fold_in(probe_key, 1),
+        split_loss=split_loss,
     )
     objective = dataclasses.replace(objective, hessian=hessian)
     if v is None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_choice, check_positive_int
+from jaxprune._validation import check_choice, check_finite_tree, check_key, check_positive_int
 
 __all__ = ["SCALINGS", "GatingParams", "Scaling", "gate", "gate_logits", "init_gating"]
 
@@ -57,13 +57,15 @@ def init_gating(key: jax.Array, hidden: int = 16, *, dtype: Any = jnp.float32) -
     References:
       Chen et al. (2023), Sec. 3.2.3 (two-layer feed-forward ``FN_v``).
     """
+    check_key(key)
     hidden = check_positive_int(hidden, "hidden")
     w1 = jax.random.normal(key, (2, hidden), dtype) / np.sqrt(2.0)
     return GatingParams(w1=w1, b1=jnp.zeros((hidden,), dtype), w2=jnp.zeros((hidden,), dtype))
 
 
 def check_features_matrix(normalized_features: Any) -> jax.Array:
-    """``normalized_features`` as a ``(p, 2)`` array with ``p >= 1``, else ``ValueError``."""
+    """``normalized_features`` as a ``(p, 2)`` array with ``p >= 1`` and finite values (checked
+    when concrete), else ``ValueError``: NaN features would give NaN gates."""
     normalized_features = jnp.asarray(normalized_features)
     shape = normalized_features.shape
     if len(shape) != 2 or shape[1] != 2 or shape[0] < 1:
@@ -71,7 +73,15 @@ def check_features_matrix(normalized_features: Any) -> jax.Array:
             f"normalized_features: expected shape (p, 2) with p >= 1 (from normalize_features), "
             f"got {shape}"
         )
+    check_finite_tree(normalized_features, "normalized_features")
     return normalized_features
+
+
+def check_gating_params(v: Any) -> GatingParams:
+    """``v`` if it is a :class:`GatingParams`, else ``TypeError``."""
+    if not isinstance(v, GatingParams):
+        raise TypeError(f"v: expected GatingParams (from init_gating), got {type(v).__name__}")
+    return v
 
 
 def gate_logits(v: GatingParams, normalized_features: jax.Array) -> jax.Array:
@@ -87,6 +97,7 @@ def gate_logits(v: GatingParams, normalized_features: jax.Array) -> jax.Array:
     References:
       Chen et al. (2023), Sec. 3.2.3, eq. 8 (the argument of the softmax).
     """
+    check_gating_params(v)
     d = check_features_matrix(normalized_features).astype(v.w1.dtype)
     return jnp.tanh(d @ v.w1 + v.b1) @ v.w2
 
