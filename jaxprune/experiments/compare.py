@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import optax
 
+from jaxprune._validation import check_positive_int
 from jaxprune.data.registry import DataConfig, Splits, load_dataset
 from jaxprune.experiments.settings import ComparisonSettings
 from jaxprune.masks import PruningSchedule
@@ -112,7 +113,9 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def _run_key(settings: Any, name: str, seed: int, config: TrainConfig, steps: Sequence[int]) -> str:
+def _run_key(
+    settings: Any, name: str, seed: int, config: TrainConfig, steps: Sequence[int], window: int
+) -> str:
     """Identity of one run of a comparison (everything that determines its figures)."""
     described = {
         "settings": settings,
@@ -120,6 +123,7 @@ def _run_key(settings: Any, name: str, seed: int, config: TrainConfig, steps: Se
         "seed": seed,
         "train": dataclasses.asdict(dataclasses.replace(config, progress=False)),
         "report_steps": list(steps),
+        "report_window": window,
         "source": _source_digest(),
     }
     text = json.dumps(described, sort_keys=True, default=repr)
@@ -139,8 +143,22 @@ def _save_finished(path: Path, key: str, figures: dict, rows: list[dict]) -> Non
     os.replace(temporary, path)
 
 
-def _loss_at(rows: list[dict], step: int) -> float:
-    return next((r["train_loss"] for r in rows if r["step"] == step and "train_loss" in r), np.nan)
+def _loss_at(rows: list[dict], step: int, window: int) -> float:
+    """Mean of the logged training losses of the ``window`` steps up to ``step`` (the rows of
+    steps in ``(step - window, step]``; each row is the mean over its logging interval)."""
+    losses = [
+        r["train_loss"] for r in rows if step - window < r["step"] <= step and "train_loss" in r
+    ]
+    return float(np.mean(losses)) if losses else np.nan
+
+
+def curve_interval(window: int, points: int = 10) -> int:
+    """The logging interval that draws ``points`` points per report ``window`` (or one per
+    step when the window is shorter): the largest divisor ``d`` of ``window`` with
+    ``window // d >= min(points, window)``."""
+    check_positive_int(window, "window")
+    need = min(points, window)
+    return max(d for d in range(1, window + 1) if window % d == 0 and window // d >= need)
 
 
 def run_comparison(
@@ -155,6 +173,7 @@ def run_comparison(
     out_dir: Path,
     progress: bool = True,
     settings: Any = None,
+    report_window: int | None = None,
 ) -> tuple[dict[str, dict[str, list[float]]], dict[str, list[list[dict]]]]:
     """Train ``model`` with every method and seed.
 
@@ -174,11 +193,13 @@ def run_comparison(
         runs only).
       seeds: one run per seed and method.
       report_steps: steps whose (windowed) training loss is reported; they should be multiples
-        of ``config.log_every``.
+        of ``report_window``.
       out_dir: each run writes to ``out_dir/runs/<method>_seed<seed>``.
       progress: print one line per run and show progress bars.
       settings: JSON-serializable settings that, with the arguments above, determine the runs
         (``None``: nothing is reused); values JSON cannot hold are compared by ``repr``.
+      report_window: the steps a reported training loss averages over, a multiple of
+        ``config.log_every`` (``None``: ``config.log_every``, one logged row).
 
     Returns:
       ``(results, curves)``: ``results[method][figure]`` lists one value per seed (figures:
@@ -186,6 +207,11 @@ def run_comparison(
       ``group_sparsity``, ``weight_sparsity``, ``parameters``); ``curves[method]`` the logged
       rows of every seed.
     """
+    window = config.log_every if report_window is None else report_window
+    if window % config.log_every:
+        raise ValueError(
+            f"report_window: expected a multiple of log_every={config.log_every}, got {window}"
+        )
     results: dict[str, dict[str, list[float]]] = {}
     curves: dict[str, list[list[dict]]] = {}
     shared_optimizer = optimizer()  # pure: one object lets runs share compiled steps
@@ -197,7 +223,9 @@ def run_comparison(
             )
             run_dir = Path(out_dir) / "runs" / f"{name}_seed{seed}"
             finished = run_dir / "finished.json"
-            key = None if settings is None else _run_key(settings, name, seed, config, report_steps)
+            key = None
+            if settings is not None:
+                key = _run_key(settings, name, seed, config, report_steps, window)
             saved = None if key is None else _load_finished(finished, key)
             if progress:
                 print(
@@ -206,7 +234,14 @@ def run_comparison(
                 )
             if saved is None:
                 figures, rows = _train_one(
-                    model, splits, shared_optimizer, run_config, pruner, run_dir, report_steps
+                    model,
+                    splits,
+                    shared_optimizer,
+                    run_config,
+                    pruner,
+                    run_dir,
+                    report_steps,
+                    window,
                 )
                 if key is not None:
                     _save_finished(finished, key, figures, rows)
@@ -226,10 +261,11 @@ def _train_one(
     pruner: Pruner | None,
     run_dir: Path,
     report_steps: Sequence[int],
+    window: int,
 ) -> tuple[dict[str, float], list[dict]]:
     """One run from scratch: its figures (see :func:`run_comparison`) and logged rows."""
     result = train(model, splits, optimizer, config, pruner=pruner, run_dir=run_dir, resume=False)
-    figures = {f"train_loss@{s}": _loss_at(result.rows, s) for s in report_steps}
+    figures = {f"train_loss@{s}": _loss_at(result.rows, s, window) for s in report_steps}
     keys = ("wall_seconds", "event_seconds", "group_sparsity", "weight_sparsity", "parameters")
     figures.update({k: result.summary[k] for k in keys})
     figures.update({k: v for k, v in result.summary.items() if k.startswith("test_")})
@@ -527,8 +563,10 @@ def compare_methods(
       model_options: further :func:`~jaxprune.train.build_model` arguments (``kind``,
         ``overrides``).
       train_options: further :class:`~jaxprune.train.TrainConfig` fields (the steps and batch
-        size come from ``settings``; ``log_every`` is the gcd of the report steps unless given
-        here, and then should divide them).
+        size come from ``settings``).  A reported training loss is the mean over the gcd of
+        the report steps before it, logged :func:`curve_interval` apart (about 10 points per
+        window, so the plotted curves are full); a ``log_every`` given here, which should
+        divide the report steps, is both the logging interval and the window.
       run_settings: more settings that identify the runs (e.g. the group kind), added to
         ``dataclasses.asdict(settings)`` for the reuse of finished runs.
       progress: print one line per run and show progress bars.
@@ -541,12 +579,12 @@ def compare_methods(
         preset=settings.model_preset,
         **(model_options or {}),
     )
-    log_every = int(np.gcd.reduce([*settings.report_steps, settings.num_steps]))
-    config = TrainConfig(
-        num_steps=settings.num_steps,
-        batch_size=settings.batch_size,
-        **{"log_every": log_every, **(train_options or {})},
+    options = dict(train_options or {})
+    window = options.get(
+        "log_every", int(np.gcd.reduce([*settings.report_steps, settings.num_steps]))
     )
+    options.setdefault("log_every", curve_interval(window))
+    config = TrainConfig(num_steps=settings.num_steps, batch_size=settings.batch_size, **options)
     results, curves = run_comparison(
         bound,
         splits,
@@ -556,6 +594,7 @@ def compare_methods(
         seeds=settings.seeds,
         report_steps=settings.report_steps,
         out_dir=Path(out_dir),
+        report_window=window,
         progress=progress,
         settings={**dataclasses.asdict(settings), **(run_settings or {})},
     )

@@ -150,3 +150,16 @@ def test_plot_comparison_without_analysis_draws_loss_and_metric_only(tmp_path):
     titles = [axes.get_title() for axes in figure.axes]
     assert titles == ["Training loss (first seed)", "Test loss"]
     assert "squared error" in figure.axes[0].get_ylabel()
+
+
+def test_curves_are_logged_ten_points_per_report_window_and_the_table_averages_the_window():
+    from jaxprune.experiments.compare import _loss_at, curve_interval
+
+    assert [curve_interval(w) for w in (100, 22, 40, 5, 2, 1)] == [10, 2, 4, 1, 1, 1]
+    with pytest.raises(ValueError, match="window"):
+        curve_interval(0)
+    rows = [{"step": s, "train_loss": float(s)} for s in range(10, 101, 10)]
+    rows.insert(3, {"step": 35, "test_loss": 9.0})  # rows without a training loss are skipped
+    assert _loss_at(rows, 100, 100) == pytest.approx(np.mean(range(10, 101, 10)))
+    assert _loss_at(rows, 50, 20) == pytest.approx(45.0)  # steps 40 and 50
+    assert np.isnan(_loss_at(rows, 5, 5))
