@@ -1,7 +1,9 @@
 """Benchmark: BERT train-step time with 75% of the attention heads compacted away vs dense.
 
     scripts/with-env python experiments/benchmarks/bench_bert.py               # BERT-small, batch 8 × 128
+    scripts/with-env python experiments/benchmarks/bench_bert.py --quick       # BERT-small, batch 4 × 64
     scripts/with-env python experiments/benchmarks/bench_bert.py --preset smoke  # seconds
+        [--repeats R] [--json PATH]
 
 One jit-compiled MLM train step (forward, backward, Adam update, dropout on) of the dense model
 and of the model whose heads were removed with ``bert.compact`` (``ceil(H/4)`` heads kept per
@@ -13,13 +15,13 @@ FLOPs for both models, so the ratios carry over).
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians
 
 from jaxprune.models.bert import (
@@ -34,6 +36,7 @@ from jaxprune.models.bert import (
 
 SETTINGS = {
     "smoke": {"preset": "tiny", "batch": 2, "seq_len": 16, "repeats": 3},
+    "quick": {"preset": "small", "batch": 4, "seq_len": 64, "repeats": 5},
     "small": {"preset": "small", "batch": 8, "seq_len": 128, "repeats": 15},
 }
 
@@ -67,12 +70,15 @@ def random_batch(config: BertConfig, batch: int, seq_len: int, seed: int = 0) ->
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=sorted(SETTINGS), default="small")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument(
+        "--preset", choices=sorted(SETTINGS), help="shapes (default: small; quick with --quick)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed pairs (median over)")
-    args = parser.parse_args()
-    setting = SETTINGS[args.preset]
+    args = parser.parse_args(argv)
+    preset = args.preset or ("quick" if args.quick else "small")
+    setting = SETTINGS[preset]
     repeats = args.repeats or setting["repeats"]
     batch_size, seq_len = setting["batch"], setting["seq_len"]
 
@@ -118,6 +124,17 @@ def main() -> None:
         f"forward GFLOPs per sequence: dense {flops(config, seq_len) / 1e9:.3f}, "
         f"compacted {flops(small_config, seq_len) / 1e9:.3f}"
     )
+    row = Row(
+        bench="bert",
+        what=f"MLM train step, 75% of the heads compacted, BERT-{setting['preset']}, "
+        f"batch {batch_size}x{seq_len}",
+        jaxprune=f"compacted {1e3 * t_small:.1f} ms",
+        peer=f"dense {1e3 * t_dense:.1f} ms",
+        ratio=ratio,
+        note=f"compacted/dense; FLOP ratios: attention {attention_ratio:.3f}, whole model "
+        f"{model_ratio:.3f}; {repeats} pairs, {jax.devices()[0].platform}",
+    )
+    write_rows(args.json, [row])
 
 
 if __name__ == "__main__":

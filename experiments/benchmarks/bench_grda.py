@@ -1,23 +1,24 @@
 """Benchmark of gRDA against plain SGD: prints measured figures next to the issue's targets.
 
     scripts/with-env python experiments/benchmarks/bench_grda.py [--batch 256] [--repeats 60]
+        [--hidden 512 512] [--quick] [--json PATH]
 
 1. Train-step time of an MLP (jit) with ``jaxprune.optim.grda`` vs ``optax.sgd`` at the same
    learning rate.  Target: ≤ 1.10× (the paper reports "slightly higher wall time", Table 7:
    the soft thresholding is one extra elementwise pass).
 2. Optimizer-state bytes.  Target: one extra parameter-sized buffer (the dual average) plus
    scalars, against SGD's empty state; and XLA's compiled memory figures for both steps.
-Timings are medians over repeated warm runs, alternating the two steps.
+Timings are medians over repeated warm runs, alternating the two steps (``--quick``: 20 pairs
+and 50 pruning steps instead of 60 and 200).
 """
 
 from __future__ import annotations
-
-import argparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians, train_step
 
 from jaxprune.models import MLP
@@ -40,12 +41,14 @@ def memory_figures(step, *args) -> str:
     return f"args {arg / 2**20:7.2f} MiB  out {out / 2**20:7.2f} MiB  temp {temp / 2**20:7.2f} MiB"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="gRDA vs SGD step time and memory")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=60)
+    parser.add_argument("--repeats", type=int, help="timed pairs (default 60; 20 with --quick)")
     parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (20 if args.quick else 60)
+    pruning_steps = 50 if args.quick else 200
     print(f"devices: {jax.devices()}  jax {jax.__version__}\n")
 
     rng = np.random.default_rng(0)
@@ -61,13 +64,13 @@ def main() -> None:
     t_grda, t_sgd, ratio = paired_medians(
         lambda: grda_step(params, grda_state, x, y),
         lambda: sgd_step(params, sgd_state, x, y),
-        repeats=args.repeats,
+        repeats=repeats,
     )
     widths = "-".join(str(w) for w in (784, *args.hidden, 10))
     n_params = sum(np.size(a) for a in jax.tree_util.tree_leaves(params))
     print(
         f"MLP {widths} ({n_params:,} parameters), batch {args.batch}, lr {lr} "
-        f"(medians of {args.repeats} alternating runs)"
+        f"(medians of {repeats} alternating runs)"
     )
     print(f"  SGD train step    {t_sgd * 1e3:8.3f} ms")
     print(f"  gRDA train step   {t_grda * 1e3:8.3f} ms")
@@ -87,13 +90,36 @@ def main() -> None:
 
     # Sanity: the step does prune (a few hundred steps on this random data).
     state, p = grda_state, params
-    for _ in range(200):
+    for _ in range(pruning_steps):
         p, state = grda_step(p, state, x, y)
     zeros = sum(int(jnp.sum(a == 0)) for a in jax.tree_util.tree_leaves(p))
     print(
-        f"\nAfter 200 gRDA steps: threshold {float(state.threshold):.4g}, sparsity "
+        f"\nAfter {pruning_steps} gRDA steps: threshold {float(state.threshold):.4g}, sparsity "
         f"{zeros / n_params:.1%}"
     )
+    rows = [
+        Row(
+            bench="grda",
+            what=f"train step gRDA vs SGD, MLP {widths}, batch {args.batch}",
+            jaxprune=f"gRDA {t_grda * 1e3:.3f} ms",
+            peer=f"SGD {t_sgd * 1e3:.3f} ms",
+            ratio=ratio,
+            target="ratio <= 1.10",
+            met=ratio <= 1.10,
+            note=f"median of {repeats} paired ratios; {jax.default_backend()}",
+        ),
+        Row(
+            bench="grda",
+            what=f"optimizer-state bytes / parameter bytes, MLP {widths}",
+            jaxprune=f"gRDA state {s_grda:,d} B",
+            peer=f"parameters {p_bytes:,d} B (SGD state {s_sgd:,d} B)",
+            ratio=s_grda / p_bytes,
+            target="one parameter-sized buffer plus scalars",
+            met=0 <= s_grda - p_bytes <= 64,
+            note=f"after {pruning_steps} steps: sparsity {zeros / n_params:.1%}",
+        ),
+    ]
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

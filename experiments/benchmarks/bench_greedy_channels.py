@@ -1,6 +1,7 @@
 """Benchmark of greedy channel selection: prints measured figures next to the issue's target.
 
-    cd experiments/benchmarks && python bench_greedy_channels.py [--batch-size 64] [--repeats 5]
+    scripts/with-env python experiments/benchmarks/bench_greedy_channels.py [--batch-size 64]
+        [--repeats 5] [--quick] [--json PATH]
 
 The model is VGG-16-bn at width/8 (``vgg16-bn-tiny``: 8 to 64 filters per convolution) on
 CIFAR-sized 32×32×3 inputs, in evaluation mode, with random He-initialised weights (the timing
@@ -22,12 +23,12 @@ loop.  Then the whole layer's selection
 (:func:`~jaxprune.methods.greedy.channels.greedy_channel_selection`, ``layers=[layer]``, half
 the layer's channels as its budget: that many steps) is timed once, warm.  Timings are medians
 of warm runs taken alternately (:func:`_timing.paired_medians`), ratios the medians of the
-per-pair ratios.
+per-pair ratios.  ``--quick``: batch 16, 2 repeats, the step table over ``LAYERS`` only and
+the whole-layer selection of ``conv_0`` only.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians
 
 from jaxprune.methods.greedy.channels import greedy_channel_selection, greedy_gate_selection
@@ -42,7 +44,8 @@ from jaxprune.train import build_model
 
 TARGET = 5.0
 LAYERS = ("conv_0", "conv_7", "conv_12")
-"""Layers of the whole-layer selection timing (the step table covers all 13)."""
+"""Layers of the whole-layer selection timing (the step table covers all 13; with ``--quick``
+these three)."""
 
 
 def numpy_variables(model, input_shape, seed: int = 0):
@@ -61,11 +64,14 @@ def numpy_variables(model, input_shape, seed: int = 0):
     return jax.tree_util.tree_map_with_path(lambda p, s: value(p, s.shape), shapes)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--batch-size", type=int, help="default 64 (16 with --quick)")
+    parser.add_argument("--repeats", type=int, help="default 5 (2 with --quick)")
+    args = parser.parse_args(argv)
+    args.batch_size = args.batch_size or (16 if args.quick else 64)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    whole_layers = LAYERS[:1] if args.quick else LAYERS
 
     input_shape = (32, 32, 3)
     model = build_model("vgg", num_outputs=10, input_shape=input_shape, preset="vgg16-bn-tiny")
@@ -89,7 +95,9 @@ def main() -> None:
     )
     print(f"{'layer':>8} {'channels':>8} {'batched':>10} {'loop':>10} {'ratio':>7} {'target':>7}")
     totals = [0.0, 0.0]
-    for name in layout.layer_names:
+    ratios = []
+    step_layers = LAYERS if args.quick else layout.layer_names
+    for name in step_layers:
         layer = layout.layer_names.index(name)
         groups = layout.groups_in_layer(layer)
         base = np.ones(layout.num_groups, np.float32)
@@ -112,17 +120,37 @@ def main() -> None:
         seconds_loop, seconds_batched, ratio = paired_medians(loop, batched, args.repeats)
         totals[0] += seconds_batched
         totals[1] += seconds_loop
+        ratios.append(ratio)
         print(
             f"{name:>8} {len(groups):>8} {seconds_batched * 1e3:>8.1f}ms "
             f"{seconds_loop * 1e3:>8.1f}ms {ratio:>6.1f}x {TARGET:>6.0f}x"
         )
 
-    print(
-        f"{'all':>8} {layout.num_groups:>8} {totals[0] * 1e3:>8.1f}ms {totals[1] * 1e3:>8.1f}ms "
-        f"{totals[1] / totals[0]:>6.1f}x {TARGET:>6.0f}x  (one step in every layer, summed)"
+    summed_groups = sum(
+        len(layout.groups_in_layer(layout.layer_names.index(n))) for n in step_layers
     )
+    print(
+        f"{'all':>8} {summed_groups:>8} {totals[0] * 1e3:>8.1f}ms {totals[1] * 1e3:>8.1f}ms "
+        f"{totals[1] / totals[0]:>6.1f}x {TARGET:>6.0f}x  (one step in each layer above, summed)"
+    )
+    setting = f"VGG-16-bn width/8, batch {args.batch_size}x32x32x3"
+    summed = totals[1] / totals[0]
+    rows = [
+        Row(
+            bench="greedy_channels",
+            what=f"one greedy channel step in each of the {len(ratios)} layers, summed, {setting}",
+            jaxprune=f"batched {totals[0] * 1e3:.1f} ms",
+            peer=f"jitted forward per candidate {totals[1] * 1e3:.1f} ms",
+            ratio=summed,
+            target=f"ratio >= {TARGET:.0f}",
+            met=summed >= TARGET,
+            note=f"loop / batched; per layer {min(ratios):.1f}-{max(ratios):.1f}x, "
+            f"{sum(r >= TARGET for r in ratios)} of {len(ratios)} at target; "
+            f"{args.repeats} pairs, {jax.devices()[0].platform}",
+        )
+    ]
     print("\nwhole layer: greedy_channel_selection(layers=[layer], budget = half its channels)")
-    for name in LAYERS:
+    for name in whole_layers:
         layer = layout.layer_names.index(name)
         budget = len(layout.groups_in_layer(layer)) // 2
 
@@ -138,6 +166,15 @@ def main() -> None:
         print(
             f"{name:>8}: {budget} steps in {seconds:.2f} s ({seconds / budget * 1e3:.0f} ms/step)"
         )
+        rows.append(
+            Row(
+                bench="greedy_channels",
+                what=f"whole-layer greedy_channel_selection of {name}, {budget} steps, {setting}",
+                jaxprune=f"{seconds:.2f} s ({seconds / budget * 1e3:.0f} ms/step)",
+                note="one warm run",
+            )
+        )
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """Distributed greedy forward selection (Wolfe et al. (2023), App. E, Figure 5): time on 1, 2 and 4
 devices, and whether the picks are the same.
 
-    cd experiments/benchmarks && python bench_greedy_distributed.py [--devices 1,2,4]
+    scripts/with-env python experiments/benchmarks/bench_greedy_distributed.py [--devices 1,2,4]
         [--neurons 10000] [--examples 2000] [--steps 200] [--repeats 3]
-        [--cnn mobilenet_v2-tiny] [--cnn-steps 4] [--cnn-batch 64]
+        [--cnn mobilenet_v2:mobilenet_v2-tiny] [--cnn-steps 4] [--cnn-batch 64]
+        [--quick] [--json PATH]
+
+``--quick`` sets the defaults to N = 4,000, m = 1,000, 100 steps, 2 repeats and leaves part 2
+out (``--cnn`` given explicitly brings it back).
 
 Part 1, the two-layer search:
 Each device count runs in a fresh process (``--xla_force_host_platform_device_count`` on CPU;
@@ -30,6 +34,12 @@ import os
 import subprocess
 import sys
 import time
+
+from _report import Row, benchmark_parser, write_rows
+
+FULL = {"neurons": 10_000, "examples": 2_000, "steps": 200, "repeats": 3}
+QUICK = {"neurons": 4_000, "examples": 1_000, "steps": 100, "repeats": 2}
+CNN = "mobilenet_v2:mobilenet_v2-tiny"
 
 _WORKER = """
 import json, statistics, sys, time
@@ -108,7 +118,7 @@ def run_cnn_worker(devices: int, args: argparse.Namespace) -> dict:
     return _run(_CNN_WORKER, devices, arguments)
 
 
-def print_cnn(counts: list[int], args: argparse.Namespace) -> None:
+def print_cnn(counts: list[int], args: argparse.Namespace) -> list[Row]:
     results = {d: run_cnn_worker(d, args) for d in counts}
     base = results[counts[0]]["layers"]
     print(
@@ -124,19 +134,46 @@ def print_cnn(counts: list[int], args: argparse.Namespace) -> None:
             cells += f" {seconds:9.3f} {layer['seconds'] / seconds:5.2f}"
         same = all(results[d]["layers"][i]["order"] == layer["order"] for d in counts)
         print(f"{layer['name']:<28s} {layer['groups']:6d}{cells}  {same}")
+    total = {d: sum(layer["seconds"] for layer in results[d]["layers"]) for d in counts}
+    rows = []
+    for d in counts[1:]:
+        same = all(
+            mine["order"] == theirs["order"] for mine, theirs in zip(results[d]["layers"], base)
+        )
+        rows.append(
+            Row(
+                bench="greedy_distributed",
+                what=f"greedy_channel_selection of {args.cnn}, every layer, {args.cnn_steps} "
+                f"picks, {d} devices vs {counts[0]}",
+                jaxprune=f"{d} devices {total[d]:.2f} s",
+                peer=f"{counts[0]} device(s) {total[counts[0]]:.2f} s",
+                ratio=total[counts[0]] / total[d],
+                target="same picks",
+                met=same,
+                note=f"speed-up, summed over {len(base)} layers; {results[d]['backend']}",
+            )
+        )
+    return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--devices", default="1,2,4")
-    parser.add_argument("--neurons", type=int, default=10_000)
-    parser.add_argument("--examples", type=int, default=2_000)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--cnn", default="mobilenet_v2:mobilenet_v2-tiny")
+    parser.add_argument("--neurons", type=int, help=f"default {FULL['neurons']}")
+    parser.add_argument("--examples", type=int, help=f"default {FULL['examples']}")
+    parser.add_argument("--steps", type=int, help=f"default {FULL['steps']}")
+    parser.add_argument("--repeats", type=int, help=f"default {FULL['repeats']}")
+    parser.add_argument("--cnn", help=f"default {CNN} ('' or --quick: no part 2)")
     parser.add_argument("--cnn-steps", type=int, default=4)
     parser.add_argument("--cnn-batch", type=int, default=64)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    args.neurons = args.neurons or defaults["neurons"]
+    args.examples = args.examples or defaults["examples"]
+    args.steps = args.steps or defaults["steps"]
+    args.repeats = args.repeats or defaults["repeats"]
+    if args.cnn is None:
+        args.cnn = "" if args.quick else CNN
     counts = [int(d) for d in args.devices.split(",")]
     start = time.perf_counter()
     results = {d: run_worker(d, args) for d in counts}
@@ -152,12 +189,28 @@ def main() -> None:
             f"{d:8d} {r['seconds']:9.2f} {base['seconds'] / r['seconds']:8.2f}x  "
             f"{r['order'] == base['order']}"
         )
+    rows = [
+        Row(
+            bench="greedy_distributed",
+            what=f"greedy forward selection on {d} devices vs {counts[0]}, N = {args.neurons}, "
+            f"m = {args.examples}, {args.steps} steps",
+            jaxprune=f"{d} devices {results[d]['seconds']:.2f} s",
+            peer=f"{counts[0]} device(s) {base['seconds']:.2f} s",
+            ratio=base["seconds"] / results[d]["seconds"],
+            target="same picks",
+            met=results[d]["order"] == base["order"],
+            note=f"speed-up; {results[d]['backend']}, {results[d]['available']} device(s) "
+            "visible (forced CPU devices share the cores)",
+        )
+        for d in counts[1:]
+    ]
     if args.cnn:
-        print_cnn(counts, args)
+        rows += print_cnn(counts, args)
     print(
         f"(medians of {args.repeats} runs, one process per device count; benchmark wall time "
         f"{time.perf_counter() - start:.0f} s)"
     )
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Benchmark of natural importance: prints measured figures next to the issue's target.
 
-    cd experiments/benchmarks && python bench_importance.py [--width 1000] [--repeats 5]
+    scripts/with-env python experiments/benchmarks/bench_importance.py [--width 1000] [--batch 256]
+        [--chunk-size 64] [--repeats 5] [--quick] [--json PATH]
+
+``--quick`` sets the defaults to width 300 and 3 repeats.
 
 Natural importance (Li et al. (2020), Def. 2.1) of every hidden neuron of an MLP
 ``64-width-10`` (ReLU, softmax cross-entropy on one batch of 256), ``width`` groups (each a
@@ -26,7 +29,6 @@ ratios are medians of the per-round ratios.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -34,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 
 from jaxprune.masks import apply_group_mask, build_group_ids, neurons
 from jaxprune.methods.importance.scores import (
@@ -60,13 +63,15 @@ def round_robin(methods: dict, repeats: int) -> dict[str, list[float]]:
     return times
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=1000, help="hidden neurons = groups")
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--width", type=int, help="hidden neurons = groups (default 1000)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=64, help="the wide-block variant (3)")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, help="default 5")
+    args = parser.parse_args(argv)
+    args.width = args.width or (300 if args.quick else 1000)
+    args.repeats = args.repeats or (3 if args.quick else 5)
     print(f"devices: {jax.devices()}  jax {jax.__version__}\n")
 
     rng = np.random.default_rng(0)
@@ -154,6 +159,21 @@ def main() -> None:
     for name in ("default", "gates", "dense"):
         verdict = "meets" if speed_up(name) >= TARGET else "misses"
         print(f"    {labels[name]:48s} {verdict} it ({speed_up(name):.1f} x)")
+    rows = [
+        Row(
+            bench="importance",
+            what=f"NI of {p} neuron groups, {labels[name]}, MLP 64-{p}-10, batch {args.batch}",
+            jaxprune=f"{median[name] * 1e3:.1f} ms",
+            peer=f"{labels['sequential']} {median['sequential'] * 1e3:.1f} ms",
+            ratio=speed_up(name),
+            target="" if name == "wide" else f"ratio >= {TARGET:.0f}",
+            met=None if name == "wide" else speed_up(name) >= TARGET,
+            note=f"sequential / this, {args.repeats} rounds; {per_gradient(name):.0f} gradients; "
+            f"{jax.default_backend()}",
+        )
+        for name in ("default", "wide", "gates", "dense")
+    ]
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """Benchmark of the sparsity core: prints measured ratios next to the issue's targets.
 
-    scripts/with-env python experiments/benchmarks/bench_masks.py
+    scripts/with-env python experiments/benchmarks/bench_masks.py [--quick] [--json PATH]
 
 1. Train-step time of an MLP under the masked optax transform vs the same dense step (jit,
    CPU).  Target: ≤ 5% overhead.
 2. MLP and CNN at 50% and 75% structured sparsity (hidden neurons / conv filters): forward and
    train-step time of the compacted model vs the masked model, next to the ideal FLOP ratio.
-Timings are medians over repeated warm runs.
+Timings are medians over repeated warm runs (60 pairs for 1., 40 and 15 for 2.).  ``--quick``:
+MLP 784-512-512-10 on batch 128, CNN on 32 images, 20, 10 and 5 pairs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians, train_step
 
 from jaxprune.masks.compact import Link, compact
@@ -51,35 +53,51 @@ def macs(name: str, fan_in: int, widths: tuple[int, int]) -> int:
     return 32 * 32 * 9 * fan_in * widths[0] + 16 * 16 * 9 * widths[0] * widths[1] + widths[1] * 10
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = benchmark_parser(__doc__).parse_args(argv)
+    width, batch, images_n = (512, 128, 32) if args.quick else (1024, 256, 64)
+    masked_pairs, forward_pairs, step_pairs = (20, 10, 5) if args.quick else (60, 40, 15)
     print(f"devices: {jax.devices()}  jax {jax.__version__}\n")
     rng = np.random.default_rng(0)
-    batch = 256
+    platform = jax.devices()[0].platform
 
     # 1. Masked vs dense train step.
-    mlp = MLP(hidden=(1024, 1024), num_outputs=10)
+    mlp = MLP(hidden=(width, width), num_outputs=10)
     x = jnp.asarray(rng.normal(size=(batch, 784)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, batch))
     params = mlp.init(jax.random.PRNGKey(0), x)
     dense_opt = optax.adamw(1e-3, weight_decay=1e-4)
-    keep = {f"params/Dense_{i}": rng.random(1024) < 0.5 for i in range(2)}
+    keep = {f"params/Dense_{i}": rng.random(width) < 0.5 for i in range(2)}
     masked_opt = masked(dense_opt, initial_mask=unit_mask(params, keep))
     dense_step, masked_step = train_step(mlp.apply, dense_opt), train_step(mlp.apply, masked_opt)
     dense_state, masked_state = dense_opt.init(params), masked_opt.init(params)
     t_masked, t_dense, ratio = paired_medians(
         lambda: masked_step(params, masked_state, x, y),
         lambda: dense_step(params, dense_state, x, y),
-        repeats=60,
+        repeats=masked_pairs,
     )
-    print("MLP 784-1024-1024-10, batch 256, AdamW (medians of 60 alternating runs)")
+    mlp_name = f"MLP 784-{width}-{width}-10, batch {batch}"
+    print(f"{mlp_name}, AdamW (medians of {masked_pairs} alternating runs)")
     print(f"  dense train step   {t_dense * 1e3:8.2f} ms")
     print(f"  masked train step  {t_masked * 1e3:8.2f} ms")
     print(f"  overhead           {100 * (ratio - 1):8.1f} %   target <= 5 %\n")
+    rows = [
+        Row(
+            bench="masks",
+            what=f"masked optax transform vs dense train step, {mlp_name}, AdamW",
+            jaxprune=f"masked {t_masked * 1e3:.2f} ms",
+            peer=f"dense {t_dense * 1e3:.2f} ms",
+            ratio=ratio,
+            target="ratio <= 1.05",
+            met=ratio <= 1.05,
+            note=f"masked/dense, median of {masked_pairs} paired ratios; {platform}",
+        )
+    ]
 
     # 2. Compacted vs masked.
     cnn = CNN()
-    images = jnp.asarray(rng.normal(size=(64, 32, 32, 3)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, 64))
+    images = jnp.asarray(rng.normal(size=(images_n, 32, 32, 3)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, images_n))
     cnn_params = cnn.init(jax.random.PRNGKey(1), images)
     cases = [
         (
@@ -90,7 +108,7 @@ def main() -> None:
             y,
             ("params/Dense_0", "params/Dense_1", "params/Dense_2"),
             lambda widths: MLP(hidden=widths, num_outputs=10),
-            (1024, 1024),
+            (width, width),
             784,
         ),
         (
@@ -131,7 +149,9 @@ def main() -> None:
             fwd_masked = jax.jit(model.apply)
             fwd_small = jax.jit(small_model.apply)
             t_fm, t_fs, fwd_ratio = paired_medians(
-                lambda: fwd_masked(masked_vars, inputs), lambda: fwd_small(small, inputs)
+                lambda: fwd_masked(masked_vars, inputs),
+                lambda: fwd_small(small, inputs),
+                repeats=forward_pairs,
             )
             opt = optax.adamw(1e-3)
             masked_opt = masked(opt, initial_mask=unit_mask(variables, keep))
@@ -141,7 +161,7 @@ def main() -> None:
             _, _, step_ratio = paired_medians(
                 lambda: step_m(masked_vars, state_m, inputs, targets),
                 lambda: step_s(small, state_s, inputs, targets),
-                repeats=15,
+                repeats=step_pairs,
             )
 
             ideal = macs(name, fan_in, widths) / macs(name, fan_in, kept_widths)
@@ -149,6 +169,24 @@ def main() -> None:
                 f"{name:<6}{sparsity:>9.0%}{t_fm * 1e3:>10.2f}ms{t_fs * 1e3:>11.2f}ms"
                 f"{fwd_ratio:>9.2f}x{step_ratio:>14.2f}x{ideal:>14.2f}x"
             )
+            shape = f"{name} {'-'.join(map(str, widths))}, batch {inputs.shape[0]}"
+            for kind, figure, pairs in (
+                ("forward", fwd_ratio, forward_pairs),
+                ("train step", step_ratio, step_pairs),
+            ):
+                rows.append(
+                    Row(
+                        bench="masks",
+                        what=f"{kind}, compacted vs masked at {sparsity:.0%} structured "
+                        f"sparsity, {shape}",
+                        jaxprune=f"speed-up {figure:.2f}x"
+                        + (f" (compacted {t_fs * 1e3:.2f} ms)" if kind == "forward" else ""),
+                        peer=f"masked {t_fm * 1e3:.2f} ms" if kind == "forward" else "",
+                        ratio=figure,
+                        note=f"masked/compacted, {pairs} pairs; ideal (FLOPs) {ideal:.2f}x",
+                    )
+                )
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
     scripts/with-env python experiments/benchmarks/bench_pl_gating.py --preset smoke   # quick check
     scripts/with-env python experiments/benchmarks/bench_pl_gating.py --num-steps 3000 # a longer run
     scripts/with-env python experiments/benchmarks/bench_pl_gating.py --from DIR       # a pl_bert output
+    scripts/with-env python experiments/benchmarks/bench_pl_gating.py --quick          # smoke, seed 0
+        [--seeds 0,1,2] [--json PATH]
 
 Trains the ``pl_bert`` preset's BERT densely and with PL gating (dense and PL alternate per
 seed, so slow phases of a shared machine hit both) and prints, next to the paper's figures:
@@ -26,16 +28,17 @@ References:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
+from _report import Row, benchmark_parser, write_rows
 
 from jaxprune.experiments import get_experiment
 from jaxprune.experiments.compare import load_splits, run_comparison
@@ -113,51 +116,121 @@ def measure(
     return merged
 
 
-def report(results: dict[str, dict[str, list[float]]]) -> str:
-    """Lines of measured figures next to the paper's and the target.
+class Figures(NamedTuple):
+    """Per-seed figures of a dense/PL comparison (arrays of shape ``(seeds,)``, ``dense_wall`` the
+    dense runs' mean); ``warm`` is ``None`` when the results hold no warm selection times."""
+
+    wall: np.ndarray
+    event: np.ndarray
+    dense_wall: float
+    warm: np.ndarray | None
+
+
+def figures(results: dict[str, dict[str, list[float]]]) -> Figures:
+    """The cold figures of ``results``.
 
     The bench's repeated (warm) selection is not part of the PL run: it is subtracted from the
-    run's wall and event times before the cold figures are formed.
+    run's wall and event times.
     """
     pl, dense = results["pl"], results["dense"]
-    warm = np.asarray(pl.get("warm_event_seconds", np.zeros(len(pl["wall_seconds"]))))
-    wall = np.asarray(pl["wall_seconds"]) - warm
-    event = np.asarray(pl["event_seconds"]) - warm
-    dense_wall = np.mean(dense["wall_seconds"])
-    share = event / wall
+    warm = pl.get("warm_event_seconds")
+    repeated = np.zeros(len(pl["wall_seconds"])) if warm is None else np.asarray(warm)
+    return Figures(
+        wall=np.asarray(pl["wall_seconds"]) - repeated,
+        event=np.asarray(pl["event_seconds"]) - repeated,
+        dense_wall=float(np.mean(dense["wall_seconds"])),
+        warm=None if warm is None else repeated,
+    )
+
+
+def report(f: Figures) -> str:
+    """Lines of measured figures next to the paper's and the target."""
+    share = f.event / f.wall
     lines = [
         f"seeds: {len(share)}",
-        f"wall s: dense {dense_wall:.1f}, PL {wall.mean():.1f} (event {event.mean():.1f})",
+        f"wall s: dense {f.dense_wall:.1f}, PL {f.wall.mean():.1f} (event {f.event.mean():.1f})",
         f"event share of PL wall time: {share.mean():.1%} ± {share.std():.1%}   "
         f"(paper {PAPER_SHARE}, target <= {TARGET_SHARE:.0%})",
     ]
-    if "warm_event_seconds" in pl:
-        warm_share = warm / (wall - event + warm)
+    if f.warm is not None:
+        warm_share = f.warm / (f.wall - f.event + f.warm)
         lines.append(
             f"  without compilation:       {warm_share.mean():.1%} ± {warm_share.std():.1%}   "
-            f"(event {warm.mean():.2f} s with compiled functions)"
+            f"(event {f.warm.mean():.2f} s with compiled functions)"
         )
     lines += [
-        f"wall-clock saving vs dense:  {1 - wall.mean() / dense_wall:+.1%}   "
+        f"wall-clock saving vs dense:  {1 - f.wall.mean() / f.dense_wall:+.1%}   "
         f"(paper {PAPER_SAVING:.0%})",
-        f"saving without the event:    {1 - (wall - event).mean() / dense_wall:+.1%}",
+        f"saving without the event:    {1 - (f.wall - f.event).mean() / f.dense_wall:+.1%}",
     ]
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", choices=("smoke", "small"), default="small")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+def rows(f: Figures, setting: str) -> list[Row]:
+    """The figures of :func:`report` as table rows."""
+    share = f.event / f.wall
+    saving = 1 - f.wall.mean() / f.dense_wall
+    out = [
+        Row(
+            bench="pl_gating",
+            what=f"PL event share of the run's wall time, {setting}",
+            jaxprune=f"{share.mean():.1%} ± {share.std():.1%} (event {f.event.mean():.1f} s)",
+            peer=f"paper {PAPER_SHARE}",
+            ratio=float(share.mean()),
+            target=f"ratio <= {TARGET_SHARE}",
+            met=bool(share.mean() <= TARGET_SHARE),
+            note=f"{len(share)} seed(s), compilation included",
+        )
+    ]
+    if f.warm is not None:
+        warm_share = f.warm / (f.wall - f.event + f.warm)
+        out.append(
+            Row(
+                bench="pl_gating",
+                what=f"PL event share without compilation, {setting}",
+                jaxprune=f"{warm_share.mean():.1%} (event {f.warm.mean():.2f} s compiled)",
+                peer=f"paper {PAPER_SHARE}",
+                ratio=float(warm_share.mean()),
+                target=f"ratio <= {TARGET_SHARE}",
+                met=bool(warm_share.mean() <= TARGET_SHARE),
+                note="the event's selection re-run on the same state, compiled",
+            )
+        )
+    out.append(
+        Row(
+            bench="pl_gating",
+            what=f"wall-clock saving of compacted PL training vs dense, {setting}",
+            jaxprune=f"PL {f.wall.mean():.1f} s, saving {saving:+.1%}",
+            peer=f"dense {f.dense_wall:.1f} s; paper saving {PAPER_SAVING:.0%}",
+            ratio=float(f.wall.mean() / f.dense_wall),
+            note=f"ratio PL/dense wall; saving without the event "
+            f"{1 - (f.wall - f.event).mean() / f.dense_wall:+.1%}",
+        )
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument(
+        "--preset", choices=("smoke", "small"), help="default small (smoke with --quick)"
+    )
+    parser.add_argument("--seeds", help="comma-separated seeds (default 0,1,2; 0 with --quick)")
     parser.add_argument("--num-steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--from", dest="source", type=Path, help="a pl_bert output directory")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    preset = args.preset or ("smoke" if args.quick else "small")
     if args.source is not None:
         results = json.loads((args.source / "results.json").read_text())["results"]
+        setting = f"pl_bert run {args.source}"
     else:
-        seeds = tuple(int(s) for s in args.seeds.split(","))
-        results = measure(args.preset, seeds, args.num_steps)
-    print(report(results))
+        seeds = tuple(int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(","))
+        results = measure(preset, seeds, args.num_steps)
+        steps = "" if args.num_steps is None else f", {args.num_steps} steps"
+        setting = f"pl_bert --preset {preset}{steps}"
+    measured = figures(results)
+    print(report(measured))
+    write_rows(args.json, rows(measured, setting))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark of ``prune_with``: prints measured ratios next to the issue's targets.
 
-    scripts/with-env python experiments/benchmarks/bench_prune_with.py [--repeats 40]
+    scripts/with-env python experiments/benchmarks/bench_prune_with.py [--repeats 40] [--quick]
+        [--json PATH]
 
 1. Step time on ordinary (non-event) steps of an MLP 64-512-512-10 (batch 128, CPU, jit):
    ``prune_with(adam, "snip", ...)`` vs ``masked(adam)`` (target: within noise, ratio ≈ 1) and
@@ -9,12 +10,12 @@
 2. The cost of a SNIP event: inside the caller's compiled step (the update that ends with the
    event, minus an ordinary step) vs the engine's event (``events.json`` seconds of
    :func:`jaxprune.train.train` on the same model, its compiled criterion warm).
-Timings are medians of alternating warm runs.
+Timings are medians of alternating warm runs (``--quick``: 10 instead of 40).  "Within noise"
+is read as a paired ratio within 5% of 1.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians
 
 from jaxprune.data import load_dataset
@@ -61,7 +63,7 @@ def _step(tx, loss_fn):
     return step
 
 
-def ordinary_steps(model, params, batch, repeats: int) -> None:
+def ordinary_steps(model, params, batch, repeats: int) -> list[Row]:
     loss_fn = _loss_fn(model)
     group_ids, layout = model.group_ids(params)
     far = one_shot(10**9, 0.5)  # an event that the timed steps never reach
@@ -79,15 +81,31 @@ def ordinary_steps(model, params, batch, repeats: int) -> None:
         return lambda: steps[name](params, states[name], batch)
 
     print("1. ordinary step, MLP 64-512-512-10, batch 128 (median ms, paired ratio)")
+    rows = []
     for reference in ("masked(adam)", "adam"):
         a, b, ratio = paired_medians(run("prune_with(adam, snip)"), run(reference), repeats)
         print(
             f"   prune_with {a * 1e3:7.3f} ms vs {reference:12s} {b * 1e3:7.3f} ms: "
             f"ratio {ratio:.3f}  (target vs masked: within noise, ~1.00)"
         )
+        versus_masked = reference == "masked(adam)"
+        rows.append(
+            Row(
+                bench="prune_with",
+                what=f"ordinary step, prune_with(adam, snip) vs {reference}, MLP "
+                f"64-512-512-10, batch {BATCH}",
+                jaxprune=f"{a * 1e3:.3f} ms",
+                peer=f"{reference} {b * 1e3:.3f} ms",
+                ratio=ratio,
+                target="ratio ≈ 1 (within 5%)" if versus_masked else "",
+                met=abs(ratio - 1) <= 0.05 if versus_masked else None,
+                note=f"median of {repeats} paired ratios; {jax.default_backend()}",
+            )
+        )
+    return rows
 
 
-def event_cost(splits, model, params, batch, repeats: int) -> None:
+def event_cost(splits, model, params, batch, repeats: int) -> Row:
     loss_fn = _loss_fn(model)
     group_ids, layout = model.group_ids(params)
     schedule = one_shot(1, 0.5)
@@ -124,15 +142,25 @@ def event_cost(splits, model, params, batch, repeats: int) -> None:
         f"   engine event (warm):      {engine * 1e3:8.2f} ms  ratio engine / in-loop "
         f"{engine / max(in_loop, 1e-9):.1f}"
     )
+    return Row(
+        bench="prune_with",
+        what="one SNIP event (50% of 1,024 neurons) inside the compiled step vs the engine's",
+        jaxprune=f"in the step {in_loop * 1e3:.2f} ms",
+        peer=f"engine event {engine * 1e3:.2f} ms",
+        ratio=engine / max(in_loop, 1e-9),
+        note="engine / in-step; event step minus ordinary step, medians",
+    )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=40)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--repeats", type=int, help="timed pairs (default 40; 10 with --quick)")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (10 if args.quick else 40)
     splits, model, params, batch = _model()
-    ordinary_steps(model, params, batch, args.repeats)
-    event_cost(splits, model, params, batch, args.repeats)
+    rows = ordinary_steps(model, params, batch, repeats)
+    rows.append(event_cost(splits, model, params, batch, repeats))
+    write_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """Benchmark: Switch-"small" train step with half the experts removed (compacted) vs full.
 
     scripts/with-env python experiments/benchmarks/bench_switch.py [--batch 8] [--length 128] [--repeats 15]
+        [--quick] [--json PATH]
+
+``--quick`` sets the defaults to batch 4 × 64 and 5 repeats.
 
 Times a jitted MLM train step (cross-entropy + load-balancing loss, AdamW) of the full model and
 of the model compacted to every other expert of each Switch layer, run alternately (medians),
@@ -15,12 +18,11 @@ and prints the measured speed-up next to two FLOP ratios:
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians
 
 from jaxprune.models.moe import expert_capacity, total_aux_loss, total_dropped_tokens
@@ -55,12 +57,15 @@ def executed_flops(config: SwitchConfig, seq_len: int) -> int:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=15)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--batch", type=int, help="sequences (default 8; 4 with --quick)")
+    parser.add_argument("--length", type=int, help="tokens (default 128; 64 with --quick)")
+    parser.add_argument("--repeats", type=int, help="timed pairs (default 15; 5 with --quick)")
+    args = parser.parse_args(argv)
+    args.batch = args.batch or (4 if args.quick else 8)
+    args.length = args.length or (64 if args.quick else 128)
+    args.repeats = args.repeats or (5 if args.quick else 15)
     print(f"devices: {jax.devices()}  jax {jax.__version__}")
 
     config = from_preset("small")
@@ -103,6 +108,17 @@ def main() -> None:
     print(f"  ideal FLOP ratio (top-1 per token)   {ideal:9.3f}x")
     print(f"  executed FLOP ratio (capacity slots) {executed:9.3f}x")
     print(f"  tokens dropped: full {dropped_full:.1%}, compacted {dropped_small:.1%}")
+    row = Row(
+        bench="switch",
+        what=f'train step, half the experts compacted vs full, Switch "small", batch '
+        f"{args.batch}x{args.length}",
+        jaxprune=f"compacted {t_small * 1e3:.1f} ms",
+        peer=f"full {t_full * 1e3:.1f} ms",
+        ratio=ratio,
+        note=f"speed-up full/compacted, {args.repeats} pairs; FLOP ratios: ideal {ideal:.3f}, "
+        f"executed {executed:.3f}; dropped {dropped_full:.1%} -> {dropped_small:.1%}",
+    )
+    write_rows(args.json, [row])
 
 
 if __name__ == "__main__":

@@ -57,36 +57,42 @@ def leaf_group_kernels(jac1: jax.Array, jac2: jax.Array, ids: np.ndarray, p: int
       ``(p, n1, n2)``: ``sum_c sum_{w in leaf, group g} J1[x,c,w] J2[y,c,w]`` (not yet divided
       by ``k``).
     """
-    n1, k = jac1.shape[:2]
+    n1 = jac1.shape[0]
     n2 = jac2.shape[0]
     leaf_ndim = jac1.ndim - 2
     cell_ids, cell_axes = compact_ids(ids, leaf_ndim)
     if np.all(cell_ids < 0):
         return jnp.zeros((p, n1, n2), jac1.dtype)
     rest_axes = tuple(a for a in range(leaf_ndim) if a not in cell_axes)
-    order = (0, 1, *(2 + a for a in cell_axes), *(2 + a for a in rest_axes))
+    # One transpose to (cells, n, rest * k), the operand layout of a product batched over
+    # cells, with k innermost as jnp.einsum orders it.  Transposing to (n, k, cells, rest) and
+    # letting the einsum move the cells again fused two transpositions of the whole Jacobian
+    # into each operand: 1.4x plain vmap(jacrev) + einsum on a CPU CNN (bench_spectra, 3.).
+    order = (*(2 + a for a in cell_axes), 0, *(2 + a for a in rest_axes), 1)
     num_cells = cell_ids.size
-    j1 = jnp.transpose(jac1, order).reshape(n1, k, num_cells, -1)
-    j2 = jnp.transpose(jac2, order).reshape(n2, k, num_cells, -1)
+    j1 = jnp.transpose(jac1, order).reshape(num_cells, n1, -1)
+    j2 = j1 if jac2 is jac1 else jnp.transpose(jac2, order).reshape(num_cells, n2, -1)
     chunk = max(1, min(num_cells, CELL_KERNEL_BUDGET // max(1, n1 * n2)))
     if chunk >= num_cells:
-        cells = jnp.einsum("xkcr,ykcr->cxy", j1, j2)
-        return segment_kernels(cells, cell_ids, p)
+        return segment_kernels(jnp.einsum("cxr,cyr->cxy", j1, j2), cell_ids, p)
     # Too many cells to hold their kernels at once: scan over chunks of cells.
     num_chunks = -(-num_cells // chunk)
     pad = num_chunks * chunk - num_cells
     padded_ids = np.concatenate([cell_ids, np.full(pad, -1, cell_ids.dtype)])
-    j1 = jnp.pad(j1, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(n1, k, num_chunks, chunk, -1)
-    j2 = jnp.pad(j2, ((0, 0), (0, 0), (0, pad), (0, 0))).reshape(n2, k, num_chunks, chunk, -1)
+    symmetric = j2 is j1
+    j1 = jnp.pad(j1, ((0, pad), (0, 0), (0, 0))).reshape(num_chunks, chunk, n1, -1)
+    j2 = (
+        j1
+        if symmetric
+        else jnp.pad(j2, ((0, pad), (0, 0), (0, 0))).reshape(num_chunks, chunk, n2, -1)
+    )
     segments = np.where(padded_ids < 0, p, padded_ids).astype(np.int32).reshape(num_chunks, chunk)
 
     def body(total, inputs):
         a, b, seg = inputs
-        cells = jnp.einsum("xkcr,ykcr->cxy", a, b)
+        cells = jnp.einsum("cxr,cyr->cxy", a, b)
         return total + jax.ops.segment_sum(cells, seg, num_segments=p + 1), None
 
     total = jnp.zeros((p + 1, n1, n2), jac1.dtype)
-    total, _ = jax.lax.scan(
-        body, total, (jnp.moveaxis(j1, 2, 0), jnp.moveaxis(j2, 2, 0), jnp.asarray(segments))
-    )
+    total, _ = jax.lax.scan(body, total, (j1, j2, jnp.asarray(segments)))
     return total[:p]

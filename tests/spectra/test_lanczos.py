@@ -121,10 +121,12 @@ def test_zero_and_one_dimensional_hessians_give_no_nan():
 def test_lanczos_tridiagonal_is_an_orthogonal_projection():
     a = _RNG.normal(size=(12, 12))
     matrix = a + a.T
-    alphas, betas, basis = lanczos_tridiagonal(
-        lambda v: matrix @ v, 12, jax.random.key(6), 7, jnp.float64
+    tri = lanczos_tridiagonal(
+        lambda v: matrix @ v, 12, jax.random.key(6), 7, jnp.float64, reorthogonalization="full"
     )
-    assert alphas.shape == (7,) and betas.shape == (6,) and basis.shape == (7, 12)
+    alphas, betas, basis = tri.alphas, tri.betas[:6], tri.basis
+    assert tri.alphas.shape == tri.betas.shape == (7,) and basis.shape == (7, 12)
+    assert int(tri.num_steps) == 7 and int(tri.num_reorthogonalizations) == 7
     tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
     np.testing.assert_allclose(basis @ basis.T, np.eye(7), atol=1e-12)
     np.testing.assert_allclose(basis @ matrix @ basis.T, tridiagonal, atol=1e-10)
@@ -201,3 +203,138 @@ def test_bad_arguments_are_rejected():
         hessian_spectral_density(mlp_loss, params, key, grid_size=1)
     with pytest.raises(ValueError, match="sigma"):
         hessian_spectral_density(mlp_loss, params, key, sigma=-1.0)
+
+
+def _decaying_matrix(dim: int, dtype) -> np.ndarray:
+    """A symmetric ``dim × dim`` matrix with a few large, well separated eigenvalues on top of
+    a bulk near zero (the shape of a trained network's Hessian spectrum)."""
+    rng = np.random.default_rng(11)
+    basis = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    spectrum = np.concatenate([[50.0, 30.0, 20.0, 12.0], rng.normal(0.0, 0.5, dim - 4)])
+    return ((basis * spectrum) @ basis.T).astype(dtype)
+
+
+def test_partial_reorthogonalization_keeps_the_basis_semi_orthogonal():
+    dtype, dim, steps = jnp.float32, 200, 60
+    matrix = jnp.asarray(_decaying_matrix(dim, dtype))
+    eps = float(jnp.finfo(dtype).eps)
+
+    def loss_of_orthogonality(rule):
+        tri = lanczos_tridiagonal(
+            lambda v: matrix @ v, dim, jax.random.key(12), steps, dtype, reorthogonalization=rule
+        )
+        basis = np.asarray(tri.basis, np.float64)
+        return np.abs(basis @ basis.T - np.eye(steps)).max(), tri
+
+    partial, tri = loss_of_orthogonality("partial")
+    plain, _ = loss_of_orthogonality("none")
+    full, _ = loss_of_orthogonality("full")
+    # Without reorthogonalization orthogonality is lost once the top Ritz values converge; the
+    # partial rule holds it at sqrt(eps) while orthogonalizing on only some of the steps.
+    assert plain > 0.1
+    assert partial <= 10 * np.sqrt(eps)
+    assert full <= 100 * eps
+    assert 0 < int(tri.num_reorthogonalizations) < steps
+    # Semi-orthogonality keeps T the projection of H to working precision: the top Ritz values
+    # agree with full reorthogonalization's and with the exact eigenvalues.
+    exact = np.linalg.eigvalsh(np.asarray(matrix, np.float64))[::-1][:4]
+    values = np.linalg.eigvalsh(
+        np.diag(tri.alphas) + np.diag(tri.betas[:-1], 1) + np.diag(tri.betas[:-1], -1)
+    )
+    np.testing.assert_allclose(values[::-1][:4], exact, rtol=50 * eps)
+
+
+def test_early_stop_meets_the_residual_tolerance():
+    params = mlp_params()
+    hessian = explicit_hessian(mlp_loss, params)
+    exact = np.linalg.eigvalsh(hessian)[::-1]
+    scale = np.abs(exact).max()
+    tol = 1e-6
+    result = hessian_eigenvalues(
+        mlp_loss,
+        params,
+        jax.random.key(13),
+        k=2,
+        num_iterations=38,
+        tol=tol,
+        return_eigenvectors=True,
+    )
+    # Stopped before the full Krylov space (38 steps), plus 2 HVPs of the Rayleigh-Ritz pass.
+    assert int(result.num_matvecs) < 38 + 2
+    vectors = jax.vmap(lambda v: ravel_pytree(v)[0])(result.eigenvectors)
+    residuals = np.linalg.norm(vectors @ hessian - result.eigenvalues[:, None] * vectors, axis=1)
+    assert np.all(residuals <= tol * scale)
+    # |θ − λ| <= ‖r‖ for the nearest eigenvalue (Bauer-Fike for symmetric matrices).
+    assert np.all(np.abs(result.eigenvalues - exact[:2]) <= tol * scale)
+
+
+@pytest.mark.parametrize("method", ["power", "lobpcg"])
+def test_other_methods_match_eigvalsh(method):
+    params = mlp_params()
+    hessian = explicit_hessian(mlp_loss, params)
+    exact = np.linalg.eigvalsh(hessian)
+    k = 2
+    if method == "power":
+        want = exact[np.argsort(-np.abs(exact))][:k]  # largest in magnitude
+    else:
+        want = exact[::-1][:k]
+    scale = np.abs(exact).max()
+    tol = 1e-8
+    result = hessian_eigenvalues(
+        mlp_loss,
+        params,
+        jax.random.key(14),
+        k=k,
+        method=method,
+        tol=tol,
+        num_iterations=2000,
+        return_eigenvectors=True,
+    )
+    # The eigenvalue error of a pair with residual r is at most r²/gap: well below tol · scale.
+    np.testing.assert_allclose(result.eigenvalues, want, atol=10 * tol * scale)
+    vectors = jax.vmap(lambda v: ravel_pytree(v)[0])(result.eigenvectors)
+    np.testing.assert_allclose(vectors @ vectors.T, np.eye(k), atol=1e-6)
+    residuals = np.linalg.norm(vectors @ hessian - result.eigenvalues[:, None] * vectors, axis=1)
+    np.testing.assert_allclose(result.residuals, residuals, atol=1e-10 * scale)
+    assert int(result.num_matvecs) > 0
+
+
+def test_every_method_is_jittable():
+    params = mlp_params()
+    for method in ("power", "lobpcg"):  # Lanczos: test_hessian_eigenvalues_is_jittable
+
+        def top(p, method=method):
+            return hessian_eigenvalues(
+                mlp_loss, p, jax.random.key(15), k=1, method=method, tol=1e-6
+            ).eigenvalues
+
+        np.testing.assert_allclose(jax.jit(top)(params), top(params), rtol=1e-8)
+
+
+def test_spectral_density_rules_agree_below_full_krylov():
+    params = mlp_params()
+    kwargs = dict(num_probes=2, num_iterations=20)
+    full = hessian_spectral_density(
+        mlp_loss, params, jax.random.key(16), reorthogonalization="full", **kwargs
+    )
+    partial = hessian_spectral_density(mlp_loss, params, jax.random.key(16), **kwargs)
+    scale = np.abs(full.nodes).max()
+    np.testing.assert_allclose(partial.nodes, full.nodes, atol=1e-6 * scale)
+    np.testing.assert_allclose(partial.weights, full.weights, atol=1e-6)
+
+
+def test_new_arguments_are_checked():
+    params = mlp_params()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        hessian_eigenvalues(mlp_loss, params, key, k=1, method="arnoldi")
+    with pytest.raises(ValueError, match="reorthogonalization: expected one of"):
+        hessian_eigenvalues(mlp_loss, params, key, k=1, reorthogonalization="some")
+    with pytest.raises(ValueError, match="tol"):
+        hessian_eigenvalues(mlp_loss, params, key, k=1, tol=-1.0)
+    with pytest.raises(ValueError, match="5k < P = 38"):
+        hessian_eigenvalues(mlp_loss, params, key, k=8, method="lobpcg")
+    with pytest.raises(ValueError, match="tol: expected a tolerance"):
+        lanczos_tridiagonal(lambda v: v, 4, key, 3, jnp.float64, k=1)
+    with pytest.raises(ValueError, match="k must be <= num_iterations = 3"):
+        lanczos_tridiagonal(lambda v: v, 4, key, 3, jnp.float64, k=4, tol=0.1)

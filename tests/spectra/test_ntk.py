@@ -116,6 +116,31 @@ def test_chunking_gives_the_same_kernel(chunk_size):
     )
 
 
+def test_cell_chunks_give_the_same_group_kernels(monkeypatch):
+    """The Jacobian path's scan over chunks of cells (too many cell kernels at once), with a
+    padded last chunk, cells sharing a group and dropped (-1) cells, on and off the diagonal."""
+    from jaxprune.spectra import _cells, ntk
+
+    model, params, x = make_mlp(jnp.float32)
+    x2 = jax.random.normal(jax.random.PRNGKey(9), (3, 4))
+    ids = jax.tree_util.tree_map(lambda a: np.full((1,) * a.ndim, -1, np.int32), params)
+    ids["params"]["Dense_0"]["kernel"] = np.array([[0, 1, 1, -1, 2, 0, 3]], np.int32)
+    ids["params"]["Dense_1"]["kernel"] = np.arange(7, dtype=np.int32)[:, None] % 4  # input rows
+    monkeypatch.setattr(_cells, "CELL_KERNEL_BUDGET", 2 * 6 * 6)  # chunks of 2 (1 off-diagonal)
+    ntk._build_block.cache_clear()
+    try:
+        for second in (None, x2):
+            expected = brute_force_group_kernels(
+                model.apply, params, x, x if second is None else second, ids
+            )
+            kernels = empirical_ntk(
+                model.apply, params, x, second, group_ids=ids, backend="jacobian"
+            )
+            np.testing.assert_allclose(kernels, expected, rtol=1e-4, atol=1e-6)
+    finally:
+        ntk._build_block.cache_clear()
+
+
 def test_unstructured_and_input_row_groups():
     """Ids varying along both kernel axes, along input rows, and one id for a whole bias."""
     model, params, x = make_mlp(jnp.float32)
