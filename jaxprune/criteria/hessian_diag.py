@@ -126,7 +126,8 @@ def hessian_diagonal_score_estimate(
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"rademacher"`` (default) or ``"gaussian"`` probes.
-      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together; default as :func:`jaxprune.spectra.hessian_trace`
+        (1 on CPU, blocks of up to 16 that fit an eighth of the memory on GPU/TPU).
 
     Returns:
       :class:`~jaxprune.spectra.hessian.TraceEstimate` with ``(p,)`` ``estimate`` and

@@ -30,6 +30,7 @@ from jaxprune.spectra.ntk import BACKENDS, empirical_ntk
 from jaxprune.spectra.pl import PLCondition, empirical_pl_ratio, pl_condition, proposition8_bound
 from jaxprune.spectra.sketch import sketch_outputs
 from jaxprune.spectra.spectrum import SpectrumFeatures, group_rank_bound, spectrum_features
+from jaxprune.spectra.trace_estimators import hutchpp_trace, xtrace
 
 __all__ = [
     "BACKENDS",
@@ -53,6 +54,7 @@ __all__ = [
     "hessian_quadratic_form",
     "hessian_spectral_density",
     "hessian_trace",
+    "hutchpp_trace",
     "hvp",
     "output_hessian_trace",
     "output_hvp",
@@ -61,4 +63,5 @@ __all__ = [
     "sample_output_hessian_diagonal",
     "sketch_outputs",
     "spectrum_features",
+    "xtrace",
 ]

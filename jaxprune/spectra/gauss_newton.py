@@ -118,7 +118,8 @@ def gauss_newton_trace(
       key: PRNG key of the probes.
       num_probes: number of probes ``>= 1`` (``>= 2`` for a standard error).
       distribution: ``"rademacher"`` or ``"gaussian"``.
-      batch_size: probes evaluated together (vectorized); default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together (vectorized); default as :func:`jaxprune.spectra.hessian_trace`
+        (1 on CPU, blocks of up to 16 that fit an eighth of the memory on GPU/TPU).
 
     Returns:
       :class:`~jaxprune.spectra.TraceEstimate` with scalar ``estimate`` and ``stderr``.

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -54,8 +55,14 @@ __all__ = [
 Distribution = Literal["rademacher", "gaussian"]
 DISTRIBUTIONS: tuple[str, ...] = ("rademacher", "gaussian")
 
-# Probes evaluated together (vectorized) by default; the rest are looped over.
-_DEFAULT_BATCH = 16
+# The default of ``batch_size`` (:func:`_default_probe_batch`): one probe at a time on CPU; on an
+# accelerator, vectorized blocks of at most _ACCELERATOR_MAX_BATCH probes whose parameter-sized
+# arrays (_ARRAYS_PER_PROBE each: the probe, the tangent of the gradient, the product) fit
+# _ACCELERATOR_MEMORY_FRACTION of the device memory (_FALLBACK_MEMORY_BYTES if not reported).
+_ACCELERATOR_MAX_BATCH = 16
+_ACCELERATOR_MEMORY_FRACTION = 0.125
+_ARRAYS_PER_PROBE = 3
+_FALLBACK_MEMORY_BYTES = 16 * 2**30
 
 
 class TraceEstimate(NamedTuple):
@@ -186,7 +193,10 @@ def hessian_trace(
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"rademacher"`` or ``"gaussian"``.
-      batch_size: probes evaluated together (vectorized); default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together (vectorized), an int >= 1.  Default by the device
+        of ``params`` (the default device when traced): 1, one probe after another, on CPU; on
+        GPU/TPU blocks of as many probes as fit, at three parameter-sized arrays each, in an
+        eighth of the device memory, at most 16.
 
     Returns:
       :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
@@ -231,7 +241,8 @@ def output_hessian_trace(
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"gaussian"`` (default) or ``"rademacher"``.
-      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together (vectorized); default as :func:`hessian_trace`
+        (1 on CPU, blocks of up to 16 that fit an eighth of the memory on GPU/TPU).
 
     Returns:
       :class:`TraceEstimate` with scalar ``estimate``/``stderr`` and ``(num_probes,)`` samples.
@@ -276,7 +287,8 @@ def group_hessian_traces(
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"rademacher"`` or ``"gaussian"``.
-      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together (vectorized); default as :func:`hessian_trace`
+        (1 on CPU, blocks of up to 16 that fit an eighth of the memory on GPU/TPU).
 
     Returns:
       :class:`TraceEstimate` with ``(p,)`` ``estimate``/``stderr`` and ``(num_probes, p)``
@@ -322,7 +334,8 @@ def hessian_diagonal(
       key: PRNG key.
       num_probes: number of probes, an int >= 1.
       distribution: ``"rademacher"`` or ``"gaussian"``.
-      batch_size: probes evaluated together; default ``min(num_probes, 16)``.
+      batch_size: probes evaluated together (vectorized); default as :func:`hessian_trace`
+        (1 on CPU, blocks of up to 16 that fit an eighth of the memory on GPU/TPU).
 
     Returns:
       :class:`TraceEstimate` whose ``estimate`` and ``stderr`` are pytrees like ``params`` and
@@ -497,9 +510,15 @@ def sample_output_hessian_diagonal(
     return DiagonalSample(entries, norms, indices)
 
 
-def _summed_outputs(apply_fn: ApplyFn, x: jax.Array) -> LossFn:
-    """The scalar ``params -> sum(apply_fn(params, x))`` over the batch and all output axes."""
-    return lambda params: jnp.sum(apply_fn(params, x))
+def _summed_outputs(apply_fn: ApplyFn, x: jax.Array) -> jax.tree_util.Partial:
+    """The scalar ``params -> sum(apply_fn(params, x))`` over the batch and all output axes,
+    as a :class:`jax.tree_util.Partial` (``x`` and the arrays bound in ``apply_fn`` stay
+    arguments of compiled code, see :func:`_hutchinson_samples`)."""
+    return jax.tree_util.Partial(_sum_of_outputs, as_partial(apply_fn), x)
+
+
+def _sum_of_outputs(apply_fn: ApplyFn, x: jax.Array, params: PyTree) -> jax.Array:
+    return jnp.sum(apply_fn(params, x))
 
 
 def _check_probe_args(
@@ -508,12 +527,51 @@ def _check_probe_args(
     """Validate the shared estimator arguments; return ``(num_probes, batch_size)``."""
     num_probes = check_positive_int(num_probes, "num_probes")
     check_choice(distribution, DISTRIBUTIONS, "distribution")
-    if batch_size is None:
-        batch_size = min(num_probes, _DEFAULT_BATCH)
-    else:
-        batch_size = check_positive_int(batch_size, "batch_size")
+    batch_size = _probe_batch_size(params, num_probes, batch_size)
     check_finite_tree(params, "params")
-    return num_probes, min(batch_size, num_probes)
+    return num_probes, batch_size
+
+
+def _default_probe_batch(
+    num_probes: int, param_bytes: int, platform: str, memory_bytes: int | None = None
+) -> int:
+    """The default ``batch_size`` of the probe estimators: how many probes to vectorize.
+
+    On CPU probes run one after another (``1``): vectorizing them only adds memory traffic
+    (experiments/benchmarks/bench_trace.py measures both).  On any other platform a block holds
+    as many probes as fit, at three parameter-sized arrays each (the probe, the tangent of the
+    gradient and the product), in an eighth of the device memory, at most 16 and at least 1.
+    Activations are not counted: the block size bounds the tangents, not the whole working set.
+
+    Args:
+      num_probes: probes to evaluate, an int >= 1.
+      param_bytes: bytes of the parameters (all leaves).
+      platform: the device's platform, ``"cpu"``, ``"gpu"``, ``"tpu"``, ...
+      memory_bytes: device memory in bytes; default (``None``) 16 GiB.
+
+    Returns:
+      An int in ``[1, min(num_probes, 16)]``.
+    """
+    if platform == "cpu":
+        return 1
+    memory = _FALLBACK_MEMORY_BYTES if memory_bytes is None else memory_bytes
+    fit = int(_ACCELERATOR_MEMORY_FRACTION * memory) // (_ARRAYS_PER_PROBE * max(param_bytes, 1))
+    return max(1, min(num_probes, _ACCELERATOR_MAX_BATCH, fit))
+
+
+def _probe_batch_size(params: PyTree, num_probes: int, batch_size: Any) -> int:
+    """``batch_size`` checked and clipped to ``num_probes``, or the default for the device of
+    ``params`` (the default backend's first device when ``params`` are traced)."""
+    if batch_size is not None:
+        return min(check_positive_int(batch_size, "batch_size"), num_probes)
+    leaves = jax.tree_util.tree_leaves(params)
+    concrete = [leaf for leaf in leaves if isinstance(leaf, jax.Array) and not is_traced(leaf)]
+    device = next(iter(concrete[0].devices())) if concrete else jax.devices()[0]
+    memory = None
+    if device.platform != "cpu":
+        memory = (device.memory_stats() or {}).get("bytes_limit")
+    param_bytes = sum(int(np.size(leaf)) * jnp.result_type(leaf).itemsize for leaf in leaves)
+    return _default_probe_batch(num_probes, param_bytes, device.platform, memory)
 
 
 def _hutchinson_trace(
@@ -526,13 +584,36 @@ def _hutchinson_trace(
 ) -> tuple[TraceEstimate, jax.Array]:
     """Hutchinson's estimate of ``Tr(∇²loss_fn(params))`` and ``loss_fn(params)``."""
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
+    samples, losses = _hutchinson_samples(
+        as_partial(loss_fn),
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    return TraceEstimate.from_samples(samples, num_probes), losses[0]
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes", "distribution", "batch_size"))
+def _hutchinson_samples(
+    loss_fn: jax.tree_util.Partial,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: str,
+    batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """``(num_probes,)`` samples ``vᵀ H v`` and losses, compiled with ``params`` (and the arrays
+    bound in ``loss_fn``) as arguments: arrays captured as constants of the compiled probe loop
+    make each product several times slower on CPU."""
 
     def sample(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
         probe = _draw_probe(probe_key, params, distribution)
         return _quadratic_form_and_loss(loss_fn, params, probe)
 
-    samples, losses = _map_probes(sample, key, num_probes, batch_size)
-    return TraceEstimate.from_samples(samples, num_probes), losses[0]
+    return _map_probes(sample, key, num_probes, batch_size)
 
 
 def _check_finite_loss(loss: jax.Array, message: str) -> None:
@@ -545,11 +626,13 @@ def _draw_probe(key: jax.Array, params: PyTree, distribution: str) -> PyTree:
     """A probe like ``params`` with i.i.d. Rademacher or standard Gaussian entries.
 
     One draw for the flattened parameters (one random-number kernel to compile, however many
-    leaves), split back into leaves.
+    leaves), split back into leaves and materialized (``optimization_barrier``): XLA would
+    otherwise fuse the slices of the draw into the products' operands, several times slower on
+    CPU (see :func:`jaxprune.spectra.lanczos._flat_hvp`).
     """
     flat, unravel = ravel_pytree(params)
     draw = jax.random.rademacher if distribution == "rademacher" else jax.random.normal
-    return unravel(draw(key, flat.shape, flat.dtype))
+    return jax.lax.optimization_barrier(unravel(draw(key, flat.shape, flat.dtype)))
 
 
 def _map_probes(

@@ -238,10 +238,6 @@ def lanczos_tridiagonal(
     basis = jnp.zeros((rows, dim), dtype).at[0].set(start)
     positions = jnp.arange(m + 1)
 
-    def restart(i: jax.Array, basis: jax.Array) -> jax.Array:
-        fresh = jax.random.normal(jax.random.fold_in(restart_key, i), (dim,), dtype)
-        return _orthogonalize_rows(fresh, basis, i + 1)
-
     def body(c: _LanczosCarry) -> _LanczosCarry:
         i = c.step
         q = c.basis[i]
@@ -261,13 +257,16 @@ def lanczos_tridiagonal(
             orthogonalize = c.forced | (jnp.max(jnp.abs(omega_next)) > threshold)
         else:
             orthogonalize = jnp.asarray(False)
+        # No branch takes the basis as an operand (XLA's CPU conditionals then cost about a
+        # copy of it per step): orthogonalization runs over a dynamic number of blocks, zero
+        # when it is not due.
         if reorthogonalization != "none":
-            w = jax.lax.cond(
-                orthogonalize, lambda: _orthogonalize_rows(w, c.basis, i + 1), lambda: w
-            )
+            w = _orthogonalize_rows(w, c.basis, jnp.where(orthogonalize, i + 1, 0))
         beta = jnp.linalg.norm(w)
         broke = beta <= breakdown * scale
-        w = jax.lax.cond(broke, lambda: restart(i, c.basis), lambda: w)
+        fresh_key = jax.random.fold_in(restart_key, i)
+        w = jax.lax.cond(broke, lambda: jax.random.normal(fresh_key, (dim,), dtype), lambda: w)
+        w = _orthogonalize_rows(w, c.basis, jnp.where(broke, i + 1, 0))
         beta = jnp.where(broke, 0.0, beta)
         basis = c.basis.at[i + 1].set(_unit(w))
         betas = c.betas.at[i].set(beta)
@@ -751,16 +750,16 @@ def _orthogonalize_rows(v: jax.Array, basis: jax.Array, count: jax.Array) -> jax
     """
     blocks = (count + _BLOCK_ROWS - 1) // _BLOCK_ROWS
 
-    def one_pass(v: jax.Array) -> jax.Array:
+    def one_pass(v: jax.Array, blocks: jax.Array) -> jax.Array:
         def block(j: jax.Array, v: jax.Array) -> jax.Array:
             rows = jax.lax.dynamic_slice_in_dim(basis, j * _BLOCK_ROWS, _BLOCK_ROWS)
             return v - rows.T @ (rows @ v)
 
         return jax.lax.fori_loop(0, blocks, block, v)
 
-    once = one_pass(v)
+    once = one_pass(v, blocks)
     removed_most = jnp.linalg.norm(once) < _DGKS_RATIO * jnp.linalg.norm(v)
-    return jax.lax.cond(removed_most, lambda: one_pass(once), lambda: once)
+    return one_pass(once, jnp.where(removed_most, blocks, 0))
 
 
 def _orthogonalize(v: jax.Array, basis: jax.Array) -> jax.Array:

@@ -295,3 +295,15 @@ def test_group_hessian_traces_rejects_bad_group_ids():
         group_hessian_traces(
             lambda p: ravel_pytree(p)[0].sum(), params, group_ids, jax.random.key(0), num_probes=2
         )
+
+
+def test_default_probe_batch_by_backend_and_memory():
+    from jaxprune.spectra.hessian import _default_probe_batch
+
+    assert _default_probe_batch(64, 4 * 10**6, "cpu") == 1
+    # Accelerators: min(num_probes, 16, memory / 8 / (3 × parameter bytes)), at least 1.
+    assert _default_probe_batch(64, 4 * 10**6, "gpu", 80 * 2**30) == 16
+    assert _default_probe_batch(8, 4 * 10**6, "tpu", 80 * 2**30) == 8
+    assert _default_probe_batch(64, 2**30, "gpu", 48 * 2**30) == 2
+    assert _default_probe_batch(64, 2**34, "gpu", 48 * 2**30) == 1
+    assert _default_probe_batch(64, 2**28, "gpu") == 2  # 16 GiB assumed when not reported
