@@ -23,8 +23,11 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxprune._validation import check_int
@@ -40,6 +43,7 @@ from jaxprune.spectra.hessian import (
     hvp,
 )
 from jaxprune.spectra.lanczos import _flat_hvp
+from jaxprune.spectra.static import as_partial
 from jaxprune.typing import LossFn, PyTree
 
 __all__ = ["hutchpp_trace", "xtrace"]
@@ -90,6 +94,30 @@ def hutchpp_trace(
     check_int(num_probes, "num_probes", minimum=3)
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
     _check_scalar_loss(loss_fn, params)
+    samples, loss = _hutchpp_samples(
+        as_partial(loss_fn),
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    _check_finite_loss(loss, "loss_fn: expected a finite loss at params, got")
+    return TraceEstimate.from_samples(samples, num_probes - 2 * (num_probes // 3))
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes", "distribution", "batch_size"))
+def _hutchpp_samples(
+    loss_fn: jax.tree_util.Partial,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: str,
+    batch_size: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Hutch++'s ``(m − 2r,)`` samples and the loss, compiled with ``params`` as an argument
+    (see :func:`jaxprune.spectra.hessian._hutchinson_samples`)."""
     unravel = ravel_pytree(params)[1]
     rank = num_probes // 3
     sketch_key, probe_key = jax.random.split(key)
@@ -99,18 +127,20 @@ def hutchpp_trace(
 
     basis = jnp.linalg.qr(_map_probes(sketch, sketch_key, rank, batch_size).T)[0].T  # (r, P)
     forms, losses = jax.lax.map(
-        lambda q: _quadratic_form_and_loss(loss_fn, params, unravel(q)),
+        lambda q: _quadratic_form_and_loss(
+            loss_fn, params, jax.lax.optimization_barrier(unravel(q))
+        ),
         basis,
         batch_size=batch_size,
     )
 
     def residual(k: jax.Array) -> jax.Array:
         g = ravel_pytree(_draw_probe(k, params, distribution))[0]
-        return hessian_quadratic_form(loss_fn, params, unravel(g - basis.T @ (basis @ g)))
+        projected = jax.lax.optimization_barrier(unravel(g - basis.T @ (basis @ g)))
+        return hessian_quadratic_form(loss_fn, params, projected)
 
     samples = jnp.sum(forms) + _map_probes(residual, probe_key, num_probes - 2 * rank, batch_size)
-    _check_finite_loss(losses[0], "loss_fn: expected a finite loss at params, got")
-    return TraceEstimate.from_samples(samples, num_probes - 2 * rank)
+    return samples, losses[0]
 
 
 def xtrace(
@@ -159,14 +189,42 @@ def xtrace(
       Epperly, Tropp & Webber (2024), Algorithm 2 (XTrace) and Sec. 2.2.
     """
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
-    flat, unravel = ravel_pytree(params)
-    dim = flat.size
+    dim = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
     if num_probes % 2 or not 4 <= num_probes <= 2 * dim:
         raise ValueError(
             f"num_probes: expected an even int in [4, 2P] = [4, {2 * dim}] (half sketch, half "
             f"products with its basis), got {num_probes}"
         )
     _check_scalar_loss(loss_fn, params)
+    samples = _xtrace_samples(
+        as_partial(loss_fn),
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    result = TraceEstimate.from_samples(samples, num_probes // 2)
+    _check_finite_loss(
+        result.estimate, "loss_fn: expected finite Hessian products at params, got a trace of"
+    )
+    return result
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes", "distribution", "batch_size"))
+def _xtrace_samples(
+    loss_fn: jax.tree_util.Partial,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: str,
+    batch_size: int,
+) -> jax.Array:
+    """XTrace's ``(m / 2,)`` leave-one-out estimates, compiled with ``params`` as an argument
+    (see :func:`jaxprune.spectra.hessian._hutchinson_samples`)."""
+    flat, unravel = ravel_pytree(params)
+    dim = flat.size
     k = num_probes // 2
     flat_hvp = _flat_hvp(loss_fn, params, unravel)
     omega = _map_probes(
@@ -175,14 +233,9 @@ def xtrace(
     q, r = jnp.linalg.qr(jax.lax.map(flat_hvp, omega, batch_size=batch_size).T)  # (P, k), (k, k)
     z = jax.lax.map(flat_hvp, q.T, batch_size=batch_size)  # (k, P): rows H q_j
     h = z @ q
-    samples = _leave_one_out_traces(
+    return _leave_one_out_traces(
         0.5 * (h + h.T), r, q.T @ omega.T, jnp.sum(omega**2, axis=1), dim, distribution
     )
-    result = TraceEstimate.from_samples(samples, k)
-    _check_finite_loss(
-        result.estimate, "loss_fn: expected finite Hessian products at params, got a trace of"
-    )
-    return result
 
 
 def _leave_one_out_traces(
