@@ -30,7 +30,7 @@ from jaxprune.spectra.ntk import BACKENDS, empirical_ntk
 from jaxprune.spectra.pl import PLCondition, empirical_pl_ratio, pl_condition, proposition8_bound
 from jaxprune.spectra.sketch import sketch_outputs
 from jaxprune.spectra.spectrum import SpectrumFeatures, group_rank_bound, spectrum_features
-from jaxprune.spectra.trace_estimators import hutchpp_trace, xtrace
+from jaxprune.spectra.trace_estimators import deflated_trace, hutchpp_trace, xtrace
 
 __all__ = [
     "BACKENDS",
@@ -41,6 +41,7 @@ __all__ = [
     "SpectrumFeatures",
     "SplitLoss",
     "TraceEstimate",
+    "deflated_trace",
     "density_moments",
     "empirical_ntk",
     "empirical_pl_ratio",

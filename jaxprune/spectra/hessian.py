@@ -299,19 +299,48 @@ def group_hessian_traces(
     """
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
     p = validate_group_ids(params, group_ids)
-    ids = [np.ravel(leaf_ids) for leaf_ids in leaf_group_ids(params, group_ids)]
+    ids = tuple(jnp.asarray(np.ravel(leaf)) for leaf in leaf_group_ids(params, group_ids))
+    samples = _group_trace_samples(
+        as_partial(loss_fn),
+        params,
+        ids,
+        key,
+        num_groups=p,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
+    return TraceEstimate.from_samples(samples, num_probes)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("num_groups", "num_probes", "distribution", "batch_size")
+)
+def _group_trace_samples(
+    loss_fn: jax.tree_util.Partial,
+    params: PyTree,
+    ids: tuple[jax.Array, ...],
+    key: jax.Array,
+    *,
+    num_groups: int,
+    num_probes: int,
+    distribution: str,
+    batch_size: int,
+) -> jax.Array:
+    """``(num_probes, p)`` per-group samples ``sum_{j in g} v_j (H v)_j`` for the flat per-leaf
+    group ids ``ids``, compiled with ``params`` as an argument (see :func:`_hutchinson_samples`)."""
 
     def sample(probe_key: jax.Array) -> jax.Array:
         probe = _draw_probe(probe_key, params, distribution)
         products = jax.tree_util.tree_leaves(_tree_mul(probe, hvp(loss_fn, params, probe)))
         # segment_sum drops the ungrouped id -1 (out of [0, p)).
         per_leaf = [
-            jax.ops.segment_sum(jnp.ravel(prod), leaf_ids, num_segments=p)
+            jax.ops.segment_sum(jnp.ravel(prod), leaf_ids, num_segments=num_groups)
             for prod, leaf_ids in zip(products, ids, strict=True)
         ]
         return sum(per_leaf[1:], per_leaf[0])
 
-    return TraceEstimate.from_samples(_map_probes(sample, key, num_probes, batch_size), num_probes)
+    return _map_probes(sample, key, num_probes, batch_size)
 
 
 def hessian_diagonal(
@@ -345,18 +374,40 @@ def hessian_diagonal(
       Bekas, Kokiopoulou & Saad (2007); Hutchinson (1990).
     """
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
-
-    def sample(probe_key: jax.Array) -> PyTree:
-        probe = _draw_probe(probe_key, params, distribution)
-        return _tree_mul(probe, hvp(loss_fn, params, probe))
-
-    samples = _map_probes(sample, key, num_probes, batch_size)
+    samples = _diagonal_samples(
+        as_partial(loss_fn),
+        params,
+        key,
+        num_probes=num_probes,
+        distribution=distribution,
+        batch_size=batch_size,
+    )
     return TraceEstimate(
         jax.tree_util.tree_map(lambda s: jnp.mean(s, axis=0), samples),
         jax.tree_util.tree_map(lambda s: _standard_error(s, num_probes), samples),
         num_probes,
         samples,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("num_probes", "distribution", "batch_size"))
+def _diagonal_samples(
+    loss_fn: jax.tree_util.Partial,
+    params: PyTree,
+    key: jax.Array,
+    *,
+    num_probes: int,
+    distribution: str,
+    batch_size: int,
+) -> PyTree:
+    """Samples ``v ⊙ H v``, a pytree of ``(num_probes, *leaf.shape)`` arrays, compiled with
+    ``params`` as an argument (see :func:`_hutchinson_samples`)."""
+
+    def sample(probe_key: jax.Array) -> PyTree:
+        probe = _draw_probe(probe_key, params, distribution)
+        return _tree_mul(probe, hvp(loss_fn, params, probe))
+
+    return _map_probes(sample, key, num_probes, batch_size)
 
 
 def gauss_newton_diagonal(

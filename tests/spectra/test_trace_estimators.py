@@ -1,4 +1,4 @@
-"""Hutch++ and XTrace against exact traces (``jax.hessian``) of tiny models and quadratics.
+"""Hutch++, XTrace and Lanczos-deflated Hutchinson against exact traces (``jax.hessian``) of tiny models and quadratics.
 
 Statistical checks run many keys at once (``jit(vmap)``) with fixed seeds; a mean over keys
 must lie within 5 of its own standard errors of the exact trace.
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import assert_raises, explicit_hessian, table, tiny_mlp_apply, tiny_mlp_problem
 
-from jaxprune.spectra import hessian_trace, hutchpp_trace, xtrace
+from jaxprune.spectra import deflated_trace, hessian_trace, hutchpp_trace, xtrace
 
 SIGMAS = 5.0
 KEYS = 400
-ESTIMATORS = {"hutchpp": hutchpp_trace, "xtrace": xtrace}
+ESTIMATORS = {"hutchpp": hutchpp_trace, "xtrace": xtrace, "deflated": deflated_trace}
 
 
 @pytest.fixture(autouse=True)
@@ -72,10 +72,16 @@ def test_unbiased_on_a_tiny_mlp(name):
 
 @pytest.mark.parametrize(
     "name, num_probes, distribution",
-    [("hutchpp", 9, "rademacher"), ("hutchpp", 10, "gaussian"), ("xtrace", 8, "gaussian")],
+    [
+        ("hutchpp", 9, "rademacher"),
+        ("hutchpp", 10, "gaussian"),
+        ("xtrace", 8, "gaussian"),
+        ("deflated", 12, "rademacher"),
+    ],
 )
 def test_exact_when_the_rank_is_within_the_sketch(name, num_probes, distribution):
-    # Rank 3 in P = 40: Hutch++ sketches num_probes // 3 = 3 vectors, XTrace 4.
+    # Rank 3 in P = 40: Hutch++ sketches num_probes // 3 = 3 vectors, XTrace 4; four Lanczos
+    # steps span the start vector and the 3-dimensional range of H.
     loss, params, a = quadratic(np.r_[5.0, 2.0, 0.5, np.zeros(37)])
     result = ESTIMATORS[name](
         loss, params, jax.random.key(1), num_probes=num_probes, distribution=distribution
@@ -110,7 +116,7 @@ def test_jit_matches_eager(name):
     eager = estimator(mlp_loss, mlp_params(), key, num_probes=8)
     jitted = jax.jit(lambda p, k: estimator(mlp_loss, p, k, num_probes=8))(mlp_params(), key)
     np.testing.assert_allclose(jitted.samples, eager.samples, rtol=1e-9)
-    assert jitted.num_probes == eager.num_probes == {"hutchpp": 4, "xtrace": 4}[name]
+    assert jitted.num_probes == eager.num_probes == {"hutchpp": 4, "xtrace": 4, "deflated": 6}[name]
 
 
 def test_batch_size_does_not_change_the_result():
@@ -138,6 +144,14 @@ BAD_INPUT = [
     ("xtrace-odd", _call(xtrace, num_probes=7), ValueError, r"num_probes: expected an even"),
     ("xtrace-too-few", _call(xtrace, num_probes=2), ValueError, r"\[4, 76\].*got 2"),
     ("xtrace-too-many", _call(xtrace, num_probes=78), ValueError, r"\[4, 76\].*got 78"),
+    ("deflated-too-few", _call(deflated_trace, num_probes=1), ValueError, r"num_probes: .*>= 2"),
+    (
+        "deflated-no-probe-left",
+        _call(deflated_trace, num_lanczos_steps=12),
+        ValueError,
+        r"num_lanczos_steps: .*\[1, 11\].*got 12",
+    ),
+    ("deflated-zero-steps", _call(deflated_trace, num_lanczos_steps=0), ValueError, "num_lanczos"),
     ("distribution", _call(xtrace, distribution="uniform"), ValueError, "distribution"),
     ("batch-size", _call(hutchpp_trace, batch_size=0), ValueError, "batch_size"),
     ("nan-params", _call(xtrace, params=_nan_params()), ValueError, r"params\['b1'\]"),
@@ -150,6 +164,12 @@ BAD_INPUT = [
     (
         "hutchpp-nan-loss",
         _call(hutchpp_trace, loss=lambda p: mlp_loss(p) + jnp.nan),
+        ValueError,
+        "finite loss",
+    ),
+    (
+        "deflated-nan-loss",
+        _call(deflated_trace, loss=lambda p: mlp_loss(p) + jnp.nan),
         ValueError,
         "finite loss",
     ),
