@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -136,9 +137,9 @@ def _hutchpp_samples(
     )
 
     def residual(k: jax.Array) -> jax.Array:
-        g = ravel_pytree(_draw_probe(k, params, distribution))[0]
-        projected = jax.lax.optimization_barrier(unravel(g - basis.T @ (basis @ g)))
-        return hessian_quadratic_form(loss_fn, params, projected)
+        return hessian_quadratic_form(
+            loss_fn, params, _complement_probe(k, params, distribution, basis, unravel)
+        )
 
     samples = jnp.sum(forms) + _map_probes(residual, probe_key, num_probes - 2 * rank, batch_size)
     return samples, losses[0]
@@ -345,12 +346,21 @@ def _deflated_samples(
     basis = tri.basis  # (s, P), orthonormal
 
     def residual(k: jax.Array) -> tuple[jax.Array, jax.Array]:
-        g = ravel_pytree(_draw_probe(k, params, distribution))[0]
-        projected = jax.lax.optimization_barrier(unravel(g - basis.T @ (basis @ g)))
-        return _quadratic_form_and_loss(loss_fn, params, projected)
+        return _quadratic_form_and_loss(
+            loss_fn, params, _complement_probe(k, params, distribution, basis, unravel)
+        )
 
     forms, losses = _map_probes(residual, probe_key, num_hutchinson, batch_size)
     return jnp.sum(tri.alphas) + forms, losses[0]
+
+
+def _complement_probe(
+    key: jax.Array, params: PyTree, distribution: str, basis: jax.Array, unravel: Callable
+) -> PyTree:
+    """A probe drawn from ``key`` with its projection on the ``(r, P)`` orthonormal rows of
+    ``basis`` removed, ``(I − basisᵀ basis) g``, as a materialized pytree like ``params``."""
+    g = ravel_pytree(_draw_probe(key, params, distribution))[0]
+    return jax.lax.optimization_barrier(unravel(g - basis.T @ (basis @ g)))
 
 
 def _leave_one_out_traces(
