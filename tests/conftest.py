@@ -1,15 +1,18 @@
 """Shared fixtures: tiny models and inputs, in float32 and float64.
 
-The test workers (and the command-line runs they start) share one persistent XLA compilation
-cache under the temporary directory: the same programs (training steps, events, kernels) are
-compiled once per machine instead of once per test.
+One test run shares one persistent XLA compilation cache among its workers (and the
+command-line runs they start): the same programs (training steps, events, kernels) are compiled
+once per run instead of once per test.  The cache is a fresh temporary directory made by the
+controlling process and removed when the run ends, so runs stay hermetic: nothing compiled by an
+earlier run, or by another JAX build, is read back.  Set ``JAXPRUNE_COMPILATION_CACHE`` to a
+directory to keep a cache across local runs (or to ``off``).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -20,10 +23,17 @@ import pytest
 from jaxprune.compile_cache import ENVIRONMENT, enable_compilation_cache
 from jaxprune.models import MLP, SmallCNN
 
-os.environ.setdefault(
-    ENVIRONMENT, str(Path(tempfile.gettempdir()) / f"jaxprune-tests-xla-{os.getuid()}")
-)
+# The controller (or a run without workers) makes the run's cache; xdist workers inherit it.
+_RUN_CACHE = None
+if ENVIRONMENT not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
+    _RUN_CACHE = tempfile.mkdtemp(prefix="jaxprune-tests-xla-")
+    os.environ[ENVIRONMENT] = _RUN_CACHE
 enable_compilation_cache()
+
+
+def pytest_unconfigure(config):
+    if _RUN_CACHE is not None and not hasattr(config, "workerinput"):
+        shutil.rmtree(_RUN_CACHE, ignore_errors=True)
 
 
 class HeadsModel(nn.Module):
