@@ -5,8 +5,10 @@
 
 1. Step time on ordinary (non-event) steps of an MLP 64-512-512-10 (batch 128, CPU, jit):
    ``prune_with(adam, "snip", ...)`` vs ``masked(adam)`` (target: within noise, ratio ≈ 1) and
-   vs dense Adam.  The schedule's event lies beyond the timed steps, so what is measured is the
-   step with its event branch compiled in but not taken.
+   vs dense Adam, and the same for PL gating (a host-side event) with and without
+   ``guard_host_events`` (the host callback that stops a compiled update at its event).  The
+   schedule's event lies beyond the timed steps, so what is measured is the step with its event
+   branch compiled in but not taken.
 2. The cost of a SNIP event: inside the caller's compiled step (the update that ends with the
    event, minus an ordinary step) vs the engine's event (``events.json`` seconds of
    :func:`jaxprune.train.train` on the same model, its compiled criterion warm).
@@ -71,6 +73,10 @@ def ordinary_steps(model, params, batch, repeats: int) -> list[Row]:
         "prune_with(adam, snip)": prune_with(
             optax.adam(1e-3), "snip", far, group_ids, layout=layout
         ),
+        "prune_with(adam, pl)": prune_with(optax.adam(1e-3), "pl", far, group_ids, layout=layout),
+        "... guard off": prune_with(
+            optax.adam(1e-3), "pl", far, group_ids, layout=layout, guard_host_events=False
+        ),
         "masked(adam)": masked(optax.adam(1e-3)),
         "adam": optax.adam(1e-3),
     }
@@ -82,18 +88,23 @@ def ordinary_steps(model, params, batch, repeats: int) -> list[Row]:
 
     print("1. ordinary step, MLP 64-512-512-10, batch 128 (median ms, paired ratio)")
     rows = []
-    for reference in ("masked(adam)", "adam"):
-        a, b, ratio = paired_medians(run("prune_with(adam, snip)"), run(reference), repeats)
+    pairs = [
+        ("prune_with(adam, snip)", "masked(adam)"),
+        ("prune_with(adam, snip)", "adam"),
+        ("prune_with(adam, pl)", "masked(adam)"),
+        ("... guard off", "masked(adam)"),
+    ]
+    for name, reference in pairs:
+        a, b, ratio = paired_medians(run(name), run(reference), repeats)
         print(
-            f"   prune_with {a * 1e3:7.3f} ms vs {reference:12s} {b * 1e3:7.3f} ms: "
+            f"   {name:22s} {a * 1e3:7.3f} ms vs {reference:12s} {b * 1e3:7.3f} ms: "
             f"ratio {ratio:.3f}  (target vs masked: within noise, ~1.00)"
         )
         versus_masked = reference == "masked(adam)"
         rows.append(
             Row(
                 bench="prune_with",
-                what=f"ordinary step, prune_with(adam, snip) vs {reference}, MLP "
-                f"64-512-512-10, batch {BATCH}",
+                what=f"ordinary step, {name} vs {reference}, MLP 64-512-512-10, batch {BATCH}",
                 jaxprune=f"{a * 1e3:.3f} ms",
                 peer=f"{reference} {b * 1e3:.3f} ms",
                 ratio=ratio,

@@ -196,6 +196,7 @@ def prune_with(
     layout: GroupLayout | None = None,
     key: jax.Array | None = None,
     axis_name: str | None = None,
+    guard_host_events: bool = True,
     **method_options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     """Train with ``inner`` and prune on ``schedule`` by ``method``, all in one optax transform.
@@ -230,6 +231,12 @@ def prune_with(
         (default ``PRNGKey(0)``).
       axis_name: the ``pmap`` or ``shard_map`` axis; events then select on the batches gathered
         over it.
+      guard_host_events: for a method that selects on the host (PL gating, greedy), make a
+        compiled update that reaches one of its events fail with an error naming the step (a
+        host callback compiled into every step).  The callback costs about 1 ms per compiled
+        step on a 2-core CPU (1.47x ``masked(adam)`` on an MLP 64-512-512-10, batch 128,
+        ``experiments/benchmarks/bench_prune_with.py``); a loop that runs the event steps
+        outside ``jit`` (:func:`event_due`) can pass ``False`` and lose nothing but the guard.
       **method_options: the method's options (``pruner_entry(method).options``).
 
     Returns:
@@ -256,17 +263,19 @@ def prune_with(
     steps = schedule.event_steps
     keeps = tuple(int(ratio_to_k(num_groups, r)) for r in schedule.event_ratios)
 
-    def _check_no_missed_event(step: int, gates: Any) -> None:
-        """A state past an event must hold at most that event's kept groups (at the start of
-        update ``step >= 1`` the events of steps ``<= step`` have run; at step 0 none)."""
+    def _missed_event(step: Any, alive: Any) -> None:
+        """Raise when the state at the start of update ``step`` holds more alive groups than
+        the last event of a step ``<= step`` kept (at update ``step >= 1`` the events of steps
+        ``<= step`` have run; at step 0 none): that event never ran on this state."""
+        step, alive = int(step), int(alive)
         past = [j for j, t in enumerate(steps) if t <= step and step > 0]
-        if past and int(np.sum(np.asarray(gates) > 0)) > keeps[past[-1]]:
+        if past and alive > keeps[past[-1]]:
             j = past[-1]
             raise ValueError(
                 f"state: step {step} is past the schedule's event at step {steps[j]} (keep "
-                f"{keeps[j]} of {num_groups} groups), but {int(np.sum(np.asarray(gates) > 0))} "
-                "are alive: that event never ran on this state (a schedule whose events precede "
-                "the state's step, or a state advanced without prune_with's update)"
+                f"{keeps[j]} of {num_groups} groups), but {alive} are alive: that event never "
+                "ran on this state (a schedule whose events precede the state's step, or a "
+                "state advanced without prune_with's update)"
             )
 
     def init_fn(params: PyTree) -> PruneWithState:
@@ -312,19 +321,37 @@ def prune_with(
         )
 
     def install(
-        gates: jax.Array, params: PyTree, updates: PyTree, state: PruneWithState
+        gates: jax.Array,
+        params: PyTree,
+        updates: PyTree,
+        state: PruneWithState,
+        is_event: bool | jax.Array = True,
     ) -> tuple[PyTree, PruneWithState]:
         """``updates`` from ``params`` with the mask of ``gates`` installed: pruned weights go
-        to 0, kept ones by ``updates`` (or, rewinding, to the rewind point)."""
+        to 0, kept ones by ``updates`` (or, rewinding, to the rewind point).
+
+        ``is_event`` (a traced bool in the compiled step) selects between the event's install
+        and ``(updates, state)`` elementwise, so that no parameter-sized buffer passes through
+        a conditional on ordinary steps; there ``gates`` are the state's own, whose mask is the
+        state's mask and leaves ``updates`` (already masked) unchanged.
+        """
         mask = jax.tree_util.tree_map(
             lambda m, p: m.astype(jnp.result_type(p)), param_mask(params, group_ids, gates), params
         )
+
+        def pick(new: PyTree, old: PyTree) -> PyTree:
+            if is_event is True:
+                return new
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(is_event, a, b), new, old)
+
         if state.rewind is None:
-            inner_state = _zero_pruned_statistics(state.inner_state, mask)
+            inner_state = pick(_zero_pruned_statistics(state.inner_state, mask), state.inner_state)
             kept = updates
         else:
-            inner_state = _zero_pruned_statistics(state.rewind.inner_state, mask)
-            kept = jax.tree_util.tree_map(jnp.subtract, state.rewind.params, params)
+            start = pick(state.rewind.inner_state, state.inner_state)
+            inner_state = pick(_zero_pruned_statistics(start, mask), start)
+            rewound = jax.tree_util.tree_map(jnp.subtract, state.rewind.params, params)
+            kept = pick(rewound, updates)
         out = jax.tree_util.tree_map(lambda m, u, p: jnp.where(m != 0, u, -p), mask, kept, params)
         gates = jnp.asarray(gates, jnp.float32)
         return out, state._replace(gates=gates, mask=mask, inner_state=inner_state)
@@ -346,15 +373,16 @@ def prune_with(
         return jnp.asarray(mask), method_state
 
     def event(j: int, args: tuple, data: _EventData, traced: bool) -> tuple[PyTree, PruneWithState]:
-        """Event ``j``: select on ``weights``, install on the update from ``params``."""
-        weights, params, updates, state = args
+        """Event ``j``: select on the weights after ``updates``, install on them."""
+        params, updates, state = args
+        weights = optax.apply_updates(params, updates)
         gates, method_state = select(j, weights, state, data, traced)
         return install(gates, params, updates, state._replace(method_state=method_state))
 
     def at_event(target: Any, args: tuple, data: _EventData) -> tuple[PyTree, PruneWithState]:
-        """The event of step ``target`` (a Python int, or traced) on ``args = (weights,
-        params, updates, state)`` if there is one, else ``(updates, state)``."""
-        _, _, updates, state = args
+        """The event of step ``target`` (a Python int, or traced) on ``args = (params, updates,
+        state)`` if there is one, else ``(updates, state)``."""
+        params, updates, state = args
         if not _traced(target):
             if target not in steps:
                 return updates, state
@@ -362,12 +390,27 @@ def prune_with(
         index = jnp.searchsorted(jnp.asarray(steps), target)
         index = jnp.where(jnp.isin(target, jnp.asarray(steps)), index, len(steps))
         if pruner.traced_select is None:
+            if not guard_host_events:
+                return updates, state
             fail = functools.partial(_host_event_error, name=pruner.name)
             jax.lax.cond(index < len(steps), lambda: jax.debug.callback(fail, target), lambda: None)
             return updates, state
-        branches = [functools.partial(event, j, data=data, traced=True) for j in range(len(steps))]
-        branches.append(lambda args: (args[2], args[3]))
-        return jax.lax.switch(index, branches, args)
+
+        def selection(j: int) -> Callable:
+            def run(params: PyTree, updates: PyTree, state: PruneWithState) -> tuple:
+                weights = optax.apply_updates(params, updates)
+                gates, method_state = select(j, weights, state, data, traced=True)
+                return jnp.asarray(gates, jnp.float32), method_state
+
+            return run
+
+        branches = [selection(j) for j in range(len(steps))]
+        branches.append(lambda params, updates, state: (state.gates, state.method_state))
+        # Only the (p,) gates and the method state leave the conditional; the install is
+        # elementwise (ordinary steps pass no parameter-sized buffer through a conditional).
+        gates, method_state = jax.lax.switch(index, branches, params, updates, state)
+        state = state._replace(method_state=method_state)
+        return install(gates, params, updates, state, is_event=index < len(steps))
 
     def update_fn(
         updates: PyTree,
@@ -391,22 +434,21 @@ def prune_with(
             raise TypeError(f"state: expected a PruneWithState, got {type(state).__name__}")
         data = _EventData(loss_fn, batch, batches, key, apply_fn, split_loss)
         step = state.step
-        if not _traced(step):
-            _check_no_missed_event(int(step), state.gates)
+        if not _traced(step):  # compiled: unchecked (a host callback would slow every step)
+            _missed_event(step, np.sum(np.asarray(state.gates) > 0))
         if schedule.rewind_step is not None:
-            state = state._replace(
-                rewind=jax.lax.cond(
-                    step == schedule.rewind_step,
-                    lambda: RewindPoint(params, state.inner_state),
-                    lambda: state.rewind,
-                )
+            at_rewind = step == schedule.rewind_step
+            rewind = jax.tree_util.tree_map(
+                lambda new, old: jnp.where(at_rewind, new, old),
+                RewindPoint(params, state.inner_state),
+                state.rewind,
             )
+            state = state._replace(rewind=rewind)
         traced = _traced(step)
         if 0 in steps:  # the step-0 event selects before the first update
             first = jnp.where(step == 0, 0, -1)
             zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            args = (params, params, zeros, state)
-            _, state = at_event(first if traced else int(first), args, data)
+            _, state = at_event(first if traced else int(first), (params, zeros, state), data)
         mask = state.mask
         inner_updates, inner_state = inner.update(
             _keep(mask, updates), state.inner_state, _keep(mask, params), **extra_args
@@ -416,8 +458,7 @@ def prune_with(
         )
         state = state._replace(inner_state=inner_state)
         next_step = step + 1
-        args = (optax.apply_updates(params, out), params, out, state)
-        out, state = at_event(next_step if traced else int(next_step), args, data)
+        out, state = at_event(next_step if traced else int(next_step), (params, out, state), data)
         return out, state._replace(step=jnp.asarray(next_step, jnp.int32))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -29,7 +29,7 @@ from cpu_devices import cpu_devices_env
 from jaxprune.data import load_dataset
 from jaxprune.data.batches import iterate_batches
 from jaxprune.masks import GroupLayout, iterative_magnitude, linear, one_shot
-from jaxprune.optim import PruneWithState, event_due, grda, prune_with
+from jaxprune.optim import MaskedState, PruneWithState, event_due, grda, masked, prune_with
 from jaxprune.spectra import SplitLoss
 from jaxprune.train import TrainConfig, build_model, make_pruner, train
 from jaxprune.train.events import event_batches
@@ -176,6 +176,25 @@ def _run(tx, params, batch, steps, state=None):
         params, state = step(params, state)
         history.append((params, state))
     return params, state, history
+
+
+def test_ordinary_steps_are_the_masked_optimizer():
+    """Between events prune_with(adam) is masked(adam) with the event's mask and Adam state:
+    bit-equal compiled steps before the event and after it."""
+    params, ids, layout, batch = _toy()
+    tx = prune_with(optax.adam(0.05), "magnitude", one_shot(3, 0.5), ids, layout=layout)
+    _, state, history = _run(tx, params, batch, 6)
+    reference = masked(optax.adam(0.05))
+    for start, end in ((0, 2), (3, 6)):  # steps 1-2 unpruned; 4-6 after the event at step 3
+        weights, ref_state = (params, None) if start == 0 else history[start - 1]
+        ref_state = (
+            reference.init(weights)
+            if start == 0
+            else MaskedState(ref_state.mask, ref_state.inner_state)
+        )
+        ref_weights, _, _ = _run(reference, weights, batch, end - start, state=ref_state)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, ref_weights, history[end - 1][0])
+    assert int(state.gates.sum()) == 3
 
 
 def test_pruned_weights_stay_zero_through_later_steps_with_adam_in_a_chain():
@@ -454,14 +473,33 @@ def test_pmap_shard_map_and_sharded_jit_select_the_one_device_masks():
     assert "parallel ok" in result.stdout
 
 
-def test_readme_loop_runs_and_prunes():
-    """The README's "Prune in your own loop" example, as printed (SNIP to 75% at step 100)."""
+def _readme_loop():
     text = (ROOT / "README.md").read_text()
     (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "event_due" in b]
+    return snippet
+
+
+def _run_snippet(snippet):
     namespace = {}
     exec(snippet, namespace)
     state, params = namespace["opt_state"], namespace["params"]
     assert int(state.step) == 300 and int(state.gates.sum()) == 64  # 25% of 2 x 128 neurons
     for w, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state.mask)):
         assert np.all(np.asarray(w)[np.asarray(m) == 0] == 0.0)
+    return namespace
+
+
+def test_readme_loop_runs_and_prunes():
+    """The README's "Prune in your own loop" example, as printed (SNIP to 75% at step 100)."""
+    namespace = _run_snippet(_readme_loop())
+    assert float(namespace["loss"]) < 0.5
+
+
+def test_readme_loop_with_its_pl_line():
+    """The same loop with the optimizer line replaced by the README's commented PL line."""
+    snippet = _readme_loop()
+    (pl_line,) = re.findall(r"# PL gating instead: (tx = .*)", snippet)
+    snippet = re.sub(r"(?m)^tx = .*$", lambda _: pl_line, snippet, count=1)
+    namespace = _run_snippet(snippet)
+    assert namespace["opt_state"].method_state is not None  # the gating network's parameters
     assert float(namespace["loss"]) < 0.5
