@@ -9,7 +9,7 @@
 2. On a real Hessian (an MLP 16-32-32-10 trained a few Adam steps on random data, CE, n = 128;
    its exact trace from ``jax.hessian``), the Hessian products (HVPs or quadratic forms) each
    estimator needs for a median relative error (over 20 keys) <= 10% and <= 1%: plain
-   Hutchinson, Hutch++, XTrace, and matfree's ``stochtrace`` Monte Carlo (Rademacher) and
+   Hutchinson, Hutch++, XTrace, Hutchinson deflated by a Lanczos basis, and matfree's ``stochtrace`` Monte Carlo (Rademacher) and
    leave-one-out XTrace (Gaussian, resphered) from .peers/site.  Budgets double from 6; a
    budget past the grid prints as "> max".
 """
@@ -28,7 +28,7 @@ from _report import Row, benchmark_parser, write_rows
 from _timing import paired_medians
 from jax.flatten_util import ravel_pytree
 
-from jaxprune.spectra import hessian_trace, hutchpp_trace, hvp, xtrace
+from jaxprune.spectra import deflated_trace, hessian_trace, hutchpp_trace, hvp, xtrace
 
 PEERS = Path(__file__).resolve().parents[2] / ".peers" / "site"
 TARGETS = (0.1, 0.01)
@@ -130,6 +130,7 @@ def jaxprune_estimators(loss, params):
         "Hutchinson": make(hessian_trace),
         "Hutch++": make(hutchpp_trace),
         "XTrace": make(xtrace),
+        "Deflated (Lanczos)": make(deflated_trace),
     }
 
 
@@ -194,7 +195,10 @@ def accuracy_rows(steps: int, max_budget: int) -> list[Row]:
         print(f"   {name:20s} {fmt(by_target[0.1]):>18s} {fmt(by_target[0.01]):>16s}")
     rows = []
     for target in TARGETS:
-        ours = {name: needed[name][target] for name in ("Hutchinson", "Hutch++", "XTrace")}
+        ours = {
+            name: needed[name][target]
+            for name in ("Hutchinson", "Hutch++", "XTrace", "Deflated (Lanczos)")
+        }
         peer = needed.get("matfree XTrace", {}).get(target)
         best = min((m for m in ours.values() if m is not None), default=None)
         ratio = None if best is None or peer is None else peer / best
