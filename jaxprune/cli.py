@@ -541,6 +541,7 @@ def _run_train(args: argparse.Namespace) -> int:
         run_info={"optimizer": args.optimizer, "learning_rate": args.learning_rate},
     )
     from jaxprune.train import summary_table
+    from jaxprune.train.events import format_event
 
     keys = [
         k
@@ -548,6 +549,8 @@ def _run_train(args: argparse.Namespace) -> int:
         if any(k in row for row in result.rows)
     ]
     print(summary_table(result.rows, keys, maximize=["test_accuracy"]))
+    for event in result.events:
+        print(format_event(event))
     s = result.summary
     print(
         f"\nwall {s['wall_seconds']:.1f} s on {s['devices']} device(s); groups pruned "

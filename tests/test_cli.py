@@ -222,13 +222,26 @@ def test_train_pl_end_to_end(tmp_path, capsys):
     args += ["16", "--method", "pl", "--prune-at", "2", "--ratio", "0.5", "--gating-steps", "1"]
     args += ["--feature-batch-size", "4", "--log-every", "2", "--quiet", "--out", str(out)]
     assert main(args) == 0
-    assert "groups pruned 50.0%" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "groups pruned 50.0%" in printed
     event = np.load(out / "event_2.npz")
     assert event["mask"].sum() == 4 and "gates" in event
     # The ReLU MLP's output Hessian is zero: "auto" trained the gates on the Gauss-Newton trace
     # (the engine splits the loss at the outputs).
     assert str(event["hessian"]) == "gauss_newton" and event["trace_scale"] > 0
     assert event["history_trace_stderr"].shape == (1,)
+    # The event's summary reports the final gating trace ± its Hutchinson standard error (the
+    # default 4 probes per step): in events.json and on the printed event line.
+    (summary,) = json.loads((out / "events.json").read_text())
+    assert summary["gating_hessian"] == "gauss_newton" and summary["gating_probes"] == 4
+    trace, stderr = summary["gating_trace"], summary["gating_trace_stderr"]
+    assert np.isfinite(trace) and trace > 0  # a Gauss-Newton trace: positive semidefinite
+    assert np.isfinite(stderr) and stderr > 0
+    np.testing.assert_allclose(trace, event["history_trace"][-1], rtol=1e-6)
+    np.testing.assert_allclose(stderr, event["history_trace_stderr"][-1], rtol=1e-6)
+    line = next(row for row in printed.splitlines() if row.startswith("event at step 2:"))
+    assert "kept 4 of 8 groups" in line
+    assert f"gating_trace {trace:.4g} ± {stderr:.2g}" in line
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,19 @@ the same initialization and data order:
 * the trace's Hessian: ``"auto"`` (the base: the Gauss-Newton trace on piecewise-linear models) vs
   eq. 36's output Hessian (``"outputs"``, identically zero on a ReLU MLP; reading PL-2);
 * the terms' normalization (reading PL-10): normalized (the base) vs eq. 36 as printed;
-* feature standardization (reading PL-11): across all groups (the base) vs within each layer.
+* feature standardization (reading PL-11): across all groups (the base) vs within each layer;
+* probe count: Hutchinson probes per gating step, each of ``probe_counts`` vs the base's
+  :class:`~jaxprune.methods.pl_gating.PLGatingConfig` default (4): the trace estimate's
+  standard error falls as ``1/√probes`` (one probe has none), at that many Hessian-vector
+  products per step.
 
 Tables: training loss (or PPL for MLM) at ``report_steps``, the test metric and its difference
 to dense, wall time; one table per factor, each with the dense and base rows.
 
 References:
   Chen et al. (2023), App. F.3 (Tables 8-9), F.4 (Tables 10-11), Sec. 3.2 (eq. 8), App. E.2
-  (eq. 36, Algorithm 2); reading PL-4 (gate scaling) in docs/readings.md.
+  (eq. 36, Algorithms 1 and 2); Hutchinson (1990) (the probes); reading PL-4 (gate scaling) in
+  docs/readings.md.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ FACTORS = (
     "hessian",
     "normalize",
     "features",
+    "probes",
 )
 TOPKS = ("global", "per_layer")
 
@@ -78,6 +84,7 @@ class Variant:
     hessian: str = "auto"
     normalize: bool = True
     features: str = "global"
+    num_probes: int = pl_gating.PLGatingConfig.num_probes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +104,9 @@ class PLAblationSettings(ComparisonSettings):
       hessians: trace Hessians compared (``"auto"``, ``"outputs"``, ``"loss"``).
       normalizations: objective normalizations compared (``True``, ``False``).
       feature_normalizations: feature standardizations compared (``"global"``, ``"layer"``).
+      probe_counts: Hutchinson probes per gating step compared, each an int ``>= 1`` (the
+        base uses :class:`~jaxprune.methods.pl_gating.PLGatingConfig`'s 4; ``()``: no probe
+        rows, as in the smoke preset).
       steps_per_epoch: training steps per "epoch".
       num_steps, batch_size, learning_rate: Adam training.
       report_steps: steps of the training-loss columns.
@@ -121,6 +131,7 @@ class PLAblationSettings(ComparisonSettings):
     hessians: tuple[str, ...] = ("auto", "outputs")
     normalizations: tuple[bool, ...] = (True, False)
     feature_normalizations: tuple[str, ...] = ("global", "layer")
+    probe_counts: tuple[int, ...] = (1, 64)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps_per_epoch: int = 10
     gating_steps: int = 20
@@ -154,6 +165,10 @@ class PLAblationSettings(ComparisonSettings):
             raise ValueError(f"topks: got {unknown}, expected a subset of {TOPKS}")
         for alpha in self.alphas:
             check_real(alpha, "alphas", minimum=0.0)
+        if not isinstance(self.probe_counts, tuple):
+            raise TypeError(f"probe_counts: expected a tuple of ints, got {self.probe_counts!r}")
+        for count in self.probe_counts:
+            check_positive_int(count, "probe_counts")
         for name, values, allowed in (
             ("hessians", self.hessians, ("auto", *pl_gating.HESSIANS)),
             ("normalizations", self.normalizations, (True, False)),
@@ -197,6 +212,8 @@ def variants(config: PLAblationSettings) -> dict[str, Variant]:
         runs[name] = dataclasses.replace(base, factor="normalize", normalize=normalize)
     for within in config.feature_normalizations:
         runs[f"features {within}"] = dataclasses.replace(base, factor="features", features=within)
+    for count in config.probe_counts:
+        runs[f"probes {count}"] = dataclasses.replace(base, factor="probes", num_probes=count)
     return {
         n: v for n, v in runs.items() if n == BASE or dataclasses.replace(v, factor=BASE) != base
     }
@@ -219,6 +236,7 @@ def _pruner(variant: Variant, config: PLAblationSettings) -> Pruner:
         hessian=variant.hessian,
         normalize=variant.normalize,
         feature_normalization=variant.features,
+        num_probes=variant.num_probes,
     )
     return make_pruner("pl", _schedule(variant, config), **options)
 
@@ -241,7 +259,7 @@ def _note(config: PLAblationSettings, base: Variant, found: Comparison) -> str:
         f"Adam steps, {config.steps_per_epoch} steps/epoch; base: PL one-shot at epoch "
         f"{base.epoch}, {base.ratio:.0%} pruned, scaling {base.scaling}, alpha {base.alpha:g}, "
         f"TopK {base.topk}, Hessian {base.hessian}, normalized terms, features standardized "
-        f"{base.features}; "
+        f"{base.features}, {base.num_probes} Hutchinson probes per gating step; "
         f"seeds {', '.join(map(str, config.seeds))}."
     )
     return note + (" Training loss is log PPL." if found.splits.task == "mlm" else "")
@@ -282,8 +300,8 @@ EXPERIMENT = Experiment(
         "Chen et al. (2023), Tables 8-11, and reading PL-4: PL-gating pruning time (epochs "
         "0/5/50), one-shot vs linear schedule, ratios 50/75/90%, gate scaling mean_one vs "
         "softmax, alpha, per-layer vs global TopK, the trace's Hessian, the objective's "
-        "normalization and the feature standardization, each against dense training and the "
-        "base run."
+        "normalization, the feature standardization and the Hutchinson probe count, each "
+        "against dense training and the base run."
     ),
     presets={
         "smoke": PLAblationSettings(
@@ -298,6 +316,7 @@ EXPERIMENT = Experiment(
             hessians=("outputs",),
             normalizations=(False,),
             feature_normalizations=("layer",),
+            probe_counts=(),  # no probe rows: the smoke run's time stays as it was
             steps_per_epoch=5,
             num_steps=20,
             report_steps=(10, 20),

@@ -41,6 +41,7 @@ __all__ = [
     "compact",
     "event_batches",
     "event_fns",
+    "format_event",
     "group_sparsity",
     "install_mask",
     "prune",
@@ -205,7 +206,8 @@ class EventOutcome(NamedTuple):
       record: the method's arrays for ``event_<step>.npz``.
       summary: ``{"step", "ratio", "kept", "groups_before", "seconds"}``: ``groups_before``
         the groups alive before the event (its context's nonzero gates), ``seconds`` those of
-        the selection and installation, device work included.
+        the selection and installation, device work included; then the method's own facts,
+        ``pruner.summarize(record)`` (PL gating: the final gating trace ± its standard error).
     """
 
     state: TrainState
@@ -235,7 +237,64 @@ def prune(
         "groups_before": int(np.count_nonzero(context.gates)),
         "seconds": time.perf_counter() - start,
     }
+    if pruner.summarize is not None:
+        summary.update(_method_summary(pruner, record, summary))
     return EventOutcome(state, method_state, mask, record, summary)
+
+
+_JSON_SCALARS = (bool, int, float, str, type(None))
+
+
+def _method_summary(pruner: Pruner, record: dict, summary: dict) -> dict:
+    """``pruner.summarize(record)``, checked: a dict of JSON scalars under new keys."""
+    facts = pruner.summarize(record)
+    if not isinstance(facts, dict):
+        raise TypeError(
+            f"pruner {pruner.name!r}: summarize returned {type(facts).__name__}, expected a dict"
+        )
+    for name, value in facts.items():
+        if not isinstance(name, str) or name in summary:
+            raise ValueError(
+                f"pruner {pruner.name!r}: summarize key {name!r} is not a string or collides "
+                f"with the engine's {sorted(summary)}"
+            )
+        if not isinstance(value, _JSON_SCALARS):
+            raise TypeError(
+                f"pruner {pruner.name!r}: summarize[{name!r}] is {type(value).__name__}, expected "
+                "int, float, str, bool or None"
+            )
+    return facts
+
+
+def format_event(summary: dict) -> str:
+    """One line describing a pruning event from its summary (:attr:`EventOutcome.summary`).
+
+    ``event at step S: kept K of G groups (ratio R, T s)``, then the method's facts as
+    ``name value``; a fact ``X`` with an ``X_stderr`` beside it reads ``X value ± stderr``
+    (a ``None`` standard error: ``± n/a``).  E.g. PL gating: ``gating_trace 3.12 ± 0.08``.
+
+    Raises:
+      ValueError: a summary without the engine's keys (``step``, ``ratio``, ``kept``,
+        ``groups_before``, ``seconds``).
+    """
+    base = ("step", "ratio", "kept", "groups_before", "seconds")
+    missing = [k for k in base if k not in summary]
+    if missing:
+        raise ValueError(f"summary: expected an event summary, missing {missing}")
+    line = (
+        f"event at step {summary['step']}: kept {summary['kept']} of {summary['groups_before']} "
+        f"groups (ratio {summary['ratio']:.3g}, {summary['seconds']:.2f} s)"
+    )
+    facts = []
+    for name, value in summary.items():
+        if name in base or (name.endswith("_stderr") and name[: -len("_stderr")] in summary):
+            continue
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        if f"{name}_stderr" in summary:
+            stderr = summary[f"{name}_stderr"]
+            text += " ± " + ("n/a" if stderr is None else f"{stderr:.2g}")
+        facts.append(f"{name} {text}")
+    return "; ".join([line, *facts])
 
 
 def compact(

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from jaxprune.experiments import get_experiment
-from jaxprune.experiments.pl_ablations import PLAblationSettings, variants
+from jaxprune.experiments.pl_ablations import PLAblationSettings, _pruner, variants
+from jaxprune.methods.pl_gating import PLGatingConfig
 
 
 @pytest.mark.parametrize("ratios", [(1.0,), (-0.1,), (0.5, 1.5)])
@@ -36,6 +37,12 @@ def test_other_fields_are_validated():
         PLAblationSettings(normalizations=("yes",))
     with pytest.raises(ValueError, match="report_steps"):
         PLAblationSettings(report_steps=(900,))
+    with pytest.raises(ValueError, match="probe_counts"):
+        PLAblationSettings(probe_counts=(1, 0))
+    with pytest.raises(TypeError, match="probe_counts"):
+        PLAblationSettings(probe_counts=(2.5,))
+    with pytest.raises(TypeError, match="probe_counts: expected a tuple"):
+        PLAblationSettings(probe_counts=64)
 
 
 def test_variants_change_one_factor_and_skip_the_base():
@@ -43,7 +50,7 @@ def test_variants_change_one_factor_and_skip_the_base():
     assert set(runs) == {
         "base", "epoch 0", "epoch 50", "linear 10 epochs", "ratio 50%", "ratio 90%",
         "scaling softmax", "alpha 0", "alpha 10", "topk global", "hessian outputs",
-        "eq. 36 unnormalized", "features layer",
+        "eq. 36 unnormalized", "features layer", "probes 1", "probes 64",
     }  # fmt: skip
     base = runs["base"]
     assert (base.epoch, base.ratio, base.scaling, base.alpha) == (5, 0.75, "mean_one", 1.0)
@@ -53,6 +60,17 @@ def test_variants_change_one_factor_and_skip_the_base():
     )  # fmt: skip
     assert runs["topk global"] == dataclasses.replace(base, factor="topk", topk="global")
     assert runs["eq. 36 unnormalized"].normalize is False
+    # Probe counts: the base keeps PLGatingConfig's default; each row changes only that.
+    assert base.num_probes == PLGatingConfig().num_probes == 4
+    for count in (1, 64):
+        variant = runs[f"probes {count}"]
+        assert variant == dataclasses.replace(base, factor="probes", num_probes=count)
+        pruner = _pruner(variant, PLAblationSettings())
+        assert pruner.settings["num_probes"] == count
+    assert "probes 4" not in variants(PLAblationSettings(probe_counts=(4, 16)))  # = the base
+    # The smoke preset (run by the test below) gets no probe rows: its run time is unchanged.
+    smoke = variants(get_experiment("pl_ablations").presets["smoke"])
+    assert not [name for name, v in smoke.items() if v.factor == "probes"]
 
 
 def test_smoke_preset_writes_tables_and_plot(tmp_path):

@@ -1,8 +1,12 @@
 """The gating objective carries signal: the output-Hessian trace of eq. 36 (Chen et al. (2023),
 App. E.2) is identically zero on piecewise-linear networks, the default target is the loss
 Hessian there, and the normalized objective makes ``α`` change the gradient's direction.
+Also: the seed fixes the mask; ``hessian="auto"`` on the zoo's transformers (``"outputs"``) and
+ReLU MLP (``"gauss_newton"``); direct ``gating_loss``/``train_gating`` calls with
+``hessian="outputs"`` warn where ``Tr(H_f)`` vanishes.
 
-References are ``jax.hessian`` on tiny models and central differences in float64.
+References are ``jax.hessian`` on tiny models, second derivatives along one coordinate and
+central differences in float64.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import warnings
 
 import flax.linen as nn
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,8 +35,9 @@ from jaxprune.methods.pl_gating import (
     train_gating,
 )
 from jaxprune.models import MLP
+from jaxprune.models.mlp import group_ids as mlp_groups
 from jaxprune.spectra import SplitLoss, sample_output_hessian_diagonal
-from jaxprune.train import make_pruner
+from jaxprune.train import PruneContext, build_model, make_pruner
 
 
 class _PoolNet(nn.Module):
@@ -242,3 +248,221 @@ def test_gating_initialization_follows_the_run_key_unless_a_seed_is_fixed():
         fixed.initial_state(jax.random.key(0)), fixed.initial_state(jax.random.key(1))
     ):
         np.testing.assert_array_equal(left, right)
+
+
+def _dict_loss(params, batch):
+    return loss_fn(params, (batch["x"], batch["y"]))
+
+
+_DICT_SPLIT = SplitLoss(
+    lambda params, batch: apply_fn(params, batch["x"]),
+    lambda outputs, batch: 0.5 * jnp.mean(jnp.sum((outputs - batch["y"]) ** 2, axis=-1)),
+)
+
+
+def _pl_event(seed):
+    """One PL-gating event of the registry's ``"pl"`` pruner (the engine's path: ``v`` from
+    ``initial_state`` of the run's method key, then ``select``) on the tiny tanh MLP, keeping 4
+    of its 7 neurons after 2 gating steps of 4 probes (the Gauss-Newton trace: the cheapest to
+    compile); everything drawn follows ``seed``."""
+    params, ids, layout, x, y = problem(n=8)
+    keys = jax.random.split(jax.random.key(seed), 3)
+    order = jax.random.permutation(keys[0], 8)
+
+    def batches(n):  # the event's data, in an order of the seed
+        return [{"x": x[order], "y": y[order]} for _ in range(n)]
+
+    context = PruneContext(
+        step=2, ratio=3 / 7, num_keep=4, params=params, collections={},
+        gates=np.ones(7, np.float32), group_ids=ids, layout=layout, key=keys[1],
+        loss_fn=_dict_loss, apply_fn=apply_fn, batches=batches, split_loss=_DICT_SPLIT,
+    )  # fmt: skip
+    pruner = make_pruner(
+        "pl", one_shot(2, 3 / 7), gating_steps=2, feature_batch_size=6, hidden=4,
+        hessian="gauss_newton",
+    )  # fmt: skip
+    v0 = pruner.initial_state(keys[2])
+    mask, v, record = pruner.select(context, v0)
+    return mask, v0, v, record
+
+
+def test_same_seed_gives_the_same_pl_mask_and_another_seed_other_gates():
+    """The seed fixes everything PL gating draws (v's initialization, the batches' order, the
+    probes): two events of seed 0 agree bit for bit; seed 1 starts from another v and trains
+    other gates."""
+    mask, v0, v, record = _pl_event(0)
+    mask_again, v0_again, v_again, record_again = _pl_event(0)
+    assert mask.sum() == 4 and set(np.unique(mask)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(mask, mask_again)
+    for name in ("gates", "history_total", "history_trace", "history_trace_stderr"):
+        np.testing.assert_array_equal(record[name], record_again[name], err_msg=name)
+    for left, right in zip((*v0, *v), (*v0_again, *v_again)):
+        np.testing.assert_array_equal(left, right)
+    # Another seed: another v to start from and other probes, so other soft gates (the mask
+    # itself may agree: 4 of 7 neurons).
+    _, v0_other, _, record_other = _pl_event(1)
+    assert not np.allclose(v0.w1, v0_other.w1)
+    assert not np.allclose(record["gates"], record_other["gates"])
+    assert record["history_trace"][0] != record_other["history_trace"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# hessian="auto" on the zoo's models
+
+
+def _zoo(name):
+    """``(apply, params, x)`` of the zoo's smallest ``name`` (the default ``"tiny"`` preset for
+    BERT and Switch, a 3-8-2 ReLU MLP) in evaluation mode, as the engine's events see it."""
+    if name == "mlp":
+        model = build_model("mlp", num_outputs=2, input_shape=(3,), preset="8")
+        x = jax.random.normal(jax.random.PRNGKey(0), (4, 3))
+    else:
+        model = build_model(name, num_outputs=32, input_shape=(6,))
+        x = jax.random.randint(jax.random.PRNGKey(0), (2, 6), 0, 32)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]  # one compilation
+
+    def apply(params, x):
+        return model.apply({"params": params}, x, train=False)[0]
+
+    return apply, params, x
+
+
+def _second_derivative(apply, params, x, leaf, index):
+    """``∂² Σ f / ∂w_i²`` at one coordinate ``index`` of the leaf at path ``leaf``: the second
+    derivative of a function of one real variable (forward over forward mode), a reference
+    apart from the Hessian-vector products of the sampled diagonal."""
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    offsets = {}
+    position = 0
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+        offsets[jax.tree_util.keystr(path)] = position
+        position += value.size
+    coordinate = offsets[leaf] + index
+
+    def along(t):
+        return jnp.sum(apply(unravel(flat.at[coordinate].add(t)), x))
+
+    return float(jax.jit(jax.jacfwd(jax.jacfwd(along)))(0.0))
+
+
+def _leaf_path(params, *parts):
+    """The ``keystr`` of the first leaf whose path contains every string of ``parts``."""
+    for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+        text = jax.tree_util.keystr(path)
+        if all(part in text for part in parts):
+            return text
+    raise AssertionError(f"no leaf with {parts} in {jax.tree_util.tree_structure(params)}")
+
+
+@pytest.mark.parametrize("name", ["bert", "switch"])
+def test_auto_resolves_to_the_output_hessian_on_the_zoo_transformers(name):
+    apply, params, x = _zoo(name)
+    # The reference: a query-kernel coordinate has a nonzero second derivative (softmax
+    # attention, GELU and LayerNorm are smooth), so Tr(H_f) is not identically zero.
+    query = _leaf_path(params, "query", "kernel")
+    assert abs(_second_derivative(apply, params, x, query, 0)) > 1e-6
+    split = SplitLoss(apply, lambda outputs, batch: jnp.mean(outputs**2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "identically zero" warning either
+        assert resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4)) == "outputs"
+        auto = resolve_hessian("auto", apply, params, x, jax.random.PRNGKey(4), split_loss=split)
+        assert auto == "outputs"
+        assert resolve_hessian("outputs", apply, params, x, jax.random.PRNGKey(4)) == "outputs"
+
+
+def test_auto_resolves_to_gauss_newton_on_the_zoo_relu_mlp_with_a_split_loss():
+    apply, params, x = _zoo("mlp")
+    # The reference: every coordinate's second derivative is exactly 0 (piecewise linear).
+    for leaf in (_leaf_path(params, "kernel"), _leaf_path(params, "bias")):
+        assert _second_derivative(apply, params, x, leaf, 1) == 0.0
+    split = SplitLoss(apply, lambda outputs, batch: jnp.mean(outputs**2))
+    key = jax.random.PRNGKey(4)
+    assert resolve_hessian("auto", apply, params, x, key, split_loss=split) == "gauss_newton"
+    assert resolve_hessian("auto", apply, params, x, key) == "loss"  # no split loss
+    with pytest.warns(UserWarning, match="identically zero"):
+        assert resolve_hessian("outputs", apply, params, x, key, split_loss=split) == "outputs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct calls with hessian="outputs" check for a vanishing Tr(H_f)
+
+
+def _direct_problem(activation):
+    """A 3-4-3-2 MLP with ``activation``, its 7 neuron groups, features and a regression batch."""
+    model = MLP(hidden=(4, 3), num_outputs=2, activation=activation)
+    x = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+    y = jax.random.normal(jax.random.PRNGKey(1), (6, 2))
+    params = model.init(jax.random.PRNGKey(2), x)
+    ids, _ = mlp_groups(params, model)
+
+    def apply(params, x):
+        return model.apply(params, x)
+
+    def loss(params, batch):
+        return 0.5 * jnp.mean(jnp.sum((apply(params, batch[0]) - batch[1]) ** 2, axis=-1))
+
+    normalized = jax.random.normal(jax.random.PRNGKey(8), (7, 2))
+    return apply, loss, params, ids, normalized, (x, y)
+
+
+def _vanishing_warnings(record):
+    return [w for w in record if "Tr(H_f) is identically zero" in str(w.message)]
+
+
+def test_direct_calls_with_output_hessian_warn_once_on_relu_and_not_on_tanh():
+    for activation, expected in ((jax.nn.relu, 1), (jnp.tanh, 0)):
+        apply, loss, params, ids, normalized, batch = _direct_problem(activation)
+        args = (loss, apply, params, ids, normalized)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            value = gating_loss(
+                random_v(), *args, batch, jax.random.PRNGKey(5), hessian="outputs", num_probes=2
+            )
+        assert np.isfinite(value)
+        assert len(_vanishing_warnings(record)) == expected, activation
+        # train_gating: the check runs once per call (before the first step), not per step.
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            trained = train_gating(
+                init_gating(jax.random.PRNGKey(0), 5), *args, [batch] * 3,
+                jax.random.PRNGKey(1), hessian="outputs", num_probes=2, normalize=False,
+            )  # fmt: skip
+        assert trained.history.trace.shape == (3,)
+        vanishing = _vanishing_warnings(record)
+        assert len(vanishing) == expected, activation
+        assert all(w.filename == __file__ for w in vanishing)  # points at the caller
+        # Other targets are not checked; nor is prune's call (resolve_hessian checked there).
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            gating_loss(random_v(), *args, batch, jax.random.PRNGKey(5), num_probes=2)
+            train_gating(
+                init_gating(jax.random.PRNGKey(0), 5), *args, [batch], jax.random.PRNGKey(1),
+                hessian="outputs", num_probes=2, normalize=False, check_hessian=False,
+            )  # fmt: skip
+        assert not _vanishing_warnings(record)
+
+
+def test_the_direct_check_runs_under_a_jit_over_v_skips_a_jit_over_params_and_validates():
+    apply, loss, params, ids, normalized, batch = _direct_problem(jax.nn.relu)
+
+    def value(v, params):
+        return gating_loss(
+            v, loss, apply, params, ids, normalized, batch, jax.random.PRNGKey(5),
+            hessian="outputs", num_probes=2,
+        )  # fmt: skip
+
+    # The model closed over, v traced: the check runs on concrete values while tracing.
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert np.isfinite(jax.jit(lambda v: value(v, params))(random_v()))
+    assert len(_vanishing_warnings(record)) == 1
+    # params traced: the exact diagonal needs concrete values, so no check (and no error).
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert np.isfinite(jax.jit(value)(random_v(), params))
+    assert not _vanishing_warnings(record)
+    with pytest.raises(TypeError, match="check_hessian: expected a bool"):
+        train_gating(
+            init_gating(jax.random.PRNGKey(0), 5), loss, apply, params, ids, normalized,
+            [batch], jax.random.PRNGKey(1), check_hessian="yes",
+        )  # fmt: skip

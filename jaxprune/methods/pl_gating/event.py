@@ -388,6 +388,7 @@ def prune(
         optimizer=optax.adam(config.learning_rate) if optimizer is None else optimizer,
         normalize=config.normalize,
         split_loss=split_loss,
+        check_hessian=False,  # resolve_hessian checked (and warned) above
     )
     gates = gate(training.v, normalized, scaling=objective.scaling)
     scores = np.where(np.asarray(feats.dead), -np.inf, np.asarray(gates, np.float64))

@@ -426,6 +426,12 @@ def gating_loss(
     (``trace_wrt="weights"``, ``diag(g) H diag(g)``).  The estimate is unbiased for fixed
     ``v``; differentiable in ``v`` (and jit-able) for a fixed key.
 
+    With ``hessian="outputs"`` each call first runs :func:`resolve_hessian`'s zero-diagonal
+    check (the exact output-Hessian diagonal at sampled coordinates of ``params`` on
+    ``inputs_of(batch)``, remembered per model function and shapes) and warns where
+    ``Tr(H_f)`` is identically zero; the check is skipped when ``params``, the inputs or the
+    arrays bound in ``apply_fn`` are traced (a ``jit`` over them).
+
     The output Hessian is indefinite, so ``Tr(H_f)`` can be negative and lowering it is not
     lowering ``‖H_f‖₂`` (App. E.2 replaces the norm by the trace); it is a sum over all
     ``n k`` outputs, so unnormalized at ``α = 1`` it can dwarf a mean loss (MLM logits: ``k = T
@@ -450,6 +456,10 @@ def gating_loss(
     Returns:
       Scalar objective.
 
+    Warns:
+      UserWarning: ``hessian="outputs"`` on a model whose output-Hessian diagonal is zero to
+        round-off (a piecewise-linear network: ``Tr(H_f) ≡ 0``).
+
     Raises:
       TypeError / ValueError: ``normalized_features`` without one row per group, invalid
         objective fields, both ``objective`` and fields, or ``hessian="gauss_newton"`` without
@@ -462,6 +472,7 @@ def gating_loss(
     objective = _as_objective(objective, options)
     split_loss = _split_loss_for(objective, split_loss)
     _check_features_rows(params, group_ids, normalized_features)
+    _check_output_hessian(objective, apply_fn, params, batch, stacklevel=2)
     total, _ = _gating_objective(
         v,
         params,
@@ -514,16 +525,20 @@ def output_hessian_vanishes(
 ) -> bool:
     """Whether ``Tr(H_f)`` is identically zero here: the exact diagonal of the output Hessian
     at ``per_leaf`` sampled coordinates of every leaf is zero to round-off
-    (:func:`jaxprune.spectra.sample_output_hessian_diagonal`).
+    (:func:`jaxprune.spectra.sample_output_hessian_diagonal`), on the first example of ``x``.
 
     True on piecewise-linear networks (ReLU, max-pooling, eval-mode BatchNorm: linear in each
     single weight on each piece), false on smooth ones (tanh, GELU, softmax attention,
-    LayerNorm).  Costs ``per_leaf × leaves`` Hessian-vector products.
+    LayerNorm).  Being a property of the network's structure, not of the data, one example
+    decides it; it costs ``per_leaf × leaves`` Hessian-vector products on that example (a
+    VGG-16-bn width/8, 41 leaves: 36 s on 8 examples, 15 s on one, mostly compilation, on a
+    loaded 2-core CPU).
 
     References:
       Chen et al. (2023), App. E.2, eq. 36; reading PL-2 (docs/readings.md).
     """
-    return sample_output_hessian_diagonal(apply_fn, params, x, key, per_leaf=per_leaf).vanishes()
+    sample = sample_output_hessian_diagonal(apply_fn, params, x[:1], key, per_leaf=per_leaf)
+    return sample.vanishes()
 
 
 # resolve_hessian's answers by model function and shapes.
@@ -562,6 +577,8 @@ def resolve_hessian(
     Whether the output Hessian vanishes is a property of the model's structure (its
     nonlinearities), so it is decided once per model function and parameter and input shapes
     (for a :class:`jax.tree_util.Partial`, per wrapped function) and remembered.
+    :func:`gating_loss` and :func:`train_gating` run the same check (and warning) when called
+    directly with ``hessian="outputs"``.
 
     Args:
       hessian: ``"auto"``, ``"outputs"``, ``"loss"`` or ``"gauss_newton"``.
@@ -588,14 +605,60 @@ def resolve_hessian(
             return "outputs"
         return "loss" if split_loss is None else "gauss_newton"
     if vanishes:
-        warnings.warn(
-            "hessian='outputs': the output Hessian's diagonal is zero to round-off on this "
-            "model (a piecewise-linear network), so Tr(H_f) is identically zero and the trace "
-            "term trains the gates on Hutchinson noise; use hessian='loss' or 'auto'",
-            UserWarning,
-            stacklevel=2,
-        )
+        _warn_vanishing(stacklevel=3)
     return "outputs"
+
+
+def _warn_vanishing(stacklevel: int) -> None:
+    """The ``UserWarning`` that eq. 36's ``Tr(H_f)`` is identically zero on the model."""
+    warnings.warn(
+        "hessian='outputs': the output Hessian's diagonal is zero to round-off on this "
+        "model (a piecewise-linear network), so Tr(H_f) is identically zero and the trace "
+        "term trains the gates on Hutchinson noise; use hessian='loss' or 'auto'",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+# Seed of the direct calls' zero-diagonal check (its coordinates; a structural property, so a
+# fixed choice: the caller's key may be traced where the model is not).
+_CHECK_SEED = 13
+
+
+def _check_output_hessian(
+    objective: GatingObjective,
+    apply_fn: ApplyFn,
+    params: PyTree,
+    batch: Any,
+    *,
+    stacklevel: int,
+) -> None:
+    """For ``objective.hessian == "outputs"``: :func:`resolve_hessian`'s zero-diagonal check of
+    ``apply_fn`` at ``params`` on ``inputs_of(batch)`` (coordinates of a fixed seed), warning
+    where ``Tr(H_f)`` vanishes.
+
+    Skipped for the other targets and when the model's arrays are traced (``gating_loss``
+    under ``jit``/``vmap`` with ``params``, the inputs or ``apply_fn``'s bound arrays as
+    arguments: the exact diagonal needs concrete values; a ``jit`` over ``v`` alone, the
+    model closed over, still checks); the answer is remembered per model function and shapes,
+    so repeated calls cost one dictionary look-up.
+    """
+    if objective.hessian != "outputs":
+        return
+    x = objective.inputs_of(batch)
+    arrays = jax.tree_util.tree_leaves((params, x, apply_fn))
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return
+    model = _model_key(apply_fn, params, x)
+    vanishes = _VANISHING.get(model)
+    if vanishes is None:
+        # Concrete values, also while a caller's jit traces gating_loss over v alone.
+        with jax.ensure_compile_time_eval():
+            check_key = jax.random.PRNGKey(_CHECK_SEED)
+            vanishes = output_hessian_vanishes(apply_fn, params, x, check_key)
+        _VANISHING[model] = vanishes
+    if vanishes:
+        _warn_vanishing(stacklevel=stacklevel + 2)
 
 
 def train_gating(
@@ -615,6 +678,7 @@ def train_gating(
     normalize: bool = True,
     scale_probes: int = 16,
     split_loss: SplitLoss | None = None,
+    check_hessian: bool = True,
     **options: Any,
 ) -> GatingTraining:
     """Train ``v`` on :func:`gating_loss` with an optax optimizer, ``w`` fixed.
@@ -651,17 +715,24 @@ def train_gating(
       scale_probes: probes of the initial trace when normalizing (rounded up to a multiple of
         ``objective.num_probes``).
       split_loss: as in :func:`gating_loss` (required for ``hessian="gauss_newton"``).
+      check_hessian: with ``hessian="outputs"``, run :func:`resolve_hessian`'s zero-diagonal
+        check once, on the first batch, before the first step (not per step), and warn where
+        ``Tr(H_f)`` vanishes; :func:`~jaxprune.methods.pl_gating.prune` passes ``False``, as it
+        resolved the target already.
       **options: instead of ``objective``, its fields as keywords, as in :func:`gating_loss`.
 
     Returns:
       :class:`GatingTraining`.
 
+    Warns:
+      UserWarning: as in :func:`gating_loss`, once per call.
+
     Raises:
       ValueError: no batch, or fewer batches than ``num_steps``; a loss that is not finite at
         the initial gates on the first batch (with ``normalize``); invalid arguments as in
         :func:`gating_loss`.
-      TypeError: ``v`` not a :class:`GatingParams`, ``batches`` not an iterable, or
-        ``optimizer`` not an optax ``GradientTransformation``.
+      TypeError: ``v`` not a :class:`GatingParams`, ``batches`` not an iterable,
+        ``optimizer`` not an optax ``GradientTransformation``, or ``check_hessian`` not a bool.
 
     References:
       Chen et al. (2023), App. E.2, Algorithm 2, lines 6-8 (``v ← v − η ∇_v L_total`` with
@@ -674,6 +745,8 @@ def train_gating(
         num_steps = check_positive_int(num_steps, "num_steps")
     scale_probes = check_positive_int(scale_probes, "scale_probes")
     check_gating_params(v)
+    if not isinstance(check_hessian, bool):
+        raise TypeError(f"check_hessian: expected a bool, got {check_hessian!r}")
     check_iterable(batches, "batches", "an iterable of batches")
     optimizer = optax.adam(1e-2) if optimizer is None else check_optimizer(optimizer)
     opt_state = optimizer.init(v) if opt_state is None else opt_state
@@ -698,6 +771,8 @@ def train_gating(
             "batches: yielded 0 batches, expected "
             f"{'at least one' if num_steps is None else num_steps}"
         )
+    if check_hessian:
+        _check_output_hessian(objective, apply_fn, params, first, stacklevel=2)
     if normalize:
         objective = _initial_scales(
             value_and_grad, v, params, normalized_features, first, key, objective, scale_probes
