@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,13 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
+from jaxprune._validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_int,
+    check_real,
+)
 from jaxprune.data import DATASETS, Splits, load_builtin
 from jaxprune.group_ids import group_sizes
 from jaxprune.masks import GroupLayout, build_group_ids, neurons
@@ -70,6 +78,10 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         check_choice(self.dataset, DATASETS, "dataset")
         check_choice(self.activation, ACTIVATIONS, "activation")
+        if isinstance(self.hidden, str) or not isinstance(self.hidden, Sequence):
+            raise TypeError(
+                f"hidden: expected a sequence of widths >= 1 (e.g. (64, 64)), got {self.hidden!r}"
+            )
         if not self.hidden:
             raise ValueError(f"hidden: expected one or more widths >= 1, got {self.hidden!r}")
         for width in self.hidden:
@@ -79,6 +91,9 @@ class AnalyzeConfig:
         check_int(self.train_steps, "train_steps", minimum=0)
         check_real(self.learning_rate, "learning_rate", minimum=0.0, strict=True)
         check_int(self.seed, "seed", minimum=0)
+        check_bool(self.float64, "float64")
+        if not isinstance(self.out, str | os.PathLike):
+            raise TypeError(f"out: expected a directory path, got {self.out!r}")
 
 
 def _model(config: AnalyzeConfig, data_shape: tuple[int, ...], num_outputs: int) -> Bound:
@@ -114,7 +129,15 @@ def _train(
 
 
 def run_analyze(config: AnalyzeConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run the analysis and write its outputs; returns the summary (also ``summary.json``)."""
+    """Run the analysis and write its outputs; returns the summary (also ``summary.json``).
+
+    Raises:
+      TypeError: ``config`` not an :class:`AnalyzeConfig`.
+      ValueError: ``config.probe_examples`` above the dataset's size.
+    """
+    if not isinstance(config, AnalyzeConfig):
+        raise TypeError(f"config: expected an AnalyzeConfig, got {type(config).__name__}")
+    check_bool(progress, "progress")
     previous_x64 = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", config.float64)
     try:

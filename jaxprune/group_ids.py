@@ -97,19 +97,46 @@ def validate_group_ids(params: PyTree, group_ids: PyTree) -> int:
 
 
 def num_groups(group_ids: PyTree) -> int:
-    """Number of groups ``p`` (one more than the largest id)."""
-    leaves = [np.asarray(g) for g in jax.tree_util.tree_leaves(group_ids)]
+    """Number of groups ``p`` (one more than the largest id).
+
+    Raises:
+      TypeError: a leaf that is not an integer array (a float or bool mask passed as ids).
+    """
+    leaves = []
+    for path, ids in jax.tree_util.tree_flatten_with_path(group_ids)[0]:
+        ids = np.asarray(ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(
+                f"group_ids{_path_str(path)}: expected an integer array, got dtype {ids.dtype}"
+            )
+        leaves.append(ids)
     return 1 + max((int(g.max()) for g in leaves if g.size), default=-1)
 
 
 def leaf_group_ids(params: PyTree, group_ids: PyTree) -> list[np.ndarray]:
-    """Each leaf's group ids broadcast to the parameter's full shape, in flattening order."""
-    return [
-        np.broadcast_to(np.asarray(ids, np.int32), np.shape(param))
-        for param, ids in zip(
-            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(group_ids)
+    """Each leaf's group ids broadcast to the parameter's full shape, in flattening order.
+
+    Raises:
+      ValueError: ``group_ids`` with another number of leaves than ``params``, or a leaf that
+        does not broadcast to its parameter's shape (see :func:`validate_group_ids`).
+    """
+    param_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    id_leaves = jax.tree_util.tree_leaves(group_ids)
+    if len(param_leaves) != len(id_leaves):
+        raise ValueError(
+            f"group_ids: expected the pytree structure of params ({len(param_leaves)} leaves), "
+            f"got {len(id_leaves)} leaves"
         )
-    ]
+    out = []
+    for (path, param), ids in zip(param_leaves, id_leaves):
+        try:
+            out.append(np.broadcast_to(np.asarray(ids, np.int32), np.shape(param)))
+        except ValueError:
+            raise ValueError(
+                f"group_ids{_path_str(path)}: shape {np.shape(ids)} does not broadcast to the "
+                f"parameter's shape {np.shape(param)}"
+            ) from None
+    return out
 
 
 def group_sizes(params: PyTree, group_ids: PyTree) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxprune._validation import check_int, check_positive_int, is_traced
 from jaxprune.typing import PyTree
 
 __all__ = ["Link", "compact", "keep_along", "take"]
@@ -64,6 +65,21 @@ def take(tree: Mapping, path: str, index: np.ndarray, axis: int) -> dict:
     return out
 
 
+def _keep_mask(keep: Any, name: str) -> np.ndarray:
+    """``keep`` as a boolean NumPy array: booleans, or numbers that are all 0 or 1 (a float
+    0/1 mask); any other value (e.g. the soft gate 0.5, which ``astype(bool)`` would keep) is an
+    error, as are traced values (compaction changes shapes: it runs on concrete masks)."""
+    if is_traced(keep):
+        raise TypeError(f"{name}: expected a concrete boolean mask, got a traced value")
+    values = np.asarray(keep)
+    if values.dtype == bool:
+        return values
+    if values.dtype.kind not in "biuf" or not np.all((values == 0) | (values == 1)):
+        shown = np.unique(values)[:4] if values.dtype.kind in "biuf" else values.dtype
+        raise ValueError(f"{name}: expected a boolean (or 0/1) mask, got values {shown}")
+    return values.astype(bool)
+
+
 def _get(tree: Mapping, path: str) -> Any:
     node: Any = tree
     for key in path.split("/"):
@@ -93,16 +109,22 @@ def keep_along(
     Returns:
       The variables with the kept units only.
     """
-    mask = np.asarray(keep, bool)
+    mask = _keep_mask(keep, "keep")
     if mask.ndim != 1 or not mask.any():
         raise ValueError(
             f"keep must be a non-empty 1-D boolean mask keeping >= 1 unit, got {keep!r}"
         )
+    repeats = check_positive_int(repeats, "repeats")
     index = np.flatnonzero(mask)
     rows = (np.arange(repeats)[:, None] * mask.size + index[None, :]).reshape(-1)
     out = variables
     for path, axis in targets:
         leaf = _get(variables, path)
+        axis = check_int(axis, f"axis of {path}")
+        if not -leaf.ndim <= axis < leaf.ndim:
+            raise ValueError(
+                f"{path}: axis {axis} is out of range for a leaf of shape {tuple(leaf.shape)}"
+            )
         if leaf.shape[axis] != mask.size * repeats:
             raise ValueError(
                 f"{path}: axis {axis} has length {leaf.shape[axis]}, expected {mask.size} units"
@@ -126,9 +148,22 @@ def compact(variables: PyTree, links: list[Link], keep: Mapping[str, Any]) -> Py
       the model with the new widths (``units kept`` per layer) to apply them.
 
     Raises:
-      ValueError: a path that does not exist, a keep mask of the wrong length or keeping
-        nothing, a next layer whose input size does not match ``units * positions``.
+      TypeError: ``links`` not a sequence of :class:`Link`, ``keep`` not a mapping, or a
+        ``positions`` that is not a positive int.
+      ValueError: a path that does not exist, a keep mask of the wrong length, keeping
+        nothing or with values other than 0/1, a next layer whose input size does not match
+        ``units * positions``.
     """
+    if isinstance(links, str) or not isinstance(links, list | tuple):
+        raise TypeError(f"links: expected a list of Link, got {type(links).__name__}")
+    for i, link in enumerate(links):
+        if not isinstance(link, Link):
+            raise TypeError(f"links[{i}]: expected a Link, got {link!r}")
+        check_positive_int(link.positions, f"links[{i}].positions")
+    if not isinstance(keep, Mapping):
+        raise TypeError(
+            f"keep: expected a mapping of layer path to boolean mask, got {type(keep).__name__}"
+        )
     unknown = sorted(set(keep) - {link.layer for link in links})
     if unknown:
         raise ValueError(f"keep names layers that are not in links: {unknown}")
@@ -138,7 +173,7 @@ def compact(variables: PyTree, links: list[Link], keep: Mapping[str, Any]) -> Py
             continue
         kernel = _get(variables, f"{link.layer}/kernel")
         units = kernel.shape[-1]
-        mask = np.asarray(keep[link.layer], bool)
+        mask = _keep_mask(keep[link.layer], f"keep[{link.layer!r}]")
         if mask.shape != (units,):
             raise ValueError(
                 f"keep[{link.layer!r}] must be a boolean array of shape ({units},), got {mask.shape}"

@@ -649,7 +649,7 @@ def build_group_ids(
       :class:`GroupLayout` of its ``p`` groups.
 
     Raises:
-      ValueError: a pattern matches nothing; ``next_layer``/``batchnorm`` match zero or several
+      ValueError: ``params`` without array leaves; a pattern matches nothing; ``next_layer``/``batchnorm`` match zero or several
         layers or have the wrong width; an axis is out of range; a head or expert count does not
         fit the shapes; two specs claim the same weight (the message names the path and both
         specs); a matched layer has no weight to group.
@@ -663,6 +663,10 @@ def build_group_ids(
     if isinstance(specs, str) or not isinstance(specs, Sequence) or not specs:
         raise ValueError(f"specs: expected a non-empty sequence of group specs, got {specs!r}")
     index = _index(params)
+    if not index.leaves:
+        raise ValueError(
+            f"params: expected a parameter pytree with at least one array leaf, got {params!r}"
+        )
     ids = [np.full((1,) * len(leaf.shape), -1, np.int32) for leaf in index.leaves]
     owner: dict[int, GroupSpec] = {}
     names: list[str] = []

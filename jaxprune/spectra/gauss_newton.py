@@ -27,9 +27,13 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
+from jaxprune._validation import check_key
 from jaxprune.spectra.hessian import (
     TraceEstimate,
+    _check_finite_loss,
     _check_probe_args,
     _draw_probe,
     _map_probes,
@@ -68,6 +72,42 @@ def _check_split_loss(split_loss: Any) -> SplitLoss:
     return split_loss
 
 
+def _check_tangent(params: PyTree, tangent: PyTree) -> None:
+    """``ValueError`` unless ``tangent`` has the pytree structure and leaf shapes of ``params``
+    (static facts: checked traced or not)."""
+    expected, got = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(tangent)
+    if expected != got:
+        raise ValueError(f"tangent: expected the pytree structure of params, {expected}, got {got}")
+    for (path, leaf), other in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(tangent)
+    ):
+        if np.shape(leaf) != np.shape(other):
+            raise ValueError(
+                f"tangent{jax.tree_util.keystr(path)}: expected shape {np.shape(leaf)} (as in "
+                f"params), got {np.shape(other)}"
+            )
+
+
+def _form_and_loss(
+    split_loss: SplitLoss, params: PyTree, batch: Any, tangent: PyTree
+) -> tuple[jax.Array, jax.Array]:
+    """``(tᵀ G t, output_loss(forward(params, batch), batch))``: the loss is the primal value
+    the nested jvps compute anyway; its shape is static, so the scalar check costs nothing."""
+    outputs, direction = jax.jvp(lambda p: split_loss.forward(p, batch), (params,), (tangent,))
+
+    def slope(y: jax.Array) -> tuple[jax.Array, jax.Array]:
+        loss, derivative = jax.jvp(lambda z: split_loss.output_loss(z, batch), (y,), (direction,))
+        if jnp.shape(loss) != ():
+            raise ValueError(
+                "split_loss.output_loss: expected a scalar loss (shape ()), got an output of "
+                f"shape {jnp.shape(loss)}"
+            )
+        return derivative, loss
+
+    _, form, loss = jax.jvp(slope, (outputs,), (direction,), has_aux=True)
+    return form, loss
+
+
 def gauss_newton_quadratic_form(
     split_loss: SplitLoss, params: PyTree, batch: Any, tangent: PyTree
 ) -> jax.Array:
@@ -82,15 +122,17 @@ def gauss_newton_quadratic_form(
     Returns:
       Scalar ``tᵀ G t`` (``>= 0`` for a convex ``output_loss``).
 
+    Raises:
+      TypeError: ``split_loss`` not a :class:`SplitLoss` of callables.
+      ValueError: ``tangent`` of another structure or shape than ``params``, or an
+        ``output_loss`` that is not a scalar.
+
     References:
       Schraudolph (2002); Martens (2020), Sec. 8.
     """
-    outputs, direction = jax.jvp(lambda p: split_loss.forward(p, batch), (params,), (tangent,))
-
-    def slope(y: jax.Array) -> jax.Array:
-        return jax.jvp(lambda z: split_loss.output_loss(z, batch), (y,), (direction,))[1]
-
-    return jax.jvp(slope, (outputs,), (direction,))[1]
+    split_loss = _check_split_loss(split_loss)
+    _check_tangent(params, tangent)
+    return _form_and_loss(split_loss, params, batch, tangent)[0]
 
 
 def gauss_newton_trace(
@@ -125,17 +167,22 @@ def gauss_newton_trace(
       :class:`~jaxprune.spectra.TraceEstimate` with scalar ``estimate`` and ``stderr``.
 
     Raises:
-      TypeError / ValueError: ``split_loss`` not a :class:`SplitLoss` of callables, or the
-        errors of :func:`jaxprune.spectra.hessian_trace`'s probe arguments.
+      TypeError / ValueError: ``split_loss`` not a :class:`SplitLoss` of callables, ``key``
+        not a PRNG key, an ``output_loss`` that is not a scalar, the errors of
+        :func:`jaxprune.spectra.hessian_trace`'s probe arguments, or a NaN or inf loss at
+        ``params`` (checked when concrete: inside ``jit`` or ``grad`` it is not).
 
     References:
       Schraudolph (2002); Martens (2020), Sec. 8; Hutchinson (1990).
     """
     split_loss = _check_split_loss(split_loss)
+    check_key(key, "key")
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
 
-    def sample(probe_key: jax.Array) -> jax.Array:
+    def sample(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
         probe = _draw_probe(probe_key, params, distribution)
-        return gauss_newton_quadratic_form(split_loss, params, batch, probe)
+        return _form_and_loss(split_loss, params, batch, probe)
 
-    return TraceEstimate.from_samples(_map_probes(sample, key, num_probes, batch_size), num_probes)
+    samples, losses = _map_probes(sample, key, num_probes, batch_size)
+    _check_finite_loss(losses[0], "split_loss: expected a finite loss at params and batch, got")
+    return TraceEstimate.from_samples(samples, num_probes)

@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxprune._validation import check_batch, check_callable, check_positive_int
 from jaxprune.spectra._cells import compact_ids, segment_kernels
 
 __all__ = ["LinearCall", "find_linear_calls", "plan_structured", "structured_group_kernels"]
@@ -260,7 +261,13 @@ def find_linear_calls(apply_fn: Callable, params: Any, x: jax.Array) -> list[Lin
 
     Calls whose kernel or bias is used by more than one call are marked ``shared``.  ``x`` is a
     batch whose first example is used to trace the model abstractly (no FLOPs are spent).
+
+    Raises:
+      TypeError: ``apply_fn`` not callable, or ``x`` not an array.
+      ValueError: ``x`` without a leading batch axis of length >= 1.
     """
+    check_callable(apply_fn, "apply_fn")
+    check_batch(x, "x")
     found: list[LinearCall] = []
 
     def trace(params, x_single):
@@ -341,7 +348,13 @@ def plan_structured(
     leaf indices it covers; every other grouped leaf goes to the generic Jacobian path.  With
     ``warn_if_empty`` (``backend="structured"`` asked for explicitly) an empty plan, where the
     whole kernel takes the Jacobian path, is reported by a ``UserWarning``.
+
+    Raises:
+      TypeError: ``calls`` not a sequence of :class:`LinearCall` (from :func:`find_linear_calls`).
+      ValueError: ``leaf_ids`` and ``leaf_shapes`` of different lengths, or a call whose kernel or
+        bias leaf is not among them.
     """
+    _check_plan_arguments(calls, leaf_ids, leaf_shapes)
     plan: list[tuple[LinearCall, str, np.ndarray, np.ndarray | None]] = []
     covered: set[int] = set()
     for call in calls:
@@ -373,6 +386,29 @@ def plan_structured(
     return plan, covered
 
 
+def _check_plan_arguments(calls: Any, leaf_ids: Any, leaf_shapes: Any) -> None:
+    if isinstance(calls, str) or not isinstance(calls, list | tuple):
+        raise TypeError(
+            f"calls: expected a list of LinearCall (find_linear_calls), got {type(calls).__name__}"
+        )
+    for i, call in enumerate(calls):
+        if not isinstance(call, LinearCall):
+            raise TypeError(f"calls[{i}]: expected a LinearCall, got {type(call).__name__}")
+    if len(leaf_ids) != len(leaf_shapes):
+        raise ValueError(
+            f"leaf_ids: expected one entry per leaf of leaf_shapes ({len(leaf_shapes)}), got "
+            f"{len(leaf_ids)}"
+        )
+    for i, call in enumerate(calls):
+        for name in ("kernel_leaf", "bias_leaf"):
+            leaf = getattr(call, name)
+            if leaf is not None and not 0 <= leaf < len(leaf_shapes):
+                raise ValueError(
+                    f"calls[{i}].{name}: expected a leaf index in [0, {len(leaf_shapes)}) of "
+                    f"leaf_shapes, got {leaf}"
+                )
+
+
 def structured_group_kernels(
     apply_fn: Callable,
     params: Any,
@@ -385,7 +421,20 @@ def structured_group_kernels(
     """Sum of the planned layers' contributions to the ``(p, n1, n2)`` group kernels.
 
     Not divided by the output size ``k``.
+
+    Raises:
+      TypeError / ValueError: ``p`` not a positive int; ``x1`` or ``x2`` not a batch, or
+        ``x2`` with other example shapes than ``x1``.
     """
+    check_positive_int(p, "p")
+    check_batch(x1, "x1")
+    if x2 is not None:
+        check_batch(x2, "x2")
+        if tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
+            raise ValueError(
+                f"x2: expected examples of shape {tuple(x1.shape[1:])} (as x1), got "
+                f"{tuple(x2.shape[1:])}"
+            )
     rows1, deltas1 = _capture(apply_fn, params, x1, calls)
     rows2, deltas2 = (rows1, deltas1) if x2 is None else _capture(apply_fn, params, x2, calls)
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune._validation import check_int
+from jaxprune._validation import check_callable, check_int, check_key
 from jaxprune.spectra.hessian import (
     Distribution,
     TraceEstimate,
@@ -86,13 +86,14 @@ def hutchpp_trace(
       and ``(m − 2r,)`` samples.
 
     Raises:
-      TypeError / ValueError: bad ``num_probes`` (an int < 3), ``distribution`` or
-        ``batch_size``; non-finite ``params``; a non-scalar ``loss_fn`` output; a NaN or inf
+      TypeError / ValueError: ``loss_fn`` not callable, ``key`` not a PRNG key; bad
+        ``num_probes`` (an int < 3), ``distribution`` or ``batch_size``; non-finite ``params``; a non-scalar ``loss_fn`` output; a NaN or inf
         loss (checked when concrete).
 
     References:
       Meyer, Musco, Musco & Woodruff (2021), Algorithm 1 (Hutch++); Hutchinson (1990).
     """
+    _check_function_and_key(loss_fn, key)
     check_int(num_probes, "num_probes", minimum=3)
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
     _check_scalar_loss(loss_fn, params)
@@ -183,13 +184,15 @@ def xtrace(
       ``(m / 2,)`` leave-one-out estimates as ``samples``.
 
     Raises:
-      TypeError / ValueError: ``num_probes`` not an even int in ``[4, 2P]``; bad
+      TypeError / ValueError: ``loss_fn`` not callable, ``key`` not a PRNG key;
+        ``num_probes`` not an even int in ``[4, 2P]``; bad
         ``distribution`` or ``batch_size``; non-finite ``params``; a non-scalar ``loss_fn``
         output; a NaN or inf estimate (checked when concrete).
 
     References:
       Epperly, Tropp & Webber (2024), Algorithm 2 (XTrace) and Sec. 2.2.
     """
+    _check_function_and_key(loss_fn, key)
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
     dim = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
     if num_probes % 2 or not 4 <= num_probes <= 2 * dim:
@@ -282,7 +285,8 @@ def deflated_trace(
       ``(m − s,)`` samples.
 
     Raises:
-      TypeError / ValueError: ``num_probes`` not an int >= 2, ``num_lanczos_steps`` outside
+      TypeError / ValueError: ``loss_fn`` not callable, ``key`` not a PRNG key;
+        ``num_probes`` not an int >= 2, ``num_lanczos_steps`` outside
         ``[1, min(m − 1, P)]``, bad ``distribution`` or ``batch_size``; non-finite ``params``;
         a non-scalar ``loss_fn`` output; a NaN or inf loss (checked when concrete).
 
@@ -290,6 +294,7 @@ def deflated_trace(
       Gambhir, Stathopoulos & Orginos (2017), Sec. 3 (deflated Hutchinson); Lanczos (1950);
       Meyer, Musco, Musco & Woodruff (2021) (the split of the budget); Hutchinson (1990).
     """
+    _check_function_and_key(loss_fn, key)
     check_int(num_probes, "num_probes", minimum=2)
     dim = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
     most = min(num_probes - 1, dim)
@@ -402,6 +407,13 @@ def _leave_one_out_traces(
     if distribution == "gaussian":
         residual = residual * (dim - k + 1) / (omega_sq - jnp.sum(x**2, axis=0))
     return jnp.where(singular, jnp.trace(h), low_rank + residual)
+
+
+def _check_function_and_key(loss_fn: LossFn, key: jax.Array) -> None:
+    """``TypeError`` naming ``loss_fn`` (not callable) or ``key`` (not a PRNG key, e.g. an int
+    seed), which would otherwise fail inside JAX."""
+    check_callable(loss_fn, "loss_fn")
+    check_key(key, "key")
 
 
 def _check_scalar_loss(loss_fn: LossFn, params: PyTree) -> None:

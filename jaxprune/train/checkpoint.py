@@ -22,7 +22,10 @@ place when complete, so a write killed at any point leaves every earlier checkpo
 :func:`latest_step` unchanged; the leftover temporary directory is never a step (and is removed
 by the next :func:`save_checkpoint`).  Rotation is ours, not orbax's ``max_to_keep`` (which
 deletes while saving): only the newest ``keep`` checkpoints are kept, and older ones are deleted
-only after the new one has been read back and its hash verified.  :func:`verify_checkpoint`
+only after the new one has been read back and its hash verified.  Re-saving a committed step
+likewise writes and verifies the new one in ``<directory>/.resave-<s>`` before the old one is
+replaced (two renames; a kill between them is undone by the next save), so a failed re-save
+leaves the original readable.  :func:`verify_checkpoint`
 reads one step and checks its hash (a resume falls back past corrupt ones), and
 :func:`restore_checkpoint` refuses a step whose hash differs.
 
@@ -84,7 +87,7 @@ __all__ = [
 FORMAT = "jaxprune-checkpoint-v2"
 _STATE, _METADATA = "state", "metadata"
 _LEGACY = re.compile(r"^(checkpoint_\d+\.(msgpack|json)|\.tmp-checkpoint_.*)$")
-_STEP_ENTRY = re.compile(r"^\d+($|\.orbax-checkpoint-tmp)")
+_STEP_ENTRY = re.compile(r"^(\d+($|\.orbax-checkpoint-tmp)|\.(resave|replaced)-\d+$)")
 
 
 def checkpoint_paths(directory: str | os.PathLike, step: int) -> tuple[Path, Path]:
@@ -260,7 +263,8 @@ def save_checkpoint(
 
     Args:
       directory: checkpoint directory (created if missing).
-      step: non-negative training step; saving an existing step replaces it.
+      step: non-negative training step; saving an existing step replaces it, the old one
+        kept until the new one has been written and verified.
       state: any pytree of arrays, typed PRNG keys, NumPy values, Python numbers, ``None``,
         dicts, lists, tuples, NamedTuples and Flax structs.
       metadata: JSON-serializable dict stored with the checkpoint and returned by restore.
@@ -293,20 +297,68 @@ def save_checkpoint(
         ) from err
 
     directory = Path(directory)
+    args = ocp.args.Composite(
+        **{_STATE: ocp.args.PyTreeSave(encoded), _METADATA: ocp.args.JsonSave(document)}
+    )
+    _on_main_process(_recover_replaced, directory)
     with _manager(directory, write=True) as manager:
-        if step in manager.all_steps():
-            manager.delete(step)  # re-saving a step replaces it
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{_STATE: ocp.args.PyTreeSave(encoded), _METADATA: ocp.args.JsonSave(document)}
-            ),
-            force=True,
-        )
-        _read_verified(manager, step)  # read back: older ones go only once this is sound
+        replacing = step in manager.all_steps()
+        if not replacing:
+            manager.save(step, args=args, force=True)
+            _read_verified(manager, step)  # read back: older ones go only once this is sound
+    if replacing:
+        _replace_step(directory, step, args)
+    with _manager(directory, write=True) as manager:
         for old in sorted(manager.all_steps())[:-keep]:
             manager.delete(old)
     return directory / str(step)
+
+
+def _on_main_process(function: Any, *args: Any) -> None:
+    """``function(*args)`` on process 0 only, the others waiting until it is done."""
+    if jax.process_index() == 0:
+        function(*args)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"jaxprune-checkpoint-{function.__name__}")
+
+
+def _recover_replaced(directory: Path) -> None:
+    """Finish or undo a replacement of a step killed between its two renames: the old step
+    parked as ``.replaced-<s>`` goes back into place if ``<s>`` is missing, else it is
+    removed; a leftover ``.resave-<s>`` staging directory is removed."""
+    if not directory.is_dir():
+        return
+    for entry in directory.iterdir():
+        match = re.fullmatch(r"\.(resave|replaced)-(\d+)", entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        target = directory / match[2]
+        if match[1] == "replaced" and not target.exists():
+            entry.rename(target)
+        else:
+            shutil.rmtree(entry)
+
+
+def _replace_step(directory: Path, step: int, args: Any) -> None:
+    """Replace the committed step ``step`` without a moment when neither a sound old nor a
+    sound new checkpoint exists: the new one is written into ``<directory>/.resave-<s>`` and
+    verified there; only then is the old one parked (``.replaced-<s>``), the new one renamed
+    into place and the old one removed.  A failed write or verification leaves the old step
+    as it was; the staging directory (orbax's writer threads may still be finishing in it)
+    is no step, and the next :func:`save_checkpoint` or :func:`clear_checkpoints` removes it."""
+    staging = directory / f".resave-{step}"
+    with _manager(staging, write=True) as manager:
+        manager.save(step, args=args, force=True)
+        _read_verified(manager, step)
+
+    def swap() -> None:
+        parked = directory / f".replaced-{step}"
+        (directory / str(step)).rename(parked)
+        (staging / str(step)).rename(directory / str(step))
+        shutil.rmtree(parked)
+        shutil.rmtree(staging)
+
+    _on_main_process(swap)
 
 
 def _decode_leaf(path: tuple, target: Any, value: Any, source: Path) -> Any:

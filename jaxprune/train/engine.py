@@ -475,6 +475,36 @@ def _clear_checkpoints(run_dir: Path | None) -> None:
         clear_checkpoints(directory)
 
 
+#: Files of the run directory that :func:`train` writes (``tensorboard/`` holds TensorBoard's
+#: ``events.out.tfevents.*`` files); a fresh start removes these and nothing else.
+_RUN_FILES = ("metrics.jsonl", "metrics.csv", "events.json", "summary.json")
+_RUN_FILE_PATTERNS = ("event_*.npz", "curve_*.png", ".metrics.jsonl.tmp", ".metrics.csv.tmp")
+
+
+def _clear_run_files(run_dir: Path) -> list[str]:
+    """Remove what an earlier run wrote in ``run_dir`` (metrics, events, summary, curves,
+    TensorBoard event files) at a fresh start, so no stale file passes for this run's; other
+    files are left alone.  Returns the removed names (relative to ``run_dir``)."""
+    stale = [run_dir / name for name in _RUN_FILES]
+    stale += [path for pattern in _RUN_FILE_PATTERNS for path in sorted(run_dir.glob(pattern))]
+    board = run_dir / "tensorboard"
+    if board.is_dir():
+        stale += sorted(board.glob("events.out.tfevents.*"))
+    removed = []
+    for path in stale:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.relative_to(run_dir).as_posix())
+    if board.is_dir() and not any(board.iterdir()):
+        board.rmdir()
+    if removed:
+        shown = ", ".join(removed[:6]) + (
+            f", ... ({len(removed)} in all)" if len(removed) > 6 else ""
+        )
+        print(f"jaxprune: fresh start in {run_dir}: removed an earlier run's {shown}", flush=True)
+    return removed
+
+
 def _weight_sparsity(params: PyTree) -> float:
     leaves = jax.tree_util.tree_leaves(params)
     zeros = sum(int(np.sum(np.asarray(leaf) == 0)) for leaf in leaves)
@@ -506,7 +536,10 @@ def train(
         corrupt newer one is skipped with a line saying so); it must be of the same run:
         same model, data, settings, method and ``run_info`` (:mod:`jaxprune.train.identity`),
         else :class:`~jaxprune.train.identity.RunMismatchError`.  ``False``: start fresh and
-        delete the directory's earlier checkpoints.
+        delete the directory's earlier checkpoints.  A fresh start (``False``, or no intact
+        checkpoint) also removes the files an earlier run wrote there (``metrics.*``,
+        ``events.json``, ``event_*.npz``, ``summary.json``, ``curve_*.png``, TensorBoard
+        event files; one line says which), never other files.
       run_info: JSON-like settings the engine cannot see but a resume must match (the
         optimizer's, e.g. ``{"optimizer": "adam", "learning_rate": 1e-3}``).
 
@@ -543,6 +576,8 @@ def train(
     else:
         _clear_checkpoints(run_dir)
     start = int(run.state.step)
+    if start == 0 and setup.writes:  # a fresh start: nothing of an earlier run may remain
+        _clear_run_files(run_dir)
     run = run._replace(state=replicate(run.state, setup.mesh))
     logger = None
     if setup.writes:

@@ -65,6 +65,7 @@ __all__ = [
     "greedy_pruner",
     "lth_pruner",
     "make_pruner",
+    "pl_event_summary",
     "pl_gating_pruner",
     "pruner_entry",
     "pruner_names",
@@ -126,13 +127,20 @@ class Pruner:
       init_state: the method state before the first event (any pytree; ``None`` if unused).
       init: ``init(key) -> state``, the method state before the first event from the run's
         key (so it follows the run's seed); when given, it replaces ``init_state``.
-      settings: the method's options (:func:`make_pruner` records them), part of the run's
-        identity that a resumed run must match (:mod:`jaxprune.train.identity`).
+      settings: the method's resolved options, defaults included (the factories below
+        record them; :func:`make_pruner` records the options it was given for a factory that
+        records none), part of the run's identity that a resumed run must match
+        (:mod:`jaxprune.train.identity`).
       traced_select: ``traced_select(context, state) -> (mask, state)``, the same selection
         as ``select`` in jit-able form (the context's arrays may be traced, its ``num_keep``
         is a Python int; no record), for methods that can prune inside a compiled training
         step (:func:`jaxprune.optim.prune_with`); ``None`` for methods that select on the
         host (PL gating, greedy selection).
+      summarize: ``summarize(record) -> dict``, the event's headline facts from its record,
+        JSON scalars (``int``, ``float``, ``str``, ``bool`` or ``None``) under new keys, added
+        to the event's summary (``events.json``, :attr:`RunResult.events`, the CLI's event
+        lines; :func:`jaxprune.train.events.prune`); a key ``X`` with an ``X_stderr`` beside
+        it is shown as ``X ± X_stderr``.  ``None``: the summary has the engine's facts only.
     """
 
     name: str
@@ -142,6 +150,7 @@ class Pruner:
     init: Callable[[jax.Array], Any] | None = None
     settings: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False, compare=False)
     traced_select: Callable[[PruneContext, Any], tuple[jax.Array, Any]] | None = None
+    summarize: Callable[[dict], dict] | None = None
 
     def initial_state(self, key: jax.Array) -> Any:
         """The method state before the first event of a run whose method key is ``key``."""
@@ -305,7 +314,14 @@ def criterion_pruner(
 
     rewinds = criterion == "magnitude" and schedule.rewind_step is not None
     name = "lth" if rewinds else criterion
-    return Pruner(name, schedule, select, traced_select=traced_select)
+    settings = {
+        "criterion": criterion,
+        "num_batches": num_batches,
+        "num_probes": num_probes,
+        "per_layer": per_layer,
+        "min_per_layer": min_per_layer,
+    }
+    return Pruner(name, schedule, select, settings=settings, traced_select=traced_select)
 
 
 def _inputs(batch: dict) -> jax.Array:
@@ -336,7 +352,9 @@ def pl_gating_pruner(
     the remaining groups are the current model's.
 
     The event record holds the gates, raw and normalized features, and the gating loss
-    history (saved as ``event_<step>.npz`` in the run directory).
+    history (saved as ``event_<step>.npz`` in the run directory).  The event's summary
+    (``events.json`` and the CLI's event line, :func:`pl_event_summary`) adds the Hessian target
+    and the final gating step's Hutchinson trace estimate with its standard error.
 
     References:
       Chen et al. (2023), Sec. 3.2 and App. E.2 (Algorithm 2, eq. 36); readings PL-4 to PL-6
@@ -385,6 +403,7 @@ def pl_gating_pruner(
             "hessian": objective.hessian,
             "loss_scale": objective.loss_scale,
             "trace_scale": objective.trace_scale,
+            "num_probes": objective.num_probes,
             **{f"history_{name}": values for name, values in event.history._asdict().items()},
         }
         return event.mask, event.v, record
@@ -392,7 +411,58 @@ def pl_gating_pruner(
     def init(key: jax.Array) -> pl_gating.GatingParams:
         return pl_gating.init_gating(key if seed is None else jax.random.key(seed), config.hidden)
 
-    return Pruner("pl", schedule, select, init=init)
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return Pruner(
+        "pl",
+        schedule,
+        select,
+        init=init,
+        settings={**settings, "seed": seed},
+        summarize=pl_event_summary,
+    )
+
+
+def pl_event_summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline facts of a PL-gating event record, for its summary in ``events.json``.
+
+    The Hutchinson estimate ``T`` of the gating step that was taken last (at the gates before
+    that step's update) and its standard error over that step's probes,
+    ``sd(zᵢᵀ H zᵢ) / √num_probes``: the noise the trace term trained ``v`` on.
+
+    Args:
+      record: the event record of :func:`pl_gating_pruner` (``hessian``, ``num_probes``,
+        ``history_trace`` and ``history_trace_stderr``, each history ``(steps,)``).
+
+    Returns:
+      ``{"gating_hessian": str, "gating_steps": int, "gating_probes": int, "gating_trace":
+      float, "gating_trace_stderr": float | None}``; the standard error is ``None`` (JSON
+      ``null``) where it is not finite (one probe per step).
+
+    Raises:
+      ValueError: a record without these entries, or with an empty history.
+
+    References:
+      Hutchinson (1990); Chen et al. (2023), App. E.2 (Algorithm 1, eq. 36).
+    """
+    needed = ("hessian", "num_probes", "history_trace", "history_trace_stderr")
+    missing = [k for k in needed if k not in record]
+    if missing:
+        raise ValueError(f"record: expected a PL-gating event record, missing {missing}")
+    trace = np.asarray(record["history_trace"], np.float64).ravel()
+    stderr = np.asarray(record["history_trace_stderr"], np.float64).ravel()
+    if trace.size == 0 or trace.shape != stderr.shape:
+        raise ValueError(
+            f"record: expected equal, non-empty trace histories, got shapes {trace.shape} and "
+            f"{stderr.shape}"
+        )
+    last = float(stderr[-1])
+    return {
+        "gating_hessian": str(record["hessian"]),
+        "gating_steps": int(trace.size),
+        "gating_probes": int(record["num_probes"]),
+        "gating_trace": float(trace[-1]),
+        "gating_trace_stderr": last if np.isfinite(last) else None,
+    }
 
 
 def lth_pruner(
@@ -532,7 +602,13 @@ def greedy_pruner(
         }
         return result.mask, state, record
 
-    return Pruner("greedy", schedule, select)
+    settings = {
+        "num_batches": num_batches,
+        "min_per_layer": min_per_layer,
+        "max_candidates": max_candidates,
+        "chunk_size": chunk_size,
+    }
+    return Pruner("greedy", schedule, select, settings=settings)
 
 
 class PrunerEntry(NamedTuple):
@@ -629,7 +705,7 @@ def make_pruner(name: str, schedule: PruningSchedule, **options: Any) -> Pruner:
             f"options: {name!r} takes {entry.options or 'no options'}, got unknown {unknown}"
         )
     pruner = entry.factory(schedule, **options)
-    if isinstance(pruner, Pruner):  # the options become part of the run's identity
+    if isinstance(pruner, Pruner) and not pruner.settings:  # a factory that records none
         pruner = dataclasses.replace(pruner, settings=dict(options))
     return pruner
 

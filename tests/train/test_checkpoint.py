@@ -20,6 +20,7 @@ from flax import serialization
 
 from jaxprune.data import load_dataset
 from jaxprune.train import TrainConfig, build_model, train
+from jaxprune.train import checkpoint as checkpoint_module
 from jaxprune.train.checkpoint import (
     checkpoint_paths,
     clear_checkpoints,
@@ -197,6 +198,52 @@ def test_crash_mid_write_keeps_previous_checkpoints(tmp_path, monkeypatch, crash
     verify_checkpoint(tmp_path, 10)
     restored, _ = restore_checkpoint(tmp_path, _realistic_state(0))
     _assert_bitwise_equal(restored, _realistic_state(10))
+
+
+def _corrupt_on_read_back(monkeypatch):
+    """The re-saved step reads back with another hash (a damaged write)."""
+    real = checkpoint_module._digest
+    calls = []
+
+    def digest(tree):
+        calls.append(None)
+        return real(tree) if len(calls) == 1 else "0" * 64  # the save's own digest is sound
+
+    monkeypatch.setattr(checkpoint_module, "_digest", digest)
+
+
+@pytest.mark.parametrize(
+    "crash",
+    [_crash_at_commit, _crash_writing_arrays, _corrupt_on_read_back],
+    ids=["commit", "arrays", "verify"],
+)
+def test_a_failed_resave_of_a_step_keeps_the_original(tmp_path, monkeypatch, crash):
+    save_checkpoint(tmp_path, 10, _realistic_state(10))
+    save_checkpoint(tmp_path, 20, _realistic_state(20))
+    before = _tree_bytes(tmp_path / "20")
+    crash(monkeypatch)
+    with pytest.raises((_Crash, ValueError)):
+        save_checkpoint(tmp_path, 20, _realistic_state(3), keep=1)
+    monkeypatch.undo()
+    assert committed_steps(tmp_path) == [10, 20]  # nothing rotated, nothing deleted
+    assert _tree_bytes(tmp_path / "20") == before
+    verify_checkpoint(tmp_path, 20)
+    _assert_bitwise_equal(
+        restore_checkpoint(tmp_path, _realistic_state(0))[0], _realistic_state(20)
+    )
+    # A sound re-save replaces the step (and removes the failed one's staging directory) ...
+    save_checkpoint(tmp_path, 20, _realistic_state(3), keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["10", "20"]
+    # ... and a replacement killed between its renames is undone by the next save.
+    _assert_bitwise_equal(restore_checkpoint(tmp_path, _realistic_state(0))[0], _realistic_state(3))
+    (tmp_path / "20").rename(tmp_path / ".replaced-20")
+    save_checkpoint(tmp_path, 30, _realistic_state(5), keep=3)
+    assert committed_steps(tmp_path) == [10, 20, 30]
+    _assert_bitwise_equal(
+        restore_checkpoint(tmp_path, _realistic_state(0), 20)[0], _realistic_state(3)
+    )
+    clear_checkpoints(tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 def test_leftover_partial_temporary_directory_is_ignored(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 from cpu_devices import cpu_devices_env
 
 from jaxprune.data import DataConfig, load_dataset
-from jaxprune.masks import PruningSchedule, apply_group_mask, linear, one_shot
+from jaxprune.masks import PruningSchedule, apply_group_mask, linear, lth_schedule, one_shot
+from jaxprune.methods.pl_gating import PLGatingConfig
 from jaxprune.spectra import empirical_ntk, spectrum_features
 from jaxprune.train import (
     RunMismatchError,
@@ -25,12 +26,15 @@ from jaxprune.train import (
     build_model,
     criterion_pruner,
     evaluate,
+    lth_pruner,
     make_pruner,
+    pl_gating_pruner,
     train,
 )
 from jaxprune.train import engine as engine_module
 from jaxprune.train.identity import run_identity
 from jaxprune.train.parallel import compile_step, data_mesh
+from jaxprune.train.pruning import greedy_pruner
 from jaxprune.train.steps import make_eval_step
 from jaxprune.train.tasks import make_task
 
@@ -214,6 +218,76 @@ def test_resume_refuses_a_different_run_naming_the_fields(digits, mlp, tmp_path)
         resume=False,
     )
     assert not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_resume_refuses_changed_options_of_a_pruner_built_directly(digits, mlp, tmp_path):
+    """The factories record their resolved options, defaults included, so a resume with a
+    pruner built by the Python API (not make_pruner) is refused when an option changed."""
+    config = _config(num_steps=12, checkpoint_every=6)
+    layered = criterion_pruner("snip", one_shot(3, 0.5), per_layer=True)
+    train(mlp, digits, optax.adam(1e-2), config, pruner=layered, run_dir=tmp_path)
+    changed = criterion_pruner("snip", one_shot(3, 0.5), per_layer=False)
+    with pytest.raises(RunMismatchError, match=r"method\.settings\.per_layer: True -> False"):
+        train(mlp, digits, optax.adam(1e-2), config, pruner=changed, run_dir=tmp_path)
+    same = criterion_pruner("snip", one_shot(3, 0.5), per_layer=True)
+    assert train(mlp, digits, optax.adam(1e-2), config, pruner=same, run_dir=tmp_path).rows
+
+
+def test_every_factory_records_its_resolved_options():
+    schedule, rewinding = one_shot(3, 0.5), lth_schedule(40, 0.5)
+    cases = [
+        (criterion_pruner("snip", schedule), make_pruner("snip", schedule)),
+        (criterion_pruner("snip", schedule, num_probes=16), make_pruner("snip", schedule)),
+        (lth_pruner(rewinding), make_pruner("lth", rewinding, per_layer=False)),
+        (greedy_pruner(schedule), make_pruner("greedy", schedule, min_per_layer=1)),
+        (pl_gating_pruner(schedule), make_pruner("pl", schedule, num_probes=4)),
+        (pl_gating_pruner(schedule, PLGatingConfig(alpha=0.5)), make_pruner("pl", schedule,
+                                                                           alpha=0.5)),
+    ]  # fmt: skip
+    for direct, by_name in cases:
+        assert direct.settings == by_name.settings
+    assert criterion_pruner("snip", schedule).settings == {
+        "criterion": "snip", "num_batches": 1, "num_probes": 16, "per_layer": False,
+        "min_per_layer": 1,
+    }  # fmt: skip
+    assert greedy_pruner(schedule).settings["max_candidates"] is None
+    assert pl_gating_pruner(schedule, seed=3).settings["seed"] == 3
+    assert pl_gating_pruner(schedule).settings["gating_steps"] == PLGatingConfig().gating_steps
+    differ = [
+        (criterion_pruner("snip", schedule), criterion_pruner("snip", schedule, num_batches=2)),
+        (lth_pruner(rewinding), lth_pruner(rewinding, min_per_layer=2)),
+        (greedy_pruner(schedule), greedy_pruner(schedule, chunk_size=4)),
+        (pl_gating_pruner(schedule), pl_gating_pruner(schedule, seed=0)),
+    ]
+    for a, b in differ:
+        assert a.settings != b.settings
+
+
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "no-checkpoint"])
+def test_a_fresh_start_removes_the_earlier_runs_files_only(digits, mlp, tmp_path, capsys, resume):
+    """resume=False, or a directory without a checkpoint: the old run's event, summary, curve
+    and TensorBoard files go (a stale event_4.npz would pass for this run's); a user's file
+    stays."""
+    (tmp_path / "tensorboard").mkdir()
+    stale = ["event_4.npz", "events.json", "summary.json", "curve_old.png", "metrics.csv",
+             "tensorboard/events.out.tfevents.1.host"]  # fmt: skip
+    for name in stale:
+        (tmp_path / name).write_text("old run")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "tensorboard" / "notes.txt").write_text("mine too")
+    config = _config(num_steps=8, tensorboard=False)
+    pruner = criterion_pruner("magnitude", one_shot(3, 0.5))
+    train(mlp, digits, optax.adam(1e-2), config, pruner=pruner, run_dir=tmp_path, resume=resume)
+    assert not (tmp_path / "event_4.npz").exists()
+    assert not (tmp_path / "curve_old.png").exists()
+    assert not (tmp_path / "tensorboard" / "events.out.tfevents.1.host").exists()
+    assert (tmp_path / "event_3.npz").is_file()
+    assert [e["step"] for e in json.loads((tmp_path / "events.json").read_text())] == [3]
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 8
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "tensorboard" / "notes.txt").read_text() == "mine too"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "fresh start" in line]
+    assert len(lines) == 1 and "event_4.npz" in lines[0] and "notes.txt" not in lines[0]
 
 
 def test_identity_names_functions_without_memory_addresses(digits, mlp):
