@@ -172,6 +172,24 @@ def check_finite_tree(tree: Any, name: str = "params") -> None:
             )
 
 
+def check_tree_like(tree: Any, reference: Any, name: str, reference_name: str) -> None:
+    """Raise ``ValueError`` unless ``tree`` has the pytree structure and leaf shapes of
+    ``reference`` (static facts: checked traced or not), naming the first leaf that differs."""
+    expected, got = jax.tree_util.tree_structure(reference), jax.tree_util.tree_structure(tree)
+    if expected != got:
+        raise ValueError(
+            f"{name}: expected the pytree structure of {reference_name}, {expected}, got {got}"
+        )
+    for (path, leaf), other in zip(
+        jax.tree_util.tree_flatten_with_path(reference)[0], jax.tree_util.tree_leaves(tree)
+    ):
+        if np.shape(leaf) != np.shape(other):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: expected shape {np.shape(leaf)} (as in "
+                f"{reference_name}), got {np.shape(other)}"
+            )
+
+
 def check_batch(x: Any, name: str) -> None:
     """Raise unless ``x`` is an array with a leading batch axis of length >= 1."""
     shape = getattr(x, "shape", None)

@@ -1937,7 +1937,7 @@ DIRECTIONAL_CASES = [
         "solution-structure",
         lambda: directional.directional_pruning_solution(W, {"a": S["a"]}, 1.0),
         ValueError,
-        "scores must have the pytree structure of w_sgd",
+        "scores: expected the pytree structure of w_sgd",
     ),
     (
         "solution-shape",
@@ -1945,7 +1945,7 @@ DIRECTIONAL_CASES = [
             {"a": jnp.ones(3)}, {"a": jnp.ones(2)}, 1.0
         ),
         ValueError,
-        r"scores\['a'\]: shape \(2,\) differs from w_sgd's \(3,\)",
+        r"scores\['a'\]: expected shape \(3,\) \(as in w_sgd\), got \(2,\)",
     ),
     (
         "solution-scores-nan",
@@ -2015,7 +2015,7 @@ DIRECTIONAL_CASES = [
         "bezier-structure",
         lambda: directional.bezier_point(W0, {"a": W0["a"]}, W1, 0.5),
         ValueError,
-        "theta must have the pytree structure of w0",
+        "theta: expected the pytree structure of w0",
     ),
     (
         "line-losses-ts-2d",
@@ -2065,7 +2065,7 @@ DIRECTIONAL_CASES = [
             _valley_loss, W0, {"a": W1["a"]}, KEY, num_steps=1, learning_rate=0.1
         ),
         ValueError,
-        "w1 must have the pytree structure of w0",
+        "w1: expected the pytree structure of w0",
     ),
     (
         "fit-bezier-vector-loss",

@@ -32,7 +32,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxprune._validation import check_finite_tree, check_positive_int, check_real, is_traced
+from jaxprune._validation import (
+    check_finite_tree,
+    check_positive_int,
+    check_real,
+    check_tree_like,
+    is_traced,
+)
 from jaxprune.spectra.lanczos import hessian_eigenvalues
 from jaxprune.typing import PyTree
 
@@ -51,20 +57,6 @@ __all__ = [
 
 # Largest |V Vᵀ − I| entry accepted for "orthonormal" eigenvectors.
 _ORTHONORMAL_TOL = 1e-3
-
-
-def _same_structure(a: PyTree, b: PyTree, name_a: str, name_b: str) -> None:
-    sa, sb = jax.tree_util.tree_structure(a), jax.tree_util.tree_structure(b)
-    if sa != sb:
-        raise ValueError(f"{name_b} must have the pytree structure of {name_a}, {sa}; got {sb}")
-    for (path, x), y in zip(
-        jax.tree_util.tree_flatten_with_path(a)[0], jax.tree_util.tree_leaves(b)
-    ):
-        if np.shape(x) != np.shape(y):
-            raise ValueError(
-                f"{name_b}{jax.tree_util.keystr(path)}: shape {np.shape(y)} differs from "
-                f"{name_a}'s {np.shape(x)}"
-            )
 
 
 def _check_scalar(value: Any, name: str, *, positive: bool) -> None:
@@ -110,7 +102,7 @@ def directional_pruning_solution(
       Chao et al. (2020), eq. (3), Remark 1.2 and Proposition A.1 (eq. A.2); reading DP-4
       (docs/readings.md: valid for scores of either sign).
     """
-    _same_structure(w_sgd, scores, "w_sgd", "scores")
+    check_tree_like(scores, w_sgd, "scores", "w_sgd")
     _check_scalar(lam, "lam", positive=False)
     check_finite_tree(w_sgd, "w_sgd")
     check_finite_tree(scores, "scores")
@@ -283,8 +275,8 @@ def bezier_point(w0: PyTree, theta: PyTree, w1: PyTree, t: jax.typing.ArrayLike)
     References:
       Garipov et al. (2018), Section 3 (quadratic Bézier curve); Chao et al. (2020), Section 4.2.
     """
-    _same_structure(w0, theta, "w0", "theta")
-    _same_structure(w0, w1, "w0", "w1")
+    check_tree_like(theta, w0, "theta", "w0")
+    check_tree_like(w1, w0, "w1", "w0")
     if not is_traced(t):
         check_real(t, "t", minimum=0.0, maximum=1.0)
 
@@ -350,7 +342,7 @@ def fit_bezier_midpoint(
     """
     num_steps = check_positive_int(num_steps, "num_steps")
     _check_scalar(learning_rate, "learning_rate", positive=True)
-    _same_structure(w0, w1, "w0", "w1")
+    check_tree_like(w1, w0, "w1", "w0")
     theta = jax.tree_util.tree_map(lambda a, b: (jnp.asarray(a) + jnp.asarray(b)) / 2, w0, w1)
 
     @jax.jit
@@ -429,8 +421,8 @@ def curve_losses(
     References:
       Garipov et al. (2018); Chao et al. (2020), Section 4.2 and Figure 5 (loss on the curve).
     """
-    _same_structure(w0, theta, "w0", "theta")
-    _same_structure(w0, w1, "w0", "w1")
+    check_tree_like(theta, w0, "theta", "w0")
+    check_tree_like(w1, w0, "w1", "w0")
     ts = _check_points(ts)
     return jax.lax.map(lambda t: loss_fn(bezier_point(w0, theta, w1, t)), ts)
 
@@ -454,7 +446,7 @@ def line_losses(
       Garipov et al. (2018) (linear interpolation as the baseline path); Chao et al. (2020), Section
       4.2.
     """
-    _same_structure(w0, w1, "w0", "w1")
+    check_tree_like(w1, w0, "w1", "w0")
     ts = _check_points(ts)
 
     def at(t: jax.Array) -> jax.Array:

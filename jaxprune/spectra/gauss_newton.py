@@ -28,9 +28,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxprune._validation import check_key
+from jaxprune._validation import check_key, check_tree_like
 from jaxprune.spectra.hessian import (
     TraceEstimate,
     _check_finite_loss,
@@ -70,22 +69,6 @@ def _check_split_loss(split_loss: Any) -> SplitLoss:
         if not callable(fn):
             raise TypeError(f"split_loss.{name}: expected a callable, got {fn!r}")
     return split_loss
-
-
-def _check_tangent(params: PyTree, tangent: PyTree) -> None:
-    """``ValueError`` unless ``tangent`` has the pytree structure and leaf shapes of ``params``
-    (static facts: checked traced or not)."""
-    expected, got = jax.tree_util.tree_structure(params), jax.tree_util.tree_structure(tangent)
-    if expected != got:
-        raise ValueError(f"tangent: expected the pytree structure of params, {expected}, got {got}")
-    for (path, leaf), other in zip(
-        jax.tree_util.tree_flatten_with_path(params)[0], jax.tree_util.tree_leaves(tangent)
-    ):
-        if np.shape(leaf) != np.shape(other):
-            raise ValueError(
-                f"tangent{jax.tree_util.keystr(path)}: expected shape {np.shape(leaf)} (as in "
-                f"params), got {np.shape(other)}"
-            )
 
 
 def _form_and_loss(
@@ -131,7 +114,7 @@ def gauss_newton_quadratic_form(
       Schraudolph (2002); Martens (2020), Sec. 8.
     """
     split_loss = _check_split_loss(split_loss)
-    _check_tangent(params, tangent)
+    check_tree_like(tangent, params, "tangent", "params")
     return _form_and_loss(split_loss, params, batch, tangent)[0]
 
 
