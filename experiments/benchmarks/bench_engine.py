@@ -34,6 +34,7 @@ from jaxprune.data import load_dataset
 from jaxprune.data.batches import iterate_batches
 from jaxprune.masks import one_shot
 from jaxprune.train import TrainConfig, build_model, criterion_pruner, train
+from jaxprune.train.parallel import forced_cpu_devices_env
 
 HIDDEN, BATCH = "256,256", 64
 
@@ -155,11 +156,7 @@ print(json.dumps(out))
 
 
 def scaling(sizes: Sizes) -> Row:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-    }
+    env = forced_cpu_devices_env(4)
     arguments = [*map(str, sizes.scaling_steps), str(sizes.scaling_rounds)]
     done = subprocess.run(
         [sys.executable, "-c", _SCALING, *arguments], env=env, capture_output=True, text=True

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 
 from _report import Row, benchmark_parser, write_rows
+
+from jaxprune.train.parallel import forced_cpu_devices_env
 
 FULL = {"neurons": 10_000, "examples": 2_000, "steps": 200, "repeats": 3}
 QUICK = {"neurons": 4_000, "examples": 1_000, "steps": 100, "repeats": 2}
@@ -95,10 +96,7 @@ print(json.dumps({"layers": layers, "backend": jax.default_backend()}))
 
 
 def _run(script: str, devices: int, arguments: list) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    ).strip()
+    env = forced_cpu_devices_env(devices, cpu_only=False)  # real accelerators when present
     command = [sys.executable, "-c", script, *map(str, arguments)]
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     if result.returncode:

@@ -22,7 +22,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -31,7 +32,45 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxprune.typing import PyTree
 
-__all__ = ["compile_step", "data_mesh", "local_slice", "replicate", "shard_batch", "to_host"]
+__all__ = [
+    "compile_step",
+    "data_mesh",
+    "forced_cpu_devices_env",
+    "local_slice",
+    "replicate",
+    "shard_batch",
+    "to_host",
+]
+
+# Seconds a collective of forced CPU devices waits for its slowest participant before XLA
+# aborts the process (XLA's default, 40 s, is exceeded when 4 forced devices share 2 busy
+# cores: measured in bench_engine's scaling run, "Expected 4 threads to join the rendezvous").
+_FORCED_COLLECTIVE_TIMEOUT_SECONDS = 600
+
+
+def forced_cpu_devices_env(
+    count: int, env: Mapping[str, str] | None = None, *, cpu_only: bool = True
+) -> dict[str, str]:
+    """The environment of a fresh process that runs JAX on ``count`` forced CPU devices.
+
+    ``env`` (default ``os.environ``) plus ``XLA_FLAGS`` with
+    ``--xla_force_host_platform_device_count=count`` and a collective timeout long enough
+    for oversubscribed cores, and, with ``cpu_only``, ``JAX_PLATFORMS=cpu`` (without it a
+    machine's accelerators stay the default devices).  The flags take effect only when JAX
+    starts, so use it for a subprocess (data-parallel tests and benchmarks on one machine).
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count: expected a positive int, got {count!r}")
+    out = dict(os.environ if env is None else env)
+    flags = (
+        f"--xla_force_host_platform_device_count={count} "
+        "--xla_cpu_collective_call_terminate_timeout_seconds="
+        f"{_FORCED_COLLECTIVE_TIMEOUT_SECONDS}"
+    )
+    out["XLA_FLAGS"] = f"{out.get('XLA_FLAGS', '')} {flags}".strip()
+    if cpu_only:
+        out["JAX_PLATFORMS"] = "cpu"
+    return out
 
 
 def data_mesh(num_devices: int | None = None) -> Mesh:

@@ -33,7 +33,7 @@ from jaxprune.train import (
 )
 from jaxprune.train import engine as engine_module
 from jaxprune.train.identity import run_identity
-from jaxprune.train.parallel import compile_step, data_mesh
+from jaxprune.train.parallel import compile_step, data_mesh, forced_cpu_devices_env
 from jaxprune.train.pruning import greedy_pruner
 from jaxprune.train.steps import make_eval_step
 from jaxprune.train.tasks import make_task
@@ -458,6 +458,19 @@ def test_data_parallel_equals_single_device(data_parallel_results, case):
     np.testing.assert_allclose(result["loss"][0], result["loss"][1], rtol=1e-4)
     np.testing.assert_allclose(result["test_loss"][0], result["test_loss"][1], rtol=1e-4)
     assert result["events"][0] == result["events"][1]
+
+
+def test_forced_cpu_devices_env_sets_the_device_count_and_the_collective_timeout():
+    env = forced_cpu_devices_env(3, {"XLA_FLAGS": "--xla_dump_to=/tmp/x", "HOME": "/h"})
+    flags = env["XLA_FLAGS"].split()
+    assert (
+        flags[0] == "--xla_dump_to=/tmp/x" and "--xla_force_host_platform_device_count=3" in flags
+    )
+    assert any(f.startswith("--xla_cpu_collective_call_terminate_timeout_seconds=") for f in flags)
+    assert env["JAX_PLATFORMS"] == "cpu" and env["HOME"] == "/h"
+    assert "JAX_PLATFORMS" not in forced_cpu_devices_env(2, {}, cpu_only=False)
+    with pytest.raises(ValueError, match="count: expected a positive int, got 0"):
+        forced_cpu_devices_env(0)
 
 
 def test_batch_not_divisible_by_devices_is_an_error(digits, mlp):
