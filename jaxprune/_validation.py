@@ -203,6 +203,19 @@ def check_batch(x: Any, name: str) -> None:
         )
 
 
+def check_second_batch(x2: Any, x: Any, name: str = "x2", reference: str = "x") -> None:
+    """Raise unless ``x2`` is a batch (:func:`check_batch`) whose examples have the shape of
+    ``x``'s (for kernels between two batches); ``x2=None`` passes."""
+    if x2 is None:
+        return
+    check_batch(x2, name)
+    if tuple(x2.shape[1:]) != tuple(x.shape[1:]):
+        raise ValueError(
+            f"{name}: expected examples of shape {tuple(x.shape[1:])} (as {reference}), got "
+            f"{tuple(x2.shape[1:])}"
+        )
+
+
 def check_symmetric(matrices: Any, name: str, *, rtol: float) -> None:
     """Raise ``ValueError`` unless each of the ``(..., n, n)`` ``matrices`` is symmetric to ``rtol``.
 

@@ -399,7 +399,7 @@ NTK_CASES = [
         "x2-shape",
         lambda: _ntk(x2=jnp.ones((2, 5))),
         ValueError,
-        r"x2 must have the per-example shape of x \(4,\), got \(5,\)",
+        r"x2: expected examples of shape \(4,\) \(as x\), got \(5,\)",
     ),
     (
         "x-no-batch-axis",

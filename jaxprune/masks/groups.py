@@ -649,8 +649,8 @@ def build_group_ids(
       :class:`GroupLayout` of its ``p`` groups.
 
     Raises:
-      ValueError: ``params`` without array leaves; a pattern matches nothing; ``next_layer``/``batchnorm`` match zero or several
-        layers or have the wrong width; an axis is out of range; a head or expert count does not
+      ValueError: ``params`` without array leaves; a pattern matches nothing;
+        ``next_layer``/``batchnorm`` match zero or several layers or have the wrong width; an axis is out of range; a head or expert count does not
         fit the shapes; two specs claim the same weight (the message names the path and both
         specs); a matched layer has no weight to group.
       TypeError: a spec is not one of the spec types.

@@ -16,7 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_batch, check_finite_tree, check_positive_int
+from jaxprune._validation import (
+    check_batch,
+    check_finite_tree,
+    check_positive_int,
+    check_second_batch,
+)
 from jaxprune.group_ids import validate_group_ids
 from jaxprune.spectra._cells import leaf_group_kernels
 from jaxprune.spectra.static import FrozenGroupIds
@@ -87,13 +92,7 @@ def empirical_ntk(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_batch(x, "x")
-    if x2 is not None:
-        check_batch(x2, "x2")
-        if tuple(x2.shape[1:]) != tuple(x.shape[1:]):
-            raise ValueError(
-                f"x2 must have the per-example shape of x {tuple(x.shape[1:])}, "
-                f"got {tuple(x2.shape[1:])}"
-            )
+    check_second_batch(x2, x)
     if chunk_size is not None:
         chunk_size = check_positive_int(chunk_size, "chunk_size")
     check_finite_tree(params)

@@ -52,7 +52,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxprune._validation import check_batch, check_callable, check_positive_int
+from jaxprune._validation import (
+    check_batch,
+    check_callable,
+    check_positive_int,
+    check_second_batch,
+)
 from jaxprune.spectra._cells import compact_ids, segment_kernels
 
 __all__ = ["LinearCall", "find_linear_calls", "plan_structured", "structured_group_kernels"]
@@ -428,13 +433,7 @@ def structured_group_kernels(
     """
     check_positive_int(p, "p")
     check_batch(x1, "x1")
-    if x2 is not None:
-        check_batch(x2, "x2")
-        if tuple(x2.shape[1:]) != tuple(x1.shape[1:]):
-            raise ValueError(
-                f"x2: expected examples of shape {tuple(x1.shape[1:])} (as x1), got "
-                f"{tuple(x2.shape[1:])}"
-            )
+    check_second_batch(x2, x1, reference="x1")
     rows1, deltas1 = _capture(apply_fn, params, x1, calls)
     rows2, deltas2 = (rows1, deltas1) if x2 is None else _capture(apply_fn, params, x2, calls)
     n1, n2 = x1.shape[0], (x1 if x2 is None else x2).shape[0]

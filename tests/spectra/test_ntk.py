@@ -235,5 +235,5 @@ class TestBadInput:
 
     def test_x2_shape_mismatch(self):
         model, params, x = make_mlp(jnp.float32)
-        with pytest.raises(ValueError, match=r"x2 must have the per-example shape"):
+        with pytest.raises(ValueError, match=r"x2: expected examples of shape"):
             empirical_ntk(model.apply, params, x, jnp.ones((2, 5)))
