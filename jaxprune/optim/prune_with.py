@@ -54,6 +54,7 @@ import numpy as np
 import optax
 from jax.tree_util import Partial
 
+from jaxprune._validation import check_bool
 from jaxprune.masks import GroupLayout, PruningSchedule, param_mask, ratio_to_k
 from jaxprune.optim.masked import _keep, _zero_pruned_statistics
 from jaxprune.spectra.gauss_newton import SplitLoss
@@ -248,6 +249,7 @@ def prune_with(
     References:
       Chen et al. (2023), Algorithm 2; Lee et al. (2023), JaxPruner (``wrap_optax``).
     """
+    check_bool(guard_host_events, "guard_host_events")
     pruner = _as_pruner(method, schedule, method_options)
     schedule = pruner.schedule
     if layout is not None and not isinstance(layout, GroupLayout):

@@ -371,6 +371,12 @@ def _bad_inputs():
             "step 3 is past the schedule's event at step 1",
         ),
         ("event_due state", lambda: event_due(params, schedule), TypeError, "state:"),
+        (
+            "guard_host_events",
+            lambda: prune_with(optax.sgd(0.1), "pl", schedule, ids, guard_host_events="no"),
+            TypeError,
+            "guard_host_events",
+        ),
     ]
 
 
