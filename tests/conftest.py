@@ -6,6 +6,14 @@ once per run instead of once per test.  The cache is a fresh temporary directory
 controlling process and removed when the run ends, so runs stay hermetic: nothing compiled by an
 earlier run, or by another JAX build, is read back.  Set ``JAXPRUNE_COMPILATION_CACHE`` to a
 directory to keep a cache across local runs (or to ``off``).
+
+A worker runs about a thousand tests, and every program XLA:CPU compiles (or loads from the
+cache) keeps a few memory mappings (5 for a small jit, about 50 for a Hessian) until its jit
+cache is cleared.  Linux caps a process at ``vm.max_map_count`` mappings (65,530 by default);
+near it, XLA fails late in the run (seen: a segmentation fault compiling or reading back a
+program, an abort writing one to the cache).  After each test module, a worker past a quarter
+of the cap clears JAX's caches (:func:`jaxprune.compile_cache.release_compiled_programs`): one
+module, the VGG smoke preset's, adds about 30,000.
 """
 
 from __future__ import annotations
@@ -20,7 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxprune.compile_cache import ENVIRONMENT, enable_compilation_cache
+from jaxprune.compile_cache import (
+    ENVIRONMENT,
+    enable_compilation_cache,
+    release_compiled_programs,
+)
 from jaxprune.models import MLP, SmallCNN
 
 # The controller (or a run without workers) makes the run's cache; xdist workers inherit it.
@@ -29,6 +41,14 @@ if ENVIRONMENT not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
     _RUN_CACHE = tempfile.mkdtemp(prefix="jaxprune-tests-xla-")
     os.environ[ENVIRONMENT] = _RUN_CACHE
 enable_compilation_cache()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs_between_modules():
+    """After each test module, clear JAX's compiled programs if the worker holds more than a
+    quarter of ``vm.max_map_count`` mappings (see the module docstring)."""
+    yield
+    release_compiled_programs(fraction=0.25)
 
 
 def pytest_unconfigure(config):

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jaxprune._validation import check_positive_int
+from jaxprune.compile_cache import release_compiled_programs
 from jaxprune.data.registry import DataConfig, Splits, load_dataset
 from jaxprune.experiments.settings import ComparisonSettings
 from jaxprune.masks import PruningSchedule
@@ -265,6 +266,7 @@ def _train_one(
 ) -> tuple[dict[str, float], list[dict]]:
     """One run from scratch: its figures (see :func:`run_comparison`) and logged rows."""
     result = train(model, splits, optimizer, config, pruner=pruner, run_dir=run_dir, resume=False)
+    release_compiled_programs()  # many runs in one process: stay clear of vm.max_map_count
     figures = {f"train_loss@{s}": _loss_at(result.rows, s, window) for s in report_steps}
     keys = ("wall_seconds", "event_seconds", "group_sparsity", "weight_sparsity", "parameters")
     figures.update({k: result.summary[k] for k in keys})

@@ -52,6 +52,7 @@ import numpy as np
 import optax
 
 from jaxprune._validation import check_choice, check_int, check_positive_int, check_real
+from jaxprune.compile_cache import release_compiled_programs
 from jaxprune.data import DataConfig, load_dataset
 from jaxprune.experiments import Experiment
 from jaxprune.experiments.greedy_pretraining import stratified_subsets
@@ -546,6 +547,7 @@ def run_greedy_cnn(settings: GreedyCNNSettings, out_dir: Path, progress: bool = 
                 records.append(
                     _run_one(settings, index, seed, size_index, splits, subsets, progress, t0)
                 )
+                release_compiled_programs()  # compacted shapes differ per run
     rows = _summaries(settings, records)
     claims = _claims(settings, rows)
     table = _table(settings, rows, claims, time.perf_counter() - t0)
