@@ -118,17 +118,18 @@ def test_zero_and_one_dimensional_hessians_give_no_nan():
     np.testing.assert_allclose(scalar.eigenvalues, [5.0], rtol=1e-12)
 
 
-def test_lanczos_tridiagonal_is_an_orthogonal_projection():
-    a = _RNG.normal(size=(12, 12))
+@pytest.mark.parametrize("steps", [7, 8, 19])  # one block of rows, a full one, three
+def test_lanczos_tridiagonal_is_an_orthogonal_projection(steps):
+    a = _RNG.normal(size=(24, 24))
     matrix = a + a.T
     tri = lanczos_tridiagonal(
-        lambda v: matrix @ v, 12, jax.random.key(6), 7, jnp.float64, reorthogonalization="full"
+        lambda v: matrix @ v, 24, jax.random.key(6), steps, jnp.float64, reorthogonalization="full"
     )
-    alphas, betas, basis = tri.alphas, tri.betas[:6], tri.basis
-    assert tri.alphas.shape == tri.betas.shape == (7,) and basis.shape == (7, 12)
-    assert int(tri.num_steps) == 7 and int(tri.num_reorthogonalizations) == 7
+    alphas, betas, basis = tri.alphas, tri.betas[: steps - 1], tri.basis
+    assert tri.alphas.shape == tri.betas.shape == (steps,) and basis.shape == (steps, 24)
+    assert int(tri.num_steps) == steps and int(tri.num_reorthogonalizations) == steps
     tridiagonal = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
-    np.testing.assert_allclose(basis @ basis.T, np.eye(7), atol=1e-12)
+    np.testing.assert_allclose(basis @ basis.T, np.eye(steps), atol=1e-12)
     np.testing.assert_allclose(basis @ matrix @ basis.T, tridiagonal, atol=1e-10)
 
 
