@@ -11,7 +11,10 @@ trained 200 SGD steps first, so the Hessian is a trained network's):
 2. Top-1 and top-5 eigenvalues at the residual tolerance ``1e-3`` (jaxprune's Lanczos, power
    iteration and LOBPCG) vs PyHessian's power iteration at its default ``tol=1e-3`` on the same
    weights and batch: time and relative error against a reference (Lanczos with full
-   reorthogonalization, 200 steps).  Target: jaxprune faster and at least as accurate.
+   reorthogonalization, 200 steps).  Target: jaxprune faster and at least as accurate.  PyHessian
+   stops on a relative change of the eigenvalue, which leaves it about 1% off here; Lanczos is
+   also timed at the residual tolerance ``1e-2`` (``LOOSE_TOL``), a second row against the same
+   PyHessian run.
 3. Stochastic Lanczos quadrature, 4 probes × 64 steps: jaxprune vs the same computation
    built on matfree's ``decomp.tridiag_sym``.  Target: <= 1x matfree's time.
 
@@ -45,6 +48,7 @@ from jaxprune.spectra.lanczos import _flat_hvp, _unit, lanczos_tridiagonal
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / ".peers"
 TOL = 1e-3
+LOOSE_TOL = 1e-2
 
 PYHESSIAN_SCRIPT = r"""
 import json, statistics, sys, time
@@ -261,6 +265,18 @@ def main(argv: list[str] | None = None) -> None:
                 f"top-{k} {method:8s} tol {TOL:g}: {seconds * 1e3:8.1f} ms, "
                 f"{int(result.num_matvecs)} HVPs, max rel. error {error:.1e}"
             )
+        loose = jax.jit(
+            lambda p, k=k: hessian_eigenvalues(loss, p, key, k=k, tol=LOOSE_TOL, method="lanczos")
+        )
+        result = loose(params)
+        values = np.sort(np.asarray(result.eigenvalues))[::-1]
+        loose_error = float(np.max(np.abs(values - want) / np.abs(want)))
+        loose_seconds = median_seconds(lambda: loose(params), repeats)
+        loose_count = int(result.num_matvecs)
+        print(
+            f"top-{k} lanczos  tol {LOOSE_TOL:g}: {loose_seconds * 1e3:8.1f} ms, "
+            f"{loose_count} HVPs, max rel. error {loose_error:.1e}"
+        )
         seconds, error, count = measured["lanczos"]
         if peer is not None:
             peer_seconds = peer[str(k)]["seconds"]
@@ -286,6 +302,21 @@ def main(argv: list[str] | None = None) -> None:
                         for m, (s, e, _) in measured.items()
                         if m != "lanczos"
                     ),
+                )
+            )
+            loose_ratio = peer_seconds / loose_seconds
+            rows.append(
+                Row(
+                    "lanczos",
+                    f"top-{k} Hessian eigenvalues, Lanczos tol {LOOSE_TOL:g} vs PyHessian tol "
+                    f"{TOL:g}, {name}",
+                    f"Lanczos {loose_seconds * 1e3:.1f} ms ({loose_count} HVPs, "
+                    f"rel. err {loose_error:.1e})",
+                    f"PyHessian {peer_seconds * 1e3:.1f} ms (rel. err {peer_error:.1e})",
+                    loose_ratio,
+                    "PyHessian / jaxprune >= 1 at no worse error",
+                    loose_ratio >= 1 and loose_error <= peer_error,
+                    "the same PyHessian run as the row above",
                 )
             )
 
