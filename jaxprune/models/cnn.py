@@ -17,6 +17,7 @@ from jaxprune._validation import check_choice
 from jaxprune.masks.groups import build_group_ids, filters
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models.base import ModelSpec, config_module, image_shape
+from jaxprune.models.conv import conv_general_dilated
 from jaxprune.typing import PyTree
 
 __all__ = ["KINDS", "PRESETS", "SPEC", "SmallCNN", "flops", "group_ids", "make_config"]
@@ -39,7 +40,14 @@ class SmallCNN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(n, H, W, C)`` images to ``(n, num_outputs)`` outputs."""
         for i, width in enumerate(self.channels):
-            x = jax.nn.relu(nn.Conv(width, (3, 3), strides=(2, 2) if i == 0 else (1, 1))(x))
+            x = jax.nn.relu(
+                nn.Conv(
+                    width,
+                    (3, 3),
+                    strides=(2, 2) if i == 0 else (1, 1),
+                    conv_general_dilated=conv_general_dilated,
+                )(x)
+            )
         return nn.Dense(self.num_outputs)(x.mean(axis=(1, 2)))
 
 

@@ -73,6 +73,7 @@ from jaxprune.models.base import (
     image_shape,
     split_gates,
 )
+from jaxprune.models.conv import conv_general_dilated
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -384,6 +385,7 @@ class MobileNetV2(nn.Module):
         gates = {} if channel_gates is None else _split_gates(channel_gates, cfg)
         conv = functools.partial(
             nn.Conv,
+            conv_general_dilated=conv_general_dilated,
             use_bias=False,
             dtype=cfg.dtype,
             kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),

@@ -55,6 +55,7 @@ from jaxprune.models.base import (
     split_gates,
     warn_renamed,
 )
+from jaxprune.models.conv import conv_general_dilated
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -228,6 +229,7 @@ class ResNet(nn.Module):
             gates = split_gates(filter_gates, cfg.inner, cfg.dtype, "filter_gates")
         conv = functools.partial(
             nn.Conv,
+            conv_general_dilated=conv_general_dilated,
             kernel_size=(3, 3),
             padding=((1, 1), (1, 1)),
             use_bias=False,

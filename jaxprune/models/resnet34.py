@@ -54,6 +54,7 @@ from jaxprune._validation import check_choice, check_positive_int
 from jaxprune.masks.layout import GroupLayout
 from jaxprune.models import resnet
 from jaxprune.models.base import ModelSpec, check_float_dtype, image_shape
+from jaxprune.models.conv import conv_general_dilated
 from jaxprune.models.resnet import _check_ints
 from jaxprune.models.vgg import _conv_init, _split_gates
 from jaxprune.typing import PyTree
@@ -228,7 +229,13 @@ class ResNet34(nn.Module):
                 f"x: expected (n, height, width, channels) images, got shape {jnp.shape(x)}"
             )
         gates = _split_gates(filter_gates, cfg.inner, cfg.dtype)
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=cfg.dtype, kernel_init=_conv_init)
+        conv = functools.partial(
+            nn.Conv,
+            conv_general_dilated=conv_general_dilated,
+            use_bias=False,
+            dtype=cfg.dtype,
+            kernel_init=_conv_init,
+        )
         conv3 = functools.partial(conv, kernel_size=(3, 3), padding=((1, 1), (1, 1)))
         norm = functools.partial(
             nn.BatchNorm,

@@ -47,6 +47,7 @@ from jaxprune.models.base import (
     split_gates,
     warn_renamed,
 )
+from jaxprune.models.conv import conv_general_dilated
 from jaxprune.typing import PyTree
 
 __all__ = [
@@ -214,6 +215,7 @@ class VGG(nn.Module):
                 width,
                 (3, 3),
                 padding="SAME",
+                conv_general_dilated=conv_general_dilated,
                 use_bias=not cfg.batch_norm,
                 dtype=cfg.dtype,
                 kernel_init=_conv_init,

@@ -1,0 +1,162 @@
+"""Benchmark of the zoo's small-map convolution: prints its time next to ``lax``'s.
+
+    scripts/with-env python experiments/benchmarks/bench_small_map_conv.py [--batch-size 64]
+        [--repeats 10] [--quick] [--json PATH]
+
+:func:`jaxprune.models.conv.conv_general_dilated` computes convolutions onto at most
+``MAX_MATMUL_PIXELS`` output pixels as one patches-times-kernel matmul, because XLA:CPU's
+convolution is slow on such maps.  Two comparisons, each paired (alternating runs of the two,
+:func:`_timing.paired_medians`), ratios ``lax / jaxprune``:
+
+1. one 3×3 convolution on the 2×2 maps of CIFAR VGG-16's last block (64 channels in and out
+   at width/8, 512 at full width), forward and forward plus backward;
+2. the zoo's VGG-16-bn (``vgg16-bn-tiny``, and ``vgg16-bn`` without ``--quick``) on CIFAR-sized
+   images: an evaluation forward pass and a training gradient of the cross-entropy, against the
+   same model traced with every convolution on ``lax.conv_general_dilated``
+   (``MAX_MATMUL_PIXELS = 0`` while tracing the reference).
+
+The rows have no target: they record what the matmul path saves.  ``--quick``: width/8 only,
+batch 16, 3 repeats.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _report import Row, benchmark_parser, write_rows
+from _timing import paired_medians
+from bench_greedy_channels import numpy_variables
+from jax import lax
+
+from jaxprune.models import conv as zoo_conv
+from jaxprune.train import build_model
+
+LAYOUT = ("NHWC", "HWIO", "NHWC")
+
+
+def compiled_pair(fn, *args):
+    """``(jaxprune, lax)``: ``fn`` compiled as the zoo runs it and with every convolution on
+    ``lax`` (the matmul path switched off while tracing), both called on ``args``."""
+    ours = jax.jit(fn).lower(*args).compile()
+    saved = zoo_conv.MAX_MATMUL_PIXELS
+    zoo_conv.MAX_MATMUL_PIXELS = 0
+    try:
+        # a new function object: jit's trace cache would return the first trace of ``fn``
+        reference = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
+    finally:
+        zoo_conv.MAX_MATMUL_PIXELS = saved
+    return (lambda: ours(*args)), (lambda: reference(*args))
+
+
+def layer_rows(batch_size: int, widths: tuple[int, ...], repeats: int) -> list[Row]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for width in widths:
+        x = jnp.asarray(rng.normal(size=(batch_size, 2, 2, width)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(0, (2 / (9 * width)) ** 0.5, (3, 3, width, width)))
+        kernel = kernel.astype(jnp.float32)
+
+        def forward(x, kernel):
+            return zoo_conv.conv_general_dilated(
+                x, kernel, (1, 1), "SAME", dimension_numbers=LAYOUT
+            )
+
+        def both(x, kernel):
+            out, pullback = jax.vjp(forward, x, kernel)
+            return pullback(out)
+
+        for name, fn in (("forward", forward), ("forward + backward", both)):
+            ours, reference = compiled_pair(fn, x, kernel)
+            error = float(
+                jnp.max(
+                    jnp.abs(
+                        forward(x, kernel)
+                        - lax.conv_general_dilated(
+                            x, kernel, (1, 1), "SAME", dimension_numbers=LAYOUT
+                        )
+                    )
+                )
+            )
+            seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
+            print(
+                f"conv 3x3 {width}->{width} on {batch_size}x2x2, {name:<18}: lax "
+                f"{seconds_lax * 1e3:8.3f} ms, jaxprune {seconds_ours * 1e3:7.3f} ms, "
+                f"{ratio:6.1f}x (max abs difference {error:.1e})"
+            )
+            rows.append(
+                Row(
+                    bench="small_map_conv",
+                    what=f"3x3 conv {width}->{width} on a {batch_size}x2x2 map, {name}",
+                    jaxprune=f"{seconds_ours * 1e3:.3f} ms",
+                    peer=f"lax.conv_general_dilated {seconds_lax * 1e3:.3f} ms",
+                    ratio=ratio,
+                    note=f"lax / jaxprune; {repeats} pairs; max abs difference {error:.1e}; "
+                    f"{jax.devices()[0].platform}",
+                )
+            )
+    return rows
+
+
+def model_rows(batch_size: int, presets: tuple[str, ...], repeats: int) -> list[Row]:
+    rng = np.random.default_rng(1)
+    rows = []
+    input_shape = (32, 32, 3)
+    batch = {
+        "x": jnp.asarray(rng.normal(size=(batch_size, *input_shape)), jnp.float32),
+        "y": jnp.asarray(rng.integers(0, 10, batch_size)),
+    }
+    for preset in presets:
+        model = build_model("vgg", num_outputs=10, input_shape=input_shape, preset=preset)
+        variables = jax.tree.map(jnp.asarray, numpy_variables(model, input_shape))
+
+        def loss(params, batch, train):
+            logits, updates, _ = model.apply(
+                {**variables, "params": params}, batch["x"], train=train
+            )
+            value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
+            return value, updates
+
+        def evaluate(params, batch):
+            return loss(params, batch, False)[0]
+
+        def gradient(params, batch):
+            return jax.grad(lambda p: loss(p, batch, True)[0])(params)
+
+        for name, fn in (("evaluation forward", evaluate), ("training gradient", gradient)):
+            ours, reference = compiled_pair(fn, variables["params"], batch)
+            seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
+            print(
+                f"{preset:<14} {name:<19} batch {batch_size}: all-lax {seconds_lax * 1e3:8.1f} "
+                f"ms, jaxprune {seconds_ours * 1e3:8.1f} ms, {ratio:5.2f}x"
+            )
+            rows.append(
+                Row(
+                    bench="small_map_conv",
+                    what=f"{preset} {name}, batch {batch_size}x32x32x3",
+                    jaxprune=f"{seconds_ours * 1e3:.1f} ms",
+                    peer=f"every conv on lax {seconds_lax * 1e3:.1f} ms",
+                    ratio=ratio,
+                    note=f"lax / jaxprune; {repeats} pairs; {jax.devices()[0].platform}",
+                )
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--batch-size", type=int, help="default 64 (16 with --quick)")
+    parser.add_argument("--repeats", type=int, help="default 10 (3 with --quick)")
+    args = parser.parse_args(argv)
+    batch_size = args.batch_size or (16 if args.quick else 64)
+    repeats = args.repeats or (3 if args.quick else 10)
+    widths = (64,) if args.quick else (64, 512)
+    presets = ("vgg16-bn-tiny",) if args.quick else ("vgg16-bn-tiny", "vgg16-bn")
+    rows = layer_rows(batch_size, widths, repeats)
+    rows += model_rows(batch_size, presets, repeats)
+    write_rows(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()

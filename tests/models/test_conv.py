@@ -1,0 +1,109 @@
+"""The zoo's convolution equals ``lax.conv_general_dilated`` (values and gradients) and takes
+the matmul path exactly on small output maps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxprune.models.conv import MAX_MATMUL_PIXELS, conv_general_dilated
+
+LAYOUT = ("NHWC", "HWIO", "NHWC")
+
+# (input H×W, kernel, strides, padding, output pixels)
+CASES = [
+    ((2, 2), (3, 3), (1, 1), "SAME", 4),
+    ((2, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), 4),
+    ((1, 1), (3, 3), (1, 1), "SAME", 1),
+    ((3, 3), (3, 3), (2, 2), "SAME", 4),
+    ((4, 4), (3, 3), (2, 2), ((1, 1), (1, 1)), 4),
+    ((3, 3), (3, 3), (1, 1), "VALID", 1),
+    ((2, 3), (1, 1), (1, 1), "VALID", 6),
+    ((2, 2), (1, 1), (1, 1), "SAME", 4),
+    ((4, 1), (3, 3), (1, 1), "SAME_LOWER", 4),
+    ((4, 4), (3, 3), (1, 1), "SAME", 16),
+    ((5, 5), (3, 3), (2, 2), ((0, 2), (1, 0)), 6),
+]
+
+
+def _inputs(spatial, kernel, seed=0):
+    rng = np.random.default_rng(seed)
+    lhs = jnp.asarray(rng.normal(size=(3, *spatial, 5)), jnp.float32)
+    rhs = jnp.asarray(rng.normal(size=(*kernel, 5, 7)), jnp.float32)
+    return lhs, rhs
+
+
+def _primitives(fn, *args):
+    return {eqn.primitive.name for eqn in jax.make_jaxpr(fn)(*args).jaxpr.eqns}
+
+
+@pytest.mark.parametrize("spatial, kernel, strides, padding, pixels", CASES)
+def test_values_and_gradients_equal_lax(spatial, kernel, strides, padding, pixels):
+    lhs, rhs = _inputs(spatial, kernel)
+
+    def ours(a, b):
+        return conv_general_dilated(a, b, strides, padding, dimension_numbers=LAYOUT)
+
+    def reference(a, b):
+        return lax.conv_general_dilated(
+            a, b, strides, padding, dimension_numbers=LAYOUT, precision=lax.Precision.HIGHEST
+        )
+
+    np.testing.assert_allclose(ours(lhs, rhs), reference(lhs, rhs), rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(np.random.default_rng(1).normal(size=reference(lhs, rhs).shape))
+    grads = jax.vjp(ours, lhs, rhs)[1](cotangent.astype(jnp.float32))
+    expected = jax.vjp(reference, lhs, rhs)[1](cotangent.astype(jnp.float32))
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    used = _primitives(ours, lhs, rhs)
+    assert ("conv_general_dilated" not in used) == (pixels <= MAX_MATMUL_PIXELS)
+
+
+def test_flax_layout_and_vmap():
+    """Flax's ``nn.Conv`` passes its ``ConvDimensionNumbers``; under ``vmap`` over a leading
+    axis the result equals the per-slice convolutions."""
+    import flax.linen as nn
+
+    lhs, _ = _inputs((2, 2), (3, 3))
+    layer = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=conv_general_dilated)
+    plain = nn.Conv(4, (3, 3), padding="SAME")
+    variables = plain.init(jax.random.key(0), lhs)
+    np.testing.assert_allclose(
+        layer.apply(variables, lhs), plain.apply(variables, lhs), rtol=1e-5, atol=1e-5
+    )
+    stacked = jnp.stack([lhs, 2.0 * lhs + 1.0])
+    batched = jax.vmap(lambda x: layer.apply(variables, x))(stacked)
+    for i in range(2):
+        np.testing.assert_allclose(
+            batched[i], plain.apply(variables, stacked[i]), rtol=1e-5, atol=1e-5
+        )
+
+
+def test_grouped_and_dilated_convolutions_stay_on_lax():
+    rng = np.random.default_rng(2)
+    lhs = jnp.asarray(rng.normal(size=(2, 2, 2, 4)), jnp.float32)
+    depthwise = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32)
+
+    def grouped(a, b):
+        return conv_general_dilated(
+            a, b, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=4
+        )
+
+    def dilated(a, b):
+        return conv_general_dilated(
+            a, b, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=LAYOUT
+        )
+
+    np.testing.assert_allclose(
+        grouped(lhs, depthwise),
+        lax.conv_general_dilated(
+            lhs, depthwise, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=4
+        ),
+        rtol=1e-6,
+    )
+    assert "conv_general_dilated" in _primitives(grouped, lhs, depthwise)
+    full = jnp.asarray(rng.normal(size=(3, 3, 4, 3)), jnp.float32)
+    assert "conv_general_dilated" in _primitives(dilated, lhs, full)
