@@ -7,7 +7,8 @@
 # Runs run_all.py on the GPU subset (per-group NTK vs neural-tangents and Hutchinson vs a
 # gradient: spectra; Hutchinson/variance-reduced traces: trace; Lanczos vs a gradient and the
 # peers: lanczos; masked and compacted steps: masks; bf16 vs f32 masked and compacted steps:
-# bf16; engine vs a hand-written loop: engine), the benches that exist, at full size (--quick:
+# bf16; engine vs a hand-written loop: engine; the zoo's small-map convolution against lax's:
+# small_map_conv), the benches that exist, at full size (--quick:
 # the benches' --quick shapes), each bench cut off after $GPU_CHECK_BENCH_TIMEOUT s (default
 # 75) and the whole run after $GPU_CHECK_TIMEOUT s (default 280).  The table and the run's
 # header (date, jax.devices(), command) land in $OUT/benchmarks.md and $OUT/benchmarks.json;
@@ -35,7 +36,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-benches="spectra,trace,lanczos,masks,bf16,engine"
+benches="spectra,trace,lanczos,masks,bf16,engine,small_map_conv"
 quick="" allow_cpu=0 dry_run=0 prepare=0
 for arg in "$@"; do
     case "$arg" in
