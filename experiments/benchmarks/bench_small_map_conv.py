@@ -1,22 +1,25 @@
-"""Benchmark of the zoo's small-map convolution: prints its time next to ``lax``'s.
+"""Benchmark of the zoo's convolution: prints its time next to ``lax``'s.
 
     scripts/with-env python experiments/benchmarks/bench_small_map_conv.py [--batch-size 64]
         [--repeats 10] [--quick] [--json PATH]
 
 :func:`jaxprune.models.conv.conv_general_dilated` computes convolutions onto at most
-``MAX_MATMUL_PIXELS`` output pixels as one patches-times-kernel matmul, because XLA:CPU's
-convolution is slow on such maps.  Two comparisons, each paired (alternating runs of the two,
-:func:`_timing.paired_medians`), ratios ``lax / jaxprune``:
+``MAX_MATMUL_PIXELS`` output pixels as one patches-times-kernel matmul and depthwise ones as a
+sum of shifted windows, because XLA:CPU's convolution is slow on both.  Three comparisons, each
+paired (alternating runs of the two, :func:`_timing.paired_medians`), ratios ``lax / jaxprune``:
 
 1. one 3×3 convolution on the 2×2 maps of CIFAR VGG-16's last block (64 channels in and out
    at width/8, 512 at full width), forward and forward plus backward;
-2. the zoo's VGG-16-bn (``vgg16-bn-tiny``, and ``vgg16-bn`` without ``--quick``) on CIFAR-sized
-   images: an evaluation forward pass and a training gradient of the cross-entropy, against the
-   same model traced with every convolution on ``lax.conv_general_dilated``
-   (``MAX_MATMUL_PIXELS = 0`` while tracing the reference).
+2. 3×3 depthwise convolutions of MobileNetV2's sizes (96 channels on 32×32 maps, 144 on 16×16,
+   384 on 8×8), forward and forward plus backward;
+3. the zoo's VGG-16-bn and MobileNetV2 on CIFAR-sized images (``vgg16-bn-tiny`` and
+   ``mobilenet_v2-tiny``; also ``vgg16-bn`` and ``mobilenet_v2-cifar`` without ``--quick``): an
+   evaluation forward pass and a training gradient of the cross-entropy, against the same
+   model traced with every convolution on ``lax.conv_general_dilated``.
 
-The rows have no target: they record what the matmul path saves.  ``--quick``: width/8 only,
-batch 16, 3 repeats.
+The lax reference is traced with the zoo's two paths switched off (``MAX_MATMUL_PIXELS = 0``,
+and the depthwise sum replaced by ``lax.conv_general_dilated`` while tracing).  The rows have no target: they record what the two paths save.  ``--quick``: width/8
+and the 16×16 depthwise size only, the tiny models, batch 16, 3 repeats.
 """
 
 from __future__ import annotations
@@ -36,17 +39,23 @@ from jaxprune.train import build_model
 LAYOUT = ("NHWC", "HWIO", "NHWC")
 
 
+def _lax_depthwise(lhs, rhs, strides, pads):
+    return lax.conv_general_dilated(
+        lhs, rhs, strides, pads, dimension_numbers=LAYOUT, feature_group_count=lhs.shape[-1]
+    )
+
+
 def compiled_pair(fn, *args):
     """``(jaxprune, lax)``: ``fn`` compiled as the zoo runs it and with every convolution on
-    ``lax`` (the matmul path switched off while tracing), both called on ``args``."""
+    ``lax`` (both paths switched off while tracing), both called on ``args``."""
     ours = jax.jit(fn).lower(*args).compile()
-    saved = zoo_conv.MAX_MATMUL_PIXELS
-    zoo_conv.MAX_MATMUL_PIXELS = 0
+    saved = zoo_conv.MAX_MATMUL_PIXELS, zoo_conv._depthwise_shifted_sum
+    zoo_conv.MAX_MATMUL_PIXELS, zoo_conv._depthwise_shifted_sum = 0, _lax_depthwise
     try:
         # a new function object: jit's trace cache would return the first trace of ``fn``
         reference = jax.jit(lambda *a: fn(*a)).lower(*args).compile()
     finally:
-        zoo_conv.MAX_MATMUL_PIXELS = saved
+        zoo_conv.MAX_MATMUL_PIXELS, zoo_conv._depthwise_shifted_sum = saved
     return (lambda: ours(*args)), (lambda: reference(*args))
 
 
@@ -99,7 +108,50 @@ def layer_rows(batch_size: int, widths: tuple[int, ...], repeats: int) -> list[R
     return rows
 
 
-def model_rows(batch_size: int, presets: tuple[str, ...], repeats: int) -> list[Row]:
+def depthwise_rows(batch_size: int, shapes: tuple[tuple[int, int, int], ...], repeats: int):
+    """MobileNetV2's 3×3 depthwise convolutions: ``(map size, channels, stride)``."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for size, channels, stride in shapes:
+        x = jnp.asarray(rng.normal(size=(batch_size, size, size, channels)), jnp.float32)
+        kernel = jnp.asarray(rng.normal(0, 1 / 3, (3, 3, 1, channels)), jnp.float32)
+
+        def forward(x, kernel, stride=stride, channels=channels):
+            return zoo_conv.conv_general_dilated(
+                x,
+                kernel,
+                (stride, stride),
+                ((1, 1), (1, 1)),
+                dimension_numbers=LAYOUT,
+                feature_group_count=channels,
+            )
+
+        def both(x, kernel, forward=forward):
+            out, pullback = jax.vjp(forward, x, kernel)
+            return pullback(out)
+
+        for name, fn in (("forward", forward), ("forward + backward", both)):
+            ours, reference = compiled_pair(fn, x, kernel)
+            seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
+            what = f"3x3 depthwise conv, {channels} channels, {batch_size}x{size}x{size}, stride {stride}, {name}"
+            print(
+                f"{what}: lax {seconds_lax * 1e3:8.3f} ms, jaxprune {seconds_ours * 1e3:7.3f} ms, "
+                f"{ratio:6.1f}x"
+            )
+            rows.append(
+                Row(
+                    bench="small_map_conv",
+                    what=what,
+                    jaxprune=f"{seconds_ours * 1e3:.3f} ms",
+                    peer=f"lax.conv_general_dilated {seconds_lax * 1e3:.3f} ms",
+                    ratio=ratio,
+                    note=f"lax / jaxprune; {repeats} pairs; {jax.devices()[0].platform}",
+                )
+            )
+    return rows
+
+
+def model_rows(batch_size: int, models: tuple[tuple[str, str], ...], repeats: int) -> list[Row]:
     rng = np.random.default_rng(1)
     rows = []
     input_shape = (32, 32, 3)
@@ -107,8 +159,8 @@ def model_rows(batch_size: int, presets: tuple[str, ...], repeats: int) -> list[
         "x": jnp.asarray(rng.normal(size=(batch_size, *input_shape)), jnp.float32),
         "y": jnp.asarray(rng.integers(0, 10, batch_size)),
     }
-    for preset in presets:
-        model = build_model("vgg", num_outputs=10, input_shape=input_shape, preset=preset)
+    for name, preset in models:
+        model = build_model(name, num_outputs=10, input_shape=input_shape, preset=preset)
         variables = jax.tree.map(jnp.asarray, numpy_variables(model, input_shape))
 
         def loss(params, batch, train):
@@ -152,9 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     batch_size = args.batch_size or (16 if args.quick else 64)
     repeats = args.repeats or (3 if args.quick else 10)
     widths = (64,) if args.quick else (64, 512)
-    presets = ("vgg16-bn-tiny",) if args.quick else ("vgg16-bn-tiny", "vgg16-bn")
+    depthwise = ((16, 144, 1),) if args.quick else ((32, 96, 1), (16, 144, 1), (8, 384, 1))
+    models = (("vgg", "vgg16-bn-tiny"), ("mobilenet_v2", "mobilenet_v2-tiny"))
+    if not args.quick:
+        models += (("vgg", "vgg16-bn"), ("mobilenet_v2", "mobilenet_v2-cifar"))
     rows = layer_rows(batch_size, widths, repeats)
-    rows += model_rows(batch_size, presets, repeats)
+    rows += depthwise_rows(batch_size, depthwise, repeats)
+    rows += model_rows(batch_size, models, repeats)
     write_rows(args.json, rows)
 
 

@@ -1,22 +1,27 @@
-"""The zoo's convolution: ``lax.conv_general_dilated``, with small output maps as one matmul.
+"""The zoo's convolution: ``lax.conv_general_dilated``, except where XLA:CPU's is slow.
 
-XLA:CPU runs a 3×3 convolution whose output map has only a few pixels at a small fraction of
-its usual speed.  Measured on this 2-core CPU (float32, stride 1, ``SAME`` padding, batch 64):
-a 2×2 map with 64 channels in and out takes 1.14 ms (9 G multiply-adds/s, against 80 on the
-4×4 map of the same layer), with 512 channels 537 ms.  The same product as patches times a
-matrix takes 0.23 ms and 5.0 ms (``experiments/benchmarks/bench_small_map_conv.py``).  CIFAR's
-VGG-16 ends with three such convolutions, so they cost a third of a forward pass of the zoo's
-``vgg16-bn-tiny`` and most of one at full width.
+Two kinds of convolution run at a small fraction of XLA:CPU's usual speed, and the zoo computes
+both another way (``experiments/benchmarks/bench_small_map_conv.py`` measures them):
 
-:func:`conv_general_dilated` takes the arguments of ``lax.conv_general_dilated`` and is what
-the zoo's ``nn.Conv`` layers call (their ``conv_general_dilated`` attribute; parameters, names
-and shapes are unchanged).  When the output map has at most :data:`MAX_MATMUL_PIXELS` pixels,
-and the convolution is an ordinary one (no dilation, one feature group, NHWC/HWIO layout), it
-gathers the ``kh·kw`` shifted windows of the padded input into ``(n·H_out·W_out, kh·kw·C_in)``
-patches and multiplies them by the ``(kh·kw·C_in, C_out)`` kernel: the same sum, in another
-order (agreement to float32 rounding, about 1e-6 relative).  Everything else goes to
-``lax.conv_general_dilated`` unchanged.  Larger maps stay on the convolution, which is faster
-there (4×4 maps at stride 1: the patches took 1.1-2.6× as long, 16-512 channels).
+* **Small output maps.** A 3×3 convolution onto a 2×2 map with 64 channels in and out took
+  1.14 ms at batch 64 (9 G multiply-adds/s, against 80 on the 4×4 map of the same layer), with
+  512 channels 537 ms.  CIFAR's VGG-16 ends with three of them.  When the output map has at
+  most :data:`MAX_MATMUL_PIXELS` pixels, the ``kh·kw`` shifted windows of the padded input are
+  gathered into ``(n·H_out·W_out, kh·kw·C_in)`` patches and multiplied by the
+  ``(kh·kw·C_in, C_out)`` kernel: 0.23 ms and 5.0 ms.  Larger maps stay on the convolution,
+  which is faster there (4×4 maps at stride 1: the patches took 1.1-2.6× as long, 16-512
+  channels).
+* **Depthwise convolutions** (``feature_group_count`` = input channels, one filter per
+  channel: MobileNetV2's 3×3 convolutions).  XLA:CPU took 5-32× as long as a sum of the
+  ``kh·kw`` shifted windows, each times its per-channel tap (e.g. 144 channels on 16×16 maps,
+  batch 64: 49.8 ms against 1.5 ms), so that sum is what the zoo computes, accumulated in at
+  least float32.
+
+Both give the same sums in another order (agreement to float32 rounding, about 1e-6
+relative).  Everything else, and every convolution with dilation or another layout than
+NHWC/HWIO, goes to ``lax.conv_general_dilated`` unchanged.  The zoo's ``nn.Conv`` layers call
+:func:`conv_general_dilated` through their ``conv_general_dilated`` attribute, so parameters,
+names and shapes are those of ``nn.Conv``.
 
 References:
   Chellapilla, Puri & Simard (2006), "High performance convolutional neural networks for
@@ -40,9 +45,9 @@ MAX_MATMUL_PIXELS = 4
 _LAYOUT = ("NHWC", "HWIO", "NHWC")
 
 
-def _is_plain(lhs: jax.Array, rhs: jax.Array, dilations, dimension_numbers, groups) -> bool:
-    """A 2-D NHWC/HWIO convolution without dilation and with one feature group."""
-    if lhs.ndim != 4 or rhs.ndim != 4 or groups != 1:
+def _is_plain(lhs: jax.Array, rhs: jax.Array, dilations, dimension_numbers) -> bool:
+    """A 2-D NHWC/HWIO convolution without dilation."""
+    if lhs.ndim != 4 or rhs.ndim != 4:
         return False
     if any(d is not None and tuple(d) != (1, 1) for d in dilations):
         return False
@@ -81,6 +86,30 @@ def _patches_matmul(lhs, rhs, strides, pads, precision):
     return product.reshape(n, rows, cols, out)
 
 
+def _depthwise_shifted_sum(lhs, rhs, strides, pads):
+    """``(n, H, W, C)`` NHWC input and ``(kh, kw, 1, C)`` per-channel kernel to the
+    ``(n, H_o, W_o, C)`` depthwise convolution, as the sum of the shifted windows times their
+    taps (accumulated in at least float32, returned in the input's dtype)."""
+    n, _, _, channels = lhs.shape
+    kh, kw = rhs.shape[:2]
+    accumulate = jnp.promote_types(lhs.dtype, jnp.float32)
+    padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0))).astype(accumulate)
+    taps = rhs.astype(accumulate)
+    rows = (padded.shape[1] - kh) // strides[0] + 1
+    cols = (padded.shape[2] - kw) // strides[1] + 1
+    total = jnp.zeros((n, rows, cols, channels), accumulate)
+    for a in range(kh):
+        for b in range(kw):
+            window = lax.slice(
+                padded,
+                (0, a, b, 0),
+                (n, a + (rows - 1) * strides[0] + 1, b + (cols - 1) * strides[1] + 1, channels),
+                (1, *strides, 1),
+            )
+            total = total + window * taps[a, b, 0]
+    return total.astype(jnp.result_type(lhs, rhs))
+
+
 def conv_general_dilated(
     lhs: jax.Array,
     rhs: jax.Array,
@@ -95,8 +124,9 @@ def conv_general_dilated(
     preferred_element_type: Any = None,
 ) -> jax.Array:
     """``lax.conv_general_dilated`` (same arguments, same result up to float rounding), with
-    ordinary 2-D convolutions onto at most :data:`MAX_MATMUL_PIXELS` output pixels computed as
-    one patches-times-kernel matmul (see the module docstring for when and why).
+    2-D convolutions onto at most :data:`MAX_MATMUL_PIXELS` output pixels computed as one
+    patches-times-kernel matmul and depthwise ones as a sum of shifted windows (see the module
+    docstring for when and why).
 
     Args:
       lhs: input, e.g. ``(n, H, W, C_in)`` in NHWC.
@@ -120,17 +150,18 @@ def conv_general_dilated(
     plain = (
         batch_group_count == 1
         and preferred_element_type is None
-        and _is_plain(
-            lhs, rhs, (lhs_dilation, rhs_dilation), dimension_numbers, feature_group_count
-        )
+        and _is_plain(lhs, rhs, (lhs_dilation, rhs_dilation), dimension_numbers)
     )
     if plain:
         strides = tuple(int(s) for s in window_strides)
         pads = _pads(padding, lhs.shape[1:3], rhs.shape[:2], strides)
-        if min(min(pair) for pair in pads) < 0:
-            return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **arguments)
+        channels = lhs.shape[3]
         rows = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // strides[0] + 1
         cols = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // strides[1] + 1
-        if rows > 0 and cols > 0 and rows * cols <= MAX_MATMUL_PIXELS:
-            return _patches_matmul(lhs, rhs, strides, pads, precision)
+        if min(min(pair) for pair in pads) >= 0 and rows > 0 and cols > 0:
+            depthwise = feature_group_count == channels > 1 and rhs.shape[2:] == (1, channels)
+            if depthwise:
+                return _depthwise_shifted_sum(lhs, rhs, strides, pads)
+            if feature_group_count == 1 and rows * cols <= MAX_MATMUL_PIXELS:
+                return _patches_matmul(lhs, rhs, strides, pads, precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **arguments)

@@ -1,5 +1,5 @@
-"""The zoo's convolution equals ``lax.conv_general_dilated`` (values and gradients) and takes
-the matmul path exactly on small output maps."""
+"""The zoo's convolution equals ``lax.conv_general_dilated`` (values and gradients), takes the
+matmul path exactly on small output maps and the shifted-sum path exactly on depthwise ones."""
 
 from __future__ import annotations
 
@@ -82,14 +82,76 @@ def test_flax_layout_and_vmap():
         )
 
 
+DEPTHWISE_CASES = [
+    ((8, 8), (1, 1), ((1, 1), (1, 1))),
+    ((8, 8), (2, 2), ((1, 1), (1, 1))),
+    ((7, 5), (2, 2), "SAME"),
+    ((4, 4), (1, 1), "VALID"),
+    ((2, 2), (1, 1), "SAME"),
+]
+
+
+@pytest.mark.parametrize("spatial, strides, padding", DEPTHWISE_CASES)
+def test_depthwise_values_and_gradients_equal_lax(spatial, strides, padding):
+    rng = np.random.default_rng(3)
+    lhs = jnp.asarray(rng.normal(size=(2, *spatial, 6)), jnp.float32)
+    rhs = jnp.asarray(rng.normal(size=(3, 3, 1, 6)), jnp.float32)
+
+    def ours(a, b):
+        return conv_general_dilated(
+            a, b, strides, padding, dimension_numbers=LAYOUT, feature_group_count=6
+        )
+
+    def reference(a, b):
+        return lax.conv_general_dilated(
+            a,
+            b,
+            strides,
+            padding,
+            dimension_numbers=LAYOUT,
+            feature_group_count=6,
+            precision=lax.Precision.HIGHEST,
+        )
+
+    np.testing.assert_allclose(ours(lhs, rhs), reference(lhs, rhs), rtol=1e-5, atol=1e-5)
+    cotangent = jnp.asarray(rng.normal(size=reference(lhs, rhs).shape), jnp.float32)
+    for got, want in zip(
+        jax.vjp(ours, lhs, rhs)[1](cotangent), jax.vjp(reference, lhs, rhs)[1](cotangent)
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert "conv_general_dilated" not in _primitives(ours, lhs, rhs)
+
+
+def test_depthwise_in_bfloat16_accumulates_in_float32():
+    rng = np.random.default_rng(4)
+    lhs = jnp.asarray(rng.normal(size=(2, 6, 6, 8)), jnp.bfloat16)
+    rhs = jnp.asarray(rng.normal(size=(3, 3, 1, 8)), jnp.bfloat16)
+    got = conv_general_dilated(
+        lhs, rhs, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=8
+    )
+    exact = lax.conv_general_dilated(
+        lhs.astype(jnp.float32),
+        rhs.astype(jnp.float32),
+        (1, 1),
+        "SAME",
+        dimension_numbers=LAYOUT,
+        feature_group_count=8,
+        precision=lax.Precision.HIGHEST,
+    )
+    assert got.dtype == jnp.bfloat16
+    # one rounding of the float32 sum to bfloat16 (8 bits of mantissa): within 2^-8 relative
+    np.testing.assert_allclose(
+        got.astype(jnp.float32), exact, rtol=2.0**-8, atol=2.0**-8 * float(jnp.abs(exact).max())
+    )
+
+
 def test_grouped_and_dilated_convolutions_stay_on_lax():
     rng = np.random.default_rng(2)
     lhs = jnp.asarray(rng.normal(size=(2, 2, 2, 4)), jnp.float32)
-    depthwise = jnp.asarray(rng.normal(size=(3, 3, 1, 4)), jnp.float32)
 
     def grouped(a, b):
         return conv_general_dilated(
-            a, b, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=4
+            a, b, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=2
         )
 
     def dilated(a, b):
@@ -97,13 +159,21 @@ def test_grouped_and_dilated_convolutions_stay_on_lax():
             a, b, (1, 1), "SAME", rhs_dilation=(2, 2), dimension_numbers=LAYOUT
         )
 
+    def multiplier(a, b):  # depthwise with two filters per channel
+        return conv_general_dilated(
+            a, b, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=4
+        )
+
+    two_groups = jnp.asarray(rng.normal(size=(3, 3, 2, 6)), jnp.float32)
     np.testing.assert_allclose(
-        grouped(lhs, depthwise),
+        grouped(lhs, two_groups),
         lax.conv_general_dilated(
-            lhs, depthwise, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=4
+            lhs, two_groups, (1, 1), "SAME", dimension_numbers=LAYOUT, feature_group_count=2
         ),
         rtol=1e-6,
     )
-    assert "conv_general_dilated" in _primitives(grouped, lhs, depthwise)
+    assert "conv_general_dilated" in _primitives(grouped, lhs, two_groups)
     full = jnp.asarray(rng.normal(size=(3, 3, 4, 3)), jnp.float32)
     assert "conv_general_dilated" in _primitives(dilated, lhs, full)
+    doubled = jnp.asarray(rng.normal(size=(3, 3, 1, 8)), jnp.float32)
+    assert "conv_general_dilated" in _primitives(multiplier, lhs, doubled)
