@@ -59,52 +59,55 @@ def compiled_pair(fn, *args):
     return (lambda: ours(*args)), (lambda: reference(*args))
 
 
-def layer_rows(batch_size: int, widths: tuple[int, ...], repeats: int) -> list[Row]:
+def convolution_rows(what: str, forward, x, kernel, repeats: int) -> list[Row]:
+    """Rows of ``forward(x, kernel)`` (a zoo convolution), forward and forward plus backward."""
+
+    def both(x, kernel):
+        out, pullback = jax.vjp(forward, x, kernel)
+        return pullback(out)
+
+    pairs = {
+        "forward": compiled_pair(forward, x, kernel),
+        "forward + backward": compiled_pair(both, x, kernel),
+    }
+    ours, reference = pairs["forward"]
+    error = float(jnp.max(jnp.abs(ours() - reference())))
+    rows = []
+    for name, (ours, reference) in pairs.items():
+        seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
+        print(
+            f"{what}, {name:<18}: lax {seconds_lax * 1e3:8.3f} ms, jaxprune "
+            f"{seconds_ours * 1e3:7.3f} ms, {ratio:6.1f}x (max abs difference {error:.1e})"
+        )
+        rows.append(
+            Row(
+                bench="small_map_conv",
+                what=f"{what}, {name}",
+                jaxprune=f"{seconds_ours * 1e3:.3f} ms",
+                peer=f"lax.conv_general_dilated {seconds_lax * 1e3:.3f} ms",
+                ratio=ratio,
+                note=f"lax / jaxprune; {repeats} pairs; max abs difference {error:.1e}; "
+                f"{jax.devices()[0].platform}",
+            )
+        )
+    return rows
+
+
+def small_map_rows(batch_size: int, widths: tuple[int, ...], repeats: int) -> list[Row]:
+    """3×3 convolutions ``width -> width`` onto 2×2 maps."""
     rng = np.random.default_rng(0)
     rows = []
     for width in widths:
         x = jnp.asarray(rng.normal(size=(batch_size, 2, 2, width)), jnp.float32)
         kernel = jnp.asarray(rng.normal(0, (2 / (9 * width)) ** 0.5, (3, 3, width, width)))
-        kernel = kernel.astype(jnp.float32)
 
         def forward(x, kernel):
             return zoo_conv.conv_general_dilated(
                 x, kernel, (1, 1), "SAME", dimension_numbers=LAYOUT
             )
 
-        def both(x, kernel):
-            out, pullback = jax.vjp(forward, x, kernel)
-            return pullback(out)
-
-        for name, fn in (("forward", forward), ("forward + backward", both)):
-            ours, reference = compiled_pair(fn, x, kernel)
-            error = float(
-                jnp.max(
-                    jnp.abs(
-                        forward(x, kernel)
-                        - lax.conv_general_dilated(
-                            x, kernel, (1, 1), "SAME", dimension_numbers=LAYOUT
-                        )
-                    )
-                )
-            )
-            seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
-            print(
-                f"conv 3x3 {width}->{width} on {batch_size}x2x2, {name:<18}: lax "
-                f"{seconds_lax * 1e3:8.3f} ms, jaxprune {seconds_ours * 1e3:7.3f} ms, "
-                f"{ratio:6.1f}x (max abs difference {error:.1e})"
-            )
-            rows.append(
-                Row(
-                    bench="small_map_conv",
-                    what=f"3x3 conv {width}->{width} on a {batch_size}x2x2 map, {name}",
-                    jaxprune=f"{seconds_ours * 1e3:.3f} ms",
-                    peer=f"lax.conv_general_dilated {seconds_lax * 1e3:.3f} ms",
-                    ratio=ratio,
-                    note=f"lax / jaxprune; {repeats} pairs; max abs difference {error:.1e}; "
-                    f"{jax.devices()[0].platform}",
-                )
-            )
+        what = f"3x3 conv {width}->{width} on a {batch_size}x2x2 map"
+        rows += convolution_rows(what, forward, x, kernel.astype(jnp.float32), repeats)
     return rows
 
 
@@ -126,28 +129,10 @@ def depthwise_rows(batch_size: int, shapes: tuple[tuple[int, int, int], ...], re
                 feature_group_count=channels,
             )
 
-        def both(x, kernel, forward=forward):
-            out, pullback = jax.vjp(forward, x, kernel)
-            return pullback(out)
-
-        for name, fn in (("forward", forward), ("forward + backward", both)):
-            ours, reference = compiled_pair(fn, x, kernel)
-            seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
-            what = f"3x3 depthwise conv, {channels} channels, {batch_size}x{size}x{size}, stride {stride}, {name}"
-            print(
-                f"{what}: lax {seconds_lax * 1e3:8.3f} ms, jaxprune {seconds_ours * 1e3:7.3f} ms, "
-                f"{ratio:6.1f}x"
-            )
-            rows.append(
-                Row(
-                    bench="small_map_conv",
-                    what=what,
-                    jaxprune=f"{seconds_ours * 1e3:.3f} ms",
-                    peer=f"lax.conv_general_dilated {seconds_lax * 1e3:.3f} ms",
-                    ratio=ratio,
-                    note=f"lax / jaxprune; {repeats} pairs; {jax.devices()[0].platform}",
-                )
-            )
+        what = (
+            f"3x3 depthwise conv, {channels} channels, {batch_size}x{size}x{size}, stride {stride}"
+        )
+        rows += convolution_rows(what, forward, x, kernel, repeats)
     return rows
 
 
@@ -176,17 +161,17 @@ def model_rows(batch_size: int, models: tuple[tuple[str, str], ...], repeats: in
         def gradient(params, batch):
             return jax.grad(lambda p: loss(p, batch, True)[0])(params)
 
-        for name, fn in (("evaluation forward", evaluate), ("training gradient", gradient)):
+        for kind, fn in (("evaluation forward", evaluate), ("training gradient", gradient)):
             ours, reference = compiled_pair(fn, variables["params"], batch)
             seconds_lax, seconds_ours, ratio = paired_medians(reference, ours, repeats)
             print(
-                f"{preset:<14} {name:<19} batch {batch_size}: all-lax {seconds_lax * 1e3:8.1f} "
+                f"{preset:<14} {kind:<19} batch {batch_size}: all-lax {seconds_lax * 1e3:8.1f} "
                 f"ms, jaxprune {seconds_ours * 1e3:8.1f} ms, {ratio:5.2f}x"
             )
             rows.append(
                 Row(
                     bench="small_map_conv",
-                    what=f"{preset} {name}, batch {batch_size}x32x32x3",
+                    what=f"{preset} {kind}, batch {batch_size}x32x32x3",
                     jaxprune=f"{seconds_ours * 1e3:.1f} ms",
                     peer=f"every conv on lax {seconds_lax * 1e3:.1f} ms",
                     ratio=ratio,
@@ -208,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     models = (("vgg", "vgg16-bn-tiny"), ("mobilenet_v2", "mobilenet_v2-tiny"))
     if not args.quick:
         models += (("vgg", "vgg16-bn"), ("mobilenet_v2", "mobilenet_v2-cifar"))
-    rows = layer_rows(batch_size, widths, repeats)
+    rows = small_map_rows(batch_size, widths, repeats)
     rows += depthwise_rows(batch_size, depthwise, repeats)
     rows += model_rows(batch_size, models, repeats)
     write_rows(args.json, rows)

@@ -63,15 +63,15 @@ def _pads(padding: Any, spatial: Sequence[int], window: Sequence[int], strides: 
     return [tuple(int(p) for p in pair) for pair in padding]
 
 
-def _patches_matmul(lhs, rhs, strides, pads, precision):
-    """``(n, H, W, C)`` NHWC input and ``(kh, kw, C, O)`` kernel to the ``(n, H_o, W_o, O)``
-    convolution, as padded-input windows times the kernel matrix."""
+def _shifted_windows(lhs, window, strides, pads):
+    """The ``kh·kw`` windows of the padded ``(n, H, W, C)`` input that tap ``(a, b)`` of a
+    ``window = (kh, kw)`` kernel reads, in row-major tap order, each ``(n, H_o, W_o, C)``."""
     n, _, _, channels = lhs.shape
-    kh, kw, _, out = rhs.shape
+    kh, kw = window
     padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0)))
     rows = (padded.shape[1] - kh) // strides[0] + 1
     cols = (padded.shape[2] - kw) // strides[1] + 1
-    windows = [
+    return [
         lax.slice(
             padded,
             (0, a, b, 0),
@@ -81,6 +81,14 @@ def _patches_matmul(lhs, rhs, strides, pads, precision):
         for a in range(kh)
         for b in range(kw)
     ]
+
+
+def _patches_matmul(lhs, rhs, strides, pads, precision):
+    """``(n, H, W, C)`` NHWC input and ``(kh, kw, C, O)`` kernel to the ``(n, H_o, W_o, O)``
+    convolution, as padded-input windows times the kernel matrix."""
+    kh, kw, channels, out = rhs.shape
+    windows = _shifted_windows(lhs, (kh, kw), strides, pads)
+    n, rows, cols, _ = windows[0].shape
     patches = jnp.concatenate(windows, axis=-1).reshape(n * rows * cols, kh * kw * channels)
     product = jnp.matmul(patches, rhs.reshape(kh * kw * channels, out), precision=precision)
     return product.reshape(n, rows, cols, out)
@@ -89,24 +97,14 @@ def _patches_matmul(lhs, rhs, strides, pads, precision):
 def _depthwise_shifted_sum(lhs, rhs, strides, pads):
     """``(n, H, W, C)`` NHWC input and ``(kh, kw, 1, C)`` per-channel kernel to the
     ``(n, H_o, W_o, C)`` depthwise convolution, as the sum of the shifted windows times their
-    taps (accumulated in at least float32, returned in the input's dtype)."""
-    n, _, _, channels = lhs.shape
+    taps (accumulated in at least float32, returned in the inputs' dtype)."""
     kh, kw = rhs.shape[:2]
     accumulate = jnp.promote_types(lhs.dtype, jnp.float32)
-    padded = jnp.pad(lhs, ((0, 0), *pads, (0, 0))).astype(accumulate)
-    taps = rhs.astype(accumulate)
-    rows = (padded.shape[1] - kh) // strides[0] + 1
-    cols = (padded.shape[2] - kw) // strides[1] + 1
-    total = jnp.zeros((n, rows, cols, channels), accumulate)
-    for a in range(kh):
-        for b in range(kw):
-            window = lax.slice(
-                padded,
-                (0, a, b, 0),
-                (n, a + (rows - 1) * strides[0] + 1, b + (cols - 1) * strides[1] + 1, channels),
-                (1, *strides, 1),
-            )
-            total = total + window * taps[a, b, 0]
+    windows = _shifted_windows(lhs.astype(accumulate), (kh, kw), strides, pads)
+    taps = rhs.astype(accumulate).reshape(kh * kw, -1)
+    total = windows[0] * taps[0]
+    for window, tap in zip(windows[1:], taps[1:]):
+        total = total + window * tap
     return total.astype(jnp.result_type(lhs, rhs))
 
 

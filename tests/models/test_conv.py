@@ -3,6 +3,7 @@ matmul path exactly on small output maps and the shifted-sum path exactly on dep
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,8 +66,6 @@ def test_values_and_gradients_equal_lax(spatial, kernel, strides, padding, pixel
 def test_flax_layout_and_vmap():
     """Flax's ``nn.Conv`` passes its ``ConvDimensionNumbers``; under ``vmap`` over a leading
     axis the result equals the per-slice convolutions."""
-    import flax.linen as nn
-
     lhs, _ = _inputs((2, 2), (3, 3))
     layer = nn.Conv(4, (3, 3), padding="SAME", conv_general_dilated=conv_general_dilated)
     plain = nn.Conv(4, (3, 3), padding="SAME")

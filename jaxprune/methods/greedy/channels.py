@@ -21,8 +21,8 @@ blocks).  The evaluation receives the gates as one piece per layer and only the 
 layer's piece varies across lanes; the zoo's models take such pieces
 (:func:`jaxprune.models.base.split_gates`), so everything upstream of the searched layer is
 computed once per step, not once per candidate, and shared with the whole layer's reference
-evaluation (``experiments/benchmarks/bench_greedy_channels.py`` measures it).  Ye et al.'s speed-up of
-scoring a random subset of the candidates is ``max_candidates``.
+evaluation (``experiments/benchmarks/bench_greedy_channels.py`` measures it).  Ye et al.'s
+speed-up of scoring a random subset of the candidates is ``max_candidates``.
 
 :func:`greedy_channel_selection` works on a zoo model (:class:`~jaxprune.train.Bound`) in
 evaluation mode and returns the compacted subnetwork; :func:`greedy_gate_selection` is the
@@ -252,8 +252,8 @@ def _step_scorer(
 
     With a ``mesh``, ``candidates`` (padded to a multiple of ``chunk_size`` times the mesh
     size) is split along the mesh's axis by ``shard_map``: every device scores its slice with
-    the same blocks (stopping after its last real candidate) and the reference on replicated
-    operands and batch, and the scores come back in candidate order, so the caller's argmin,
+    the same blocks (its first block always, the others up to its last real candidate) and the
+    reference on replicated operands and batch, and the scores come back in candidate order, so the caller's argmin,
     and therefore every pick, is the one-device search's (Wolfe et al. (2023), App. E, applied
     to a layer).
     """
