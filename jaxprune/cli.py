@@ -354,9 +354,10 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
     experiment.add_argument(
         "--out",
         default=None,
-        help="output directory (runs/NAME-PRESET); runs finished there earlier with the same "
-        "settings and jaxprune source are reused, so re-running an interrupted experiment "
-        "resumes it (delete the directory to retrain)",
+        help="output directory (runs/NAME-PRESET); the experiments made of many training runs "
+        "(demo, pl_*, grda_sparsity, greedy_cnn) reuse the runs finished there earlier with the "
+        "same settings and jaxprune source, so re-running one that was interrupted resumes it "
+        "(delete the directory to retrain); the others start over",
     )
     experiment.add_argument("--quiet", action="store_true", help="no progress output")
 

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
-import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,6 +36,7 @@ import optax
 from jaxprune._validation import check_positive_int
 from jaxprune.compile_cache import release_compiled_programs
 from jaxprune.data.registry import DataConfig, Splits, load_dataset
+from jaxprune.experiments.finished_runs import load_finished, run_key, save_finished
 from jaxprune.experiments.settings import ComparisonSettings
 from jaxprune.masks import PruningSchedule
 from jaxprune.masks import lth_schedule as _lth_schedule
@@ -104,44 +103,20 @@ def test_metric_name(task: str) -> str:
     return {"classification": "test_accuracy", "mlm": "test_perplexity"}.get(task, "test_loss")
 
 
-@functools.cache
-def _source_digest() -> str:
-    """SHA-256 of jaxprune's Python source: a finished run is reused only by the same code."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
-
-
 def _run_key(
     settings: Any, name: str, seed: int, config: TrainConfig, steps: Sequence[int], window: int
 ) -> str:
     """Identity of one run of a comparison (everything that determines its figures)."""
-    described = {
-        "settings": settings,
-        "method": name,
-        "seed": seed,
-        "train": dataclasses.asdict(dataclasses.replace(config, progress=False)),
-        "report_steps": list(steps),
-        "report_window": window,
-        "source": _source_digest(),
-    }
-    text = json.dumps(described, sort_keys=True, default=repr)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _load_finished(path: Path, key: str) -> dict | None:
-    if not path.exists():
-        return None
-    saved = json.loads(path.read_text())
-    return saved if saved.get("key") == key else None
-
-
-def _save_finished(path: Path, key: str, figures: dict, rows: list[dict]) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"key": key, "figures": figures, "rows": rows}))
-    os.replace(temporary, path)
+    return run_key(
+        {
+            "settings": settings,
+            "method": name,
+            "seed": seed,
+            "train": dataclasses.asdict(dataclasses.replace(config, progress=False)),
+            "report_steps": list(steps),
+            "report_window": window,
+        }
+    )
 
 
 def _loss_at(rows: list[dict], step: int, window: int) -> float:
@@ -227,7 +202,7 @@ def run_comparison(
             key = None
             if settings is not None:
                 key = _run_key(settings, name, seed, config, report_steps, window)
-            saved = None if key is None else _load_finished(finished, key)
+            saved = None if key is None else load_finished(finished, key)
             if progress:
                 print(
                     f"{name}, seed {seed}" + (" (finished earlier: reused)" if saved else ""),
@@ -245,7 +220,7 @@ def run_comparison(
                     window,
                 )
                 if key is not None:
-                    _save_finished(finished, key, figures, rows)
+                    save_finished(finished, key, {"figures": figures, "rows": rows})
             else:
                 figures, rows = saved["figures"], saved["rows"]
             for figure, value in figures.items():

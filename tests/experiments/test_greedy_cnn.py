@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 
-from jaxprune.experiments import get_experiment
+from jaxprune.experiments import get_experiment, greedy_cnn
 from jaxprune.experiments.greedy_cnn import (
     EXPERIMENT,
     IMAGENET_TABLE2,
@@ -52,6 +53,36 @@ def test_smoke_writes_table_results_and_plot(smoke):
     assert [(r["model"], r["size"]) for r in rows] == [
         (m, s) for m in settings.models for s in settings.sizes
     ]
+
+
+def test_rerun_reuses_finished_runs_and_redoes_only_missing_ones(smoke, tmp_path, monkeypatch):
+    out, first = smoke
+    out = shutil.copytree(out, tmp_path / "out")
+    settings = EXPERIMENT.presets["smoke"]
+    calls = []
+    real = greedy_cnn._run_one
+
+    def run_one(settings, index, seed, size_index, *args):
+        calls.append((settings.models[index], seed, settings.sizes[size_index]))
+        return real(settings, index, seed, size_index, *args)
+
+    monkeypatch.setattr(greedy_cnn, "_run_one", run_one)
+    again = EXPERIMENT.run(settings, out, False)
+    assert calls == []
+    assert again["records"] == first["records"]  # selection times included: nothing redone
+
+    # An interrupted run: the missing (model, seed, size) is redone, the rest read back.
+    (out / "runs" / "resnet34_m200_seed0.json").unlink()
+    resumed = EXPERIMENT.run(settings, out, False)
+    assert calls == [("resnet34", 0, 200)]
+    assert resumed["records"][0] == first["records"][0]
+    redone, before = resumed["records"][1], first["records"][1]
+    for ours, theirs in zip(redone["points"], before["points"], strict=True):
+        assert ours["kept"] == theirs["kept"]  # deterministic selection and training
+        assert ours["pruned_accuracy"] == theirs["pruned_accuracy"]
+
+    EXPERIMENT.run(dataclasses.replace(settings, finetune_steps=2), out, False)
+    assert len(calls) == 1 + len(settings.sizes)  # other settings: nothing is reused
 
 
 def test_first_match_is_the_first_prune_point_within_tolerance():
