@@ -2,7 +2,15 @@
 pruning method on a schedule (:func:`prune_with`)."""
 
 from jaxprune.optim.grda import GrdaState, grda, grda_threshold, soft_threshold
-from jaxprune.optim.masked import MaskedState, apply_mask, map_param_subtrees, masked, set_mask
+from jaxprune.optim.masked import (
+    MaskedState,
+    apply_mask,
+    map_param_subtrees,
+    masked,
+    masked_update,
+    set_mask,
+    zero_pruned_statistics,
+)
 from jaxprune.optim.prune_with import PruneWithState, RewindPoint, event_due, prune_with
 
 __all__ = [
@@ -16,7 +24,9 @@ __all__ = [
     "grda_threshold",
     "map_param_subtrees",
     "masked",
+    "masked_update",
     "prune_with",
     "set_mask",
     "soft_threshold",
+    "zero_pruned_statistics",
 ]

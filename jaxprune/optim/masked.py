@@ -31,7 +31,15 @@ import optax
 from jaxprune._validation import check_optimizer
 from jaxprune.typing import PyTree
 
-__all__ = ["MaskedState", "apply_mask", "map_param_subtrees", "masked", "set_mask"]
+__all__ = [
+    "MaskedState",
+    "apply_mask",
+    "map_param_subtrees",
+    "masked",
+    "masked_update",
+    "set_mask",
+    "zero_pruned_statistics",
+]
 
 
 class MaskedState(NamedTuple):
@@ -178,15 +186,50 @@ def masked(
             )
         for name, tree in (("updates", updates), ("params", params)):
             check_structure(tree, state.mask, name)
-        inner_updates, inner_state = inner.update(
-            _keep(state.mask, updates), state.inner_state, _keep(state.mask, params), **extra_args
-        )
-        out = jax.tree_util.tree_map(
-            lambda m, u, p: jnp.where(m != 0, u, -p), state.mask, inner_updates, params
+        out, inner_state = masked_update(
+            inner, state.mask, updates, state.inner_state, params, **extra_args
         )
         return out, MaskedState(mask=state.mask, inner_state=inner_state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def masked_update(
+    inner: optax.GradientTransformationExtraArgs,
+    mask: PyTree,
+    updates: PyTree,
+    inner_state: optax.OptState,
+    params: PyTree,
+    **extra_args: Any,
+) -> tuple[PyTree, optax.OptState]:
+    """One step of ``inner`` on the kept weights only: the update rule of :func:`masked`.
+
+    ``inner`` sees the gradient and the parameters with their pruned entries at 0, so its
+    statistics of pruned weights do not move (they stay 0 after :func:`zero_pruned_statistics`);
+    the returned update is ``inner``'s where the mask is 1 and ``−w`` where it is 0, so every
+    pruned weight lands on exactly 0.0.
+
+    Args:
+      inner: the wrapped optimizer (``optax.with_extra_args_support`` applied).
+      mask: a pytree like ``params`` of 0/1 leaves in the parameters' shapes (already checked).
+      updates, params: the gradient and the parameters, pytrees like ``mask``.
+      inner_state: ``inner``'s state.
+      **extra_args: passed on to ``inner.update``.
+
+    Returns:
+      ``(updates, inner_state)``: the masked update (pytree like ``params``) and ``inner``'s new
+      state.
+
+    References:
+      Chen et al. (2023), Section 3.2 and Algorithm 2 (training ``m * w``).
+    """
+    inner_updates, inner_state = inner.update(
+        _keep(mask, updates), inner_state, _keep(mask, params), **extra_args
+    )
+    out = jax.tree_util.tree_map(
+        lambda m, u, p: jnp.where(m != 0, u, -p), mask, inner_updates, params
+    )
+    return out, inner_state
 
 
 def _is_masked_node(x: Any) -> bool:
@@ -221,12 +264,20 @@ def map_param_subtrees(tree: PyTree, reference: PyTree, fn: Callable[[PyTree], P
     return visit(tree)
 
 
-def _zero_pruned_statistics(tree: PyTree, mask: PyTree) -> PyTree:
+def zero_pruned_statistics(tree: PyTree, mask: PyTree) -> PyTree:
     """Zero the pruned entries of every parameter-shaped statistic found in ``tree``.
 
     Within each statistic (see :func:`map_param_subtrees`), the inexact array leaves of their
     parameter's shape are masked and the others (factored moments, counters, masked-out nodes)
-    are kept.
+    are kept.  :func:`set_mask` applies it when a new mask is installed, so a pruned weight
+    starts from zero momentum if it is ever regrown.
+
+    Args:
+      tree: an optimizer state (any pytree).
+      mask: a pytree with the parameters' structure, 0/1 leaves in the parameters' shapes.
+
+    Returns:
+      ``tree`` with the same structure, shapes and dtypes.
     """
     mask_def = jax.tree_util.tree_structure(mask)
     mask_leaves = jax.tree_util.tree_leaves(mask)
@@ -284,5 +335,5 @@ def set_mask(state: MaskedState, new_mask: PyTree, *, reset: bool = True) -> Mas
             f"state must be a MaskedState (the state of masked(...)), got {type(state).__name__}"
         )
     mask = _binary_mask(new_mask, state.mask, "new_mask")
-    inner_state = _zero_pruned_statistics(state.inner_state, mask) if reset else state.inner_state
+    inner_state = zero_pruned_statistics(state.inner_state, mask) if reset else state.inner_state
     return MaskedState(mask=mask, inner_state=inner_state)

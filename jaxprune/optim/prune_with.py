@@ -56,7 +56,7 @@ from jax.tree_util import Partial
 
 from jaxprune._validation import check_bool
 from jaxprune.masks import GroupLayout, PruningSchedule, param_mask, ratio_to_k
-from jaxprune.optim.masked import _keep, _zero_pruned_statistics
+from jaxprune.optim.masked import masked_update, zero_pruned_statistics
 from jaxprune.spectra.gauss_newton import SplitLoss
 from jaxprune.train.pruning import PruneContext, Pruner, make_pruner
 from jaxprune.typing import PyTree
@@ -347,11 +347,11 @@ def prune_with(
             return jax.tree_util.tree_map(lambda a, b: jnp.where(is_event, a, b), new, old)
 
         if state.rewind is None:
-            inner_state = pick(_zero_pruned_statistics(state.inner_state, mask), state.inner_state)
+            inner_state = pick(zero_pruned_statistics(state.inner_state, mask), state.inner_state)
             kept = updates
         else:
             start = pick(state.rewind.inner_state, state.inner_state)
-            inner_state = pick(_zero_pruned_statistics(start, mask), start)
+            inner_state = pick(zero_pruned_statistics(start, mask), start)
             rewound = jax.tree_util.tree_map(jnp.subtract, state.rewind.params, params)
             kept = pick(rewound, updates)
         out = jax.tree_util.tree_map(lambda m, u, p: jnp.where(m != 0, u, -p), mask, kept, params)
@@ -452,11 +452,8 @@ def prune_with(
             zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
             _, state = at_event(first if traced else int(first), (params, zeros, state), data)
         mask = state.mask
-        inner_updates, inner_state = inner.update(
-            _keep(mask, updates), state.inner_state, _keep(mask, params), **extra_args
-        )
-        out = jax.tree_util.tree_map(
-            lambda m, u, p: jnp.where(m != 0, u, -p), mask, inner_updates, params
+        out, inner_state = masked_update(
+            inner, mask, updates, state.inner_state, params, **extra_args
         )
         state = state._replace(inner_state=inner_state)
         next_step = step + 1
