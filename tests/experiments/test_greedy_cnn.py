@@ -100,6 +100,31 @@ def test_paper_presets_validate_without_running():
     assert IMAGENET_TABLE2.presets == ("mobilenet_v2", "resnet34")
 
 
+def test_paper_preset_runs_end_to_end_on_mock_cifar10(tmp_path):
+    """The paper's configuration, shrunk, through TensorFlow-Datasets' CIFAR-10 loader on
+    ``tfds.testing.mock_data`` (random images of CIFAR-10's feature spec): the data path the
+    ``paper`` preset takes on an accelerator."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    settings = dataclasses.replace(
+        EXPERIMENT.presets["paper"],
+        models=("resnet34",),
+        presets=("resnet34-tiny",),
+        eps=(0.05,),
+        data_dir=str(tmp_path / "tfds"),
+        sizes=(20,),
+        prune_at=(2,),
+        finetune_steps=1,
+        batch_size=8,
+        seeds=(0,),
+    )
+    with tfds.testing.mock_data(num_examples=200, policy=tfds.testing.MockPolicy.USE_CODE):
+        result = EXPERIMENT.run(settings, tmp_path / "out", False)
+    (record,) = result["records"]
+    assert record["size"] == 20 and "Dataset tfds:cifar10" in result["table"]
+    (point,) = record["points"]
+    assert 1 <= point["kept"] <= point["groups"] and 0.0 < point["flops_ratio"] <= 1.0
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
