@@ -97,6 +97,10 @@ class GreedyCNNSettings:
       weight_decay: decoupled weight decay of pre-training and fine-tuning.
       max_candidates: candidates scored per greedy step (Ye et al.'s random subset); ``None``
         scores all.
+      keep_fraction: a fixed budget in ``(0, 1)`` instead of ``eps``: every layer keeps this
+        share of its channels (rounded, at least one), so the subnetwork's size does not depend on
+        how long the dense model was pre-trained; ``None`` (the paper's protocol): each layer
+        stops on ``eps``.
       match_tolerance: a prune point "matches" when its pruned mean accuracy is at least the
         final dense mean less this (reading GS-18).
       seeds: paired seeds (initialization, data order, sub-datasets).
@@ -117,6 +121,7 @@ class GreedyCNNSettings:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     max_candidates: int | None = None
+    keep_fraction: float | None = None
     match_tolerance: float = 0.005
     seeds: tuple[int, ...] = (0, 1, 2)
 
@@ -150,6 +155,8 @@ class GreedyCNNSettings:
         check_real(self.weight_decay, "weight_decay", minimum=0.0)
         if self.max_candidates is not None:
             check_positive_int(self.max_candidates, "max_candidates")
+        if self.keep_fraction is not None:
+            check_real(self.keep_fraction, "keep_fraction", minimum=0.0, maximum=1.0, strict=True)
         check_real(self.match_tolerance, "match_tolerance", minimum=0.0)
         check_seeds(self.seeds)
 
@@ -294,12 +301,20 @@ def _prune_point(
 ) -> dict:
     """Greedy selection on ``state``, fine-tuning of the subnetwork, and its figures."""
     shape = tuple(sub["x"].shape[1:])
+    budgets = None
+    if settings.keep_fraction is not None:
+        _, layout = model.group_ids(state.params)
+        budgets = [
+            max(1, round(settings.keep_fraction * len(layout.groups_in_layer(layer))))
+            for layer in range(layout.num_layers)
+        ]
     start = time.perf_counter()
     selection = greedy_channel_selection(
         model,
         _variables(state),
         _minibatches(sub, settings.batch_size, rng),
-        eps=eps,
+        eps=None if budgets else eps,
+        keep_per_layer=budgets,
         criterion=settings.criterion,
         max_candidates=settings.max_candidates,
         key=key,
@@ -424,6 +439,13 @@ def _claims(settings: GreedyCNNSettings, rows: list[dict]) -> dict[str, Any]:
     return claims
 
 
+def _budget(settings: GreedyCNNSettings) -> str:
+    """How the subnetworks' size is chosen, in words."""
+    if settings.keep_fraction is not None:
+        return f"a fixed {settings.keep_fraction:g} of every layer's channels kept"
+    return f"ε = {settings.eps} ({settings.criterion})"
+
+
 def _table(settings: GreedyCNNSettings, rows: list[dict], claims: dict, seconds: float) -> str:
     sd = "± sd " if len(settings.seeds) > 1 else ""
     head = " | ".join(f"{p} it." for p in settings.prune_at)
@@ -431,7 +453,7 @@ def _table(settings: GreedyCNNSettings, rows: list[dict], claims: dict, seconds:
         "# Greedy channel selection after pre-training (Wolfe et al. 2023, Table 1)",
         "",
         f"Dataset {settings.dataset}; models {', '.join(settings.models)} "
-        f"({', '.join(settings.presets)}), ε = {settings.eps} ({settings.criterion}); "
+        f"({', '.join(settings.presets)}), {_budget(settings)}; "
         f"seeds {list(settings.seeds)}; fine-tuning {settings.finetune_steps} iterations; "
         f"{seconds:.0f} s. Pruned test accuracy mean {sd}over seeds; **bold**: the first "
         f"prune point within {settings.match_tolerance} of the final dense accuracy.",

@@ -9,6 +9,8 @@ import dataclasses
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ from jaxprune.experiments.greedy_cnn import (
     GreedyCNNSettings,
     first_match,
 )
+from jaxprune.train import build_model
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,25 @@ def test_rerun_reuses_finished_runs_and_redoes_only_missing_ones(smoke, tmp_path
     assert len(calls) == 1 + len(settings.sizes)  # other settings: nothing is reused
 
 
+def test_a_fixed_budget_keeps_the_same_channels_at_every_prune_point(tmp_path):
+    settings = dataclasses.replace(
+        EXPERIMENT.presets["smoke"], sizes=(100,), finetune_steps=1, keep_fraction=0.5
+    )
+    result = EXPERIMENT.run(settings, tmp_path, False)
+    (record,) = result["records"]
+    model = build_model("resnet34", num_outputs=10, input_shape=(8, 8, 1), preset="resnet34-tiny")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    _, layout = model.group_ids(variables["params"])
+    budget = sum(
+        max(1, round(0.5 * len(layout.groups_in_layer(layer))))
+        for layer in range(layout.num_layers)
+    )
+    assert [p["kept"] for p in record["points"]] == [budget] * len(settings.prune_at)
+    assert len({p["flops_ratio"] for p in record["points"]}) == 1  # same architecture each time
+    assert record["points"][0]["flops_ratio"] < 1.0
+    assert "a fixed 0.5 of every layer's channels kept" in result["table"]
+
+
 def test_first_match_is_the_first_prune_point_within_tolerance():
     prune_at = (10, 20, 40)
     assert first_match(np.array([0.5, 0.79, 0.9]), 0.8, prune_at, 0.01) == 20
@@ -136,6 +158,8 @@ def test_paper_preset_runs_end_to_end_on_mock_cifar10(tmp_path):
         ({"finetune_steps": -1}, "finetune_steps"),
         ({"lr": 0.0}, "lr"),
         ({"max_candidates": 0}, "max_candidates"),
+        ({"keep_fraction": 1.0}, "keep_fraction"),
+        ({"keep_fraction": 0.0}, "keep_fraction"),
         ({"models": ()}, "models"),
     ],
 )
