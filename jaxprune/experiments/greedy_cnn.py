@@ -6,7 +6,8 @@ the dense network is pre-trained with SGD with momentum, a cosine learning-rate 
 ``lr`` over the whole pre-training, weight decay and batch size ``batch_size`` (Sec. 6.2); at
 every iteration of ``prune_at`` the current dense network is pruned by greedy forward selection
 of channels (:func:`~jaxprune.methods.greedy.greedy_channel_selection`, layer by layer, each
-layer until its loss is within ``eps`` of the unpruned one, reading GS-11), the subnetwork is
+layer until its loss is within ``eps`` of the unpruned one, reading GS-11; or, with
+``keep_fraction``, a fixed share of every layer's channels), the subnetwork is
 fine-tuned for ``finetune_steps`` iterations (cosine from ``finetune_lr``; as the gated dense
 model, which trains the compacted one exactly, reading GS-19), and its test accuracy is
 recorded with the FLOPs and parameters of the compacted model relative to the dense one.  The
