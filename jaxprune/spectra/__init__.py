@@ -17,6 +17,7 @@ from jaxprune.spectra.hessian import (
     hvp,
     output_hessian_trace,
     output_hvp,
+    rademacher_signs,
     sample_output_hessian_diagonal,
 )
 from jaxprune.spectra.lanczos import (
@@ -61,6 +62,7 @@ __all__ = [
     "output_hvp",
     "pl_condition",
     "proposition8_bound",
+    "rademacher_signs",
     "sample_output_hessian_diagonal",
     "sketch_outputs",
     "spectrum_features",

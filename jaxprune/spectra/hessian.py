@@ -49,6 +49,7 @@ __all__ = [
     "hvp",
     "output_hessian_trace",
     "output_hvp",
+    "rademacher_signs",
     "sample_output_hessian_diagonal",
 ]
 
@@ -682,8 +683,32 @@ def _draw_probe(key: jax.Array, params: PyTree, distribution: str) -> PyTree:
     CPU (see :func:`jaxprune.spectra.lanczos._flat_hvp`).
     """
     flat, unravel = ravel_pytree(params)
-    draw = jax.random.rademacher if distribution == "rademacher" else jax.random.normal
+    draw = rademacher_signs if distribution == "rademacher" else jax.random.normal
     return jax.lax.optimization_barrier(unravel(draw(key, flat.shape, flat.dtype)))
+
+
+def rademacher_signs(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """I.i.d. signs ``±1`` with probability 1/2 each, one random bit per sign.
+
+    ``jax.random.rademacher`` spends a 32-bit draw on every sign; here each 32-bit word of
+    ``jax.random.bits`` gives 32 signs (bit ``s`` of word ``w`` is entry ``s · W + w`` of the
+    flattened result, ``W`` the number of words).  On CPU the draw was as dear as a gradient of
+    the 300k-parameter MLP of experiments/benchmarks/bench_trace.py (1.8 ms) and is 0.4 ms
+    this way, which takes a Hutchinson probe from 1.66x to 1.14x a gradient.
+
+    Args:
+      key: a PRNG key (any implementation).
+      shape: shape of the result.
+      dtype: floating dtype of the result.
+
+    Returns:
+      ``shape`` array of ``dtype`` with entries in ``{-1, 1}``.
+    """
+    size = int(np.prod(shape, dtype=np.int64))
+    words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
+    shifts = jnp.arange(32, dtype=jnp.uint32)[:, None]
+    bits = (words[None, :] >> shifts) & 1
+    return (1 - 2 * bits.astype(dtype)).reshape(-1)[:size].reshape(shape)
 
 
 def _map_probes(

@@ -29,6 +29,7 @@ from jaxprune.spectra.hessian import (
     hvp,
     output_hessian_trace,
     output_hvp,
+    rademacher_signs,
 )
 
 # Deviations of a mean from its expectation allowed, in standard deviations of the mean.
@@ -139,6 +140,24 @@ def test_hessian_trace_matches_exact_trace(distribution):
     assert abs(result.estimate - exact) <= 4.0 * result.stderr
     assert abs(result.estimate - exact) <= SIGMAS * sd
     np.testing.assert_allclose(result.stderr, sd, rtol=STDERR_RTOL)
+
+
+def test_rademacher_signs_are_balanced_and_uncorrelated():
+    # 70 entries span 3 words, so entries drawn from bits of one word are compared too.
+    n = 8_000
+    signs = jax.vmap(lambda k: rademacher_signs(k, (7, 10), jnp.float32))(
+        jax.random.split(jax.random.key(11), n)
+    )
+    assert signs.shape == (n, 7, 10) and signs.dtype == jnp.float32
+    assert set(np.unique(np.asarray(signs))) == {-1.0, 1.0}
+    flat = np.asarray(signs, np.float64).reshape(n, -1)
+    second_moments = flat.T @ flat / n
+    # Each entry of the second-moment matrix is a mean of n signs (sd 1/sqrt(n)) off the diagonal.
+    np.testing.assert_array_equal(np.diag(second_moments), 1.0)
+    off_diagonal = second_moments[~np.eye(70, dtype=bool)]
+    assert np.max(np.abs(off_diagonal)) <= SIGMAS / np.sqrt(n)
+    assert np.max(np.abs(flat.mean(axis=0))) <= SIGMAS / np.sqrt(n)
+    assert not np.array_equal(signs[0], signs[1])
 
 
 def test_hessian_trace_batching_does_not_change_samples():
