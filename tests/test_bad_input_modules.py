@@ -747,7 +747,13 @@ PL_CASES = [
         "gating-loss-split-loss-type",
         lambda: _gating_loss(hessian="gauss_newton", split_loss=_pl_loss),
         TypeError,
-        "split_loss: expected a SplitLoss or None",
+        r"split_loss: expected a SplitLoss\(forward, output_loss\) or None",
+    ),
+    (
+        "gating-loss-split-loss-not-callable",
+        lambda: _gating_loss(hessian="gauss_newton", split_loss=SplitLoss(3, _squared_loss)),
+        TypeError,
+        "split_loss.forward: expected a callable, got 3",
     ),
     (
         "gating-loss-objective-and-fields",

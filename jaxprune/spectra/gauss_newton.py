@@ -59,12 +59,15 @@ class SplitLoss(NamedTuple):
     output_loss: Callable[[jax.Array, Any], jax.Array]
 
 
-def _check_split_loss(split_loss: Any) -> SplitLoss:
+def validate_split_loss(split_loss: Any, *, allow_none: bool = False) -> SplitLoss | None:
+    """``split_loss`` itself if it is a :class:`SplitLoss` of two callables (or ``None`` when
+    ``allow_none``); otherwise a ``TypeError`` naming the argument.  The one check of a
+    ``split_loss`` argument, shared by the Gauss-Newton estimators and the PL gating objective."""
+    if split_loss is None and allow_none:
+        return None
     if not isinstance(split_loss, SplitLoss):
-        raise TypeError(
-            f"split_loss: expected a SplitLoss(forward, output_loss), got "
-            f"{type(split_loss).__name__}"
-        )
+        expected = "a SplitLoss(forward, output_loss)" + (" or None" if allow_none else "")
+        raise TypeError(f"split_loss: expected {expected}, got {type(split_loss).__name__}")
     for name, fn in split_loss._asdict().items():
         if not callable(fn):
             raise TypeError(f"split_loss.{name}: expected a callable, got {fn!r}")
@@ -113,7 +116,7 @@ def gauss_newton_quadratic_form(
     References:
       Schraudolph (2002); Martens (2020), Sec. 8.
     """
-    split_loss = _check_split_loss(split_loss)
+    split_loss = validate_split_loss(split_loss)
     check_tree_like(tangent, params, "tangent", "params")
     return _form_and_loss(split_loss, params, batch, tangent)[0]
 
@@ -158,7 +161,7 @@ def gauss_newton_trace(
     References:
       Schraudolph (2002); Martens (2020), Sec. 8; Hutchinson (1990).
     """
-    split_loss = _check_split_loss(split_loss)
+    split_loss = validate_split_loss(split_loss)
     check_key(key, "key")
     num_probes, batch_size = _check_probe_args(params, num_probes, distribution, batch_size)
 

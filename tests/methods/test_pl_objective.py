@@ -167,7 +167,9 @@ def test_gating_loss_rejects_bad_arguments():
         gating_loss(*args, normalized, (x, y), key, alpha=1.0, num_probes=1, trace_wrt="both")
     with pytest.raises(ValueError, match="split_loss: required when hessian='gauss_newton'"):
         gating_loss(*args, normalized, (x, y), key, num_probes=1, hessian="gauss_newton")
-    with pytest.raises(TypeError, match="split_loss: expected a SplitLoss or None"):
+    with pytest.raises(
+        TypeError, match=r"split_loss: expected a SplitLoss\(forward, output_loss\) or None"
+    ):
         gating_loss(*args, normalized, (x, y), key, hessian="gauss_newton", split_loss=loss_fn)
 
 

@@ -57,7 +57,7 @@ from jaxprune.methods.pl_gating.gating import (
     check_gating_params,
     gate,
 )
-from jaxprune.spectra.gauss_newton import SplitLoss, gauss_newton_trace
+from jaxprune.spectra.gauss_newton import SplitLoss, gauss_newton_trace, validate_split_loss
 from jaxprune.spectra.hessian import (
     DISTRIBUTIONS,
     TraceEstimate,
@@ -361,6 +361,7 @@ def _objective_value_and_grad(
 def _split_loss_for(objective: GatingObjective, split_loss: Any) -> SplitLoss | None:
     """``split_loss`` with its functions as ``Partial`` pytrees; required for
     ``hessian="gauss_newton"``, ignored otherwise."""
+    split_loss = validate_split_loss(split_loss, allow_none=True)
     if split_loss is None:
         if objective.hessian == "gauss_newton":
             raise ValueError(
@@ -369,10 +370,6 @@ def _split_loss_for(objective: GatingObjective, split_loss: Any) -> SplitLoss | 
                 "batch)), got None"
             )
         return None
-    if not isinstance(split_loss, SplitLoss):
-        raise TypeError(
-            f"split_loss: expected a SplitLoss or None, got {type(split_loss).__name__}"
-        )
     return SplitLoss(*(as_partial(fn) for fn in split_loss))
 
 
