@@ -30,6 +30,7 @@ from jaxprune._validation import (
     check_batch,
     check_choice,
     check_finite_tree,
+    check_int,
     check_positive_int,
     is_traced,
 )
@@ -703,7 +704,15 @@ def rademacher_signs(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.fl
 
     Returns:
       ``shape`` array of ``dtype`` with entries in ``{-1, 1}``.
+
+    Raises:
+      TypeError / ValueError: ``shape`` not a tuple of ints >= 0, or ``dtype`` not floating.
     """
+    if not isinstance(shape, tuple):
+        raise TypeError(f"shape: expected a tuple of ints >= 0, got {shape!r}")
+    shape = tuple(check_int(n, "shape", minimum=0) for n in shape)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {dtype!r}")
     size = int(np.prod(shape, dtype=np.int64))
     words = jax.random.bits(key, (-(-size // 32),), jnp.uint32)
     shifts = jnp.arange(32, dtype=jnp.uint32)[:, None]

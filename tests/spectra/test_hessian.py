@@ -160,6 +160,17 @@ def test_rademacher_signs_are_balanced_and_uncorrelated():
     assert not np.array_equal(signs[0], signs[1])
 
 
+def test_rademacher_signs_reject_bad_shape_and_dtype():
+    key = jax.random.key(0)
+    with pytest.raises(TypeError, match="shape: expected a tuple of ints >= 0, got 5"):
+        rademacher_signs(key, 5)
+    with pytest.raises(ValueError, match="shape: expected an int >= 0, got -1"):
+        rademacher_signs(key, (3, -1))
+    with pytest.raises(TypeError, match="dtype: expected a floating dtype"):
+        rademacher_signs(key, (3,), jnp.int32)
+    assert rademacher_signs(key, (0, 4)).shape == (0, 4)
+
+
 def test_hessian_trace_batching_does_not_change_samples():
     params = mlp_params()
     key = jax.random.key(8)
