@@ -694,7 +694,7 @@ def rademacher_signs(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.fl
     ``jax.random.rademacher`` spends a 32-bit draw on every sign; here each 32-bit word of
     ``jax.random.bits`` gives 32 signs (bit ``s`` of word ``w`` is entry ``s · W + w`` of the
     flattened result, ``W`` the number of words).  On CPU the draw was as dear as a gradient of
-    the 300k-parameter MLP of experiments/benchmarks/bench_trace.py (1.8 ms) and is 0.4 ms
+    the 300k-parameter MLP of experiments/benchmarks/bench_trace.py (1.8 ms) and is 0.6 ms
     this way, which takes a Hutchinson probe from 1.66x to 1.14x a gradient.
 
     Args:
